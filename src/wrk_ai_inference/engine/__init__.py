@@ -1,0 +1,1 @@
+"""The request lifecycle: validate, preprocess, execute, postprocess, record."""

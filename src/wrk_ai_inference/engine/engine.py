@@ -1,0 +1,198 @@
+"""InferenceEngine: the whole life of one request.
+
+validate + preprocess (on the event loop, cheap, before taking a slot, so bad
+input never occupies capacity) -> admission (CapacityTracker) -> execute on a
+worker thread under a deadline that cancels the runtime's run -> postprocess
+-> record in history and metrics. The slot and the model pin are released when
+the run really ends, not when the client is answered, so a run that cannot be
+stopped still counts against capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..capacity import CapacityTracker
+from ..config import Settings
+from ..errors import InferenceError
+from ..logs import get_logger
+from ..metrics import Metrics
+from ..models.manager import ModelEntry, ModelManager
+from ..runtimes.base import RunHandle, Tensors
+from . import processors
+from .history import History
+
+log = get_logger("engine")
+
+_MAX_TIMEOUT_MS = 3_600_000
+_MAX_TOP_K = 1000
+
+
+def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
+    """(timeout seconds, top-k, requested outputs) from the request's ``options``."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InferenceError("ERR_INVALID_REQUEST", "options must be an object")
+    timeout_ms = options.get("timeout", settings.inference_timeout)
+    if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float)
+            or not 0 < timeout_ms <= _MAX_TIMEOUT_MS):
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"options.timeout must be milliseconds in (0, {_MAX_TIMEOUT_MS}]")
+    top_k = options.get("topK", settings.default_top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= _MAX_TOP_K:
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"options.topK must be a whole number in [1, {_MAX_TOP_K}]")
+    outputs = options.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list)
+                                or not all(isinstance(o, str) for o in outputs)):
+        raise InferenceError("ERR_INVALID_REQUEST", "options.outputs must be a list of names")
+    return timeout_ms / 1000.0, top_k, outputs
+
+
+class InferenceEngine:
+    def __init__(self, settings: Settings, models: ModelManager, capacity: CapacityTracker,
+                 history: History, metrics: Metrics) -> None:
+        self.settings = settings
+        self.models = models
+        self.capacity = capacity
+        self.history = history
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_inferences,
+                                           thread_name_prefix="inference")
+        self.overrunning = 0
+        metrics.overrunning.set_function(lambda: self.overrunning)
+
+    async def infer(self, model_id: str, input_data: Any, options: Any = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        queue_s = compute_s = 0.0
+        try:
+            timeout_s, top_k, wanted = _parse_options(options, self.settings)
+            deadline = started + timeout_s
+            entry = await self.models.acquire(model_id)
+            pinned = True
+            try:
+                assert entry.session is not None and entry.spec is not None
+                feeds = processors.tensor_inputs(entry.session.inputs, input_data,
+                                                 self.settings.max_tensor_elements)
+                queue_s = await self._admit(deadline)
+                pinned = False  # from here the run's end releases both slot and pin
+                outputs, compute_s = await self._execute(entry, feeds, deadline)
+            finally:
+                if pinned:
+                    self.models.release(entry)
+            result = self._postprocess(entry, outputs, top_k, wanted)
+        except InferenceError as exc:
+            self._record(model_id, exc.code, started, queue_s, compute_s)
+            raise
+        except Exception as exc:
+            self._record(model_id, "ERR_INFERENCE_FAILED", started, queue_s, compute_s)
+            log.exception("inference failed unexpectedly", extra={"modelId": model_id})
+            raise InferenceError("ERR_INFERENCE_FAILED",
+                                 f"inference failed: {type(exc).__name__}: {exc}") from exc
+        elapsed = self._record(model_id, None, started, queue_s, compute_s)
+        return {
+            "modelId": model_id,
+            "inferenceId": uuid.uuid4().hex,
+            "result": result,
+            "processingTime": round(elapsed * 1000, 3),
+            "timestamp": int(time.time() * 1000),
+        }
+
+    async def _admit(self, deadline: float) -> float:
+        remaining = deadline - time.perf_counter()
+        try:
+            return await self.capacity.acquire(max(remaining, 0.0))
+        except TimeoutError:
+            raise self._timeout("while waiting in the queue") from None
+
+    def _timeout(self, where: str) -> InferenceError:
+        return InferenceError("ERR_INFERENCE_TIMEOUT", f"the request's deadline passed {where}")
+
+    async def _execute(self, entry: ModelEntry, feeds: Tensors, deadline: float
+                       ) -> tuple[Tensors, float]:
+        session = entry.session
+        assert session is not None
+        handle = session.new_run()
+        loop = asyncio.get_running_loop()
+        run_started = time.perf_counter()
+        future = loop.run_in_executor(self.executor, self._run, session, feeds, handle)
+        overran = False
+
+        def finished(done: asyncio.Future[Tensors]) -> None:
+            nonlocal overran
+            if not done.cancelled():
+                done.exception()  # retrieved here; the caller may have stopped waiting
+            self.capacity.release()
+            self.models.release(entry)
+            if overran:
+                self.overrunning -= 1
+
+        future.add_done_callback(finished)
+        try:
+            outputs = await asyncio.wait_for(asyncio.shield(future),
+                                             max(deadline - time.perf_counter(), 0.0))
+        except BaseException as exc:  # deadline, or the caller went away
+            handle.cancel()
+            if not future.done():
+                overran = True
+                self.overrunning += 1
+            if isinstance(exc, TimeoutError):
+                raise self._timeout(f"while running on model '{entry.id}'"
+                                    + ("" if handle.cancellable
+                                       else "; the run continues until it ends")) from None
+            raise
+        return outputs, time.perf_counter() - run_started
+
+    @staticmethod
+    def _run(session: Any, feeds: Tensors, handle: RunHandle) -> Tensors:
+        try:
+            result: Tensors = session.run(feeds, handle)
+            return result
+        except InferenceError:
+            raise
+        except Exception as exc:
+            if handle.cancelled:
+                raise InferenceError("ERR_INFERENCE_TIMEOUT", "run stopped at its deadline"
+                                     ) from exc
+            raise InferenceError("ERR_INFERENCE_FAILED",
+                                 f"the runtime failed: {str(exc).splitlines()[0][:300]}") from exc
+
+    def _postprocess(self, entry: ModelEntry, outputs: Tensors, top_k: int,
+                     wanted: list[str] | None) -> dict[str, Any]:
+        assert entry.spec is not None
+        if wanted is not None:
+            unknown = [w for w in wanted if w not in outputs]
+            if unknown:
+                raise InferenceError("ERR_INVALID_REQUEST",
+                                     f"options.outputs names {unknown}, not outputs of the model "
+                                     f"({list(outputs)})")
+        shown = outputs if wanted is None else {k: outputs[k] for k in wanted}
+        result: dict[str, Any] = {"outputs": {k: processors.jsonable(v) for k, v in shown.items()}}
+        if entry.spec.task == "classification":
+            result.update(processors.classify(outputs, entry.spec, entry.labels, top_k))
+        return result
+
+    def _record(self, model_id: Any, code: str | None, started: float, queue_s: float,
+                compute_s: float) -> float:
+        elapsed = time.perf_counter() - started
+        # label only ids the repository knows: arbitrary ids must not grow the metric set
+        model = model_id if self.models.known(model_id) else "_unknown"
+        self.history.record(model, code is None, code, elapsed * 1000, queue_s * 1000,
+                            compute_s * 1000)
+        self.metrics.requests.labels(model, code or "success").inc()
+        if code is None:
+            self.metrics.latency.labels(model).observe(elapsed)
+            self.metrics.queue_time.labels(model).observe(queue_s)
+            self.metrics.compute_time.labels(model).observe(compute_s)
+            self.capacity.observe_latency(elapsed)
+        elif code == "ERR_CAPACITY_EXCEEDED":
+            self.metrics.rejected.inc()
+        return elapsed
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,102 @@
+"""A bounded record of recent requests, the one source for /api/stats.
+
+Lifetime counters never forget; latency percentiles come from the last
+``historySize`` requests, so they describe the worker as it is now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    model_id: str
+    ok: bool
+    code: str | None
+    latency_ms: float
+    queue_ms: float
+    compute_ms: float
+    timestamp: float
+
+
+class _Totals:
+    __slots__ = ("compute_ms", "failed", "last", "queue_ms", "success")
+
+    def __init__(self) -> None:
+        self.success = 0
+        self.failed = 0
+        self.queue_ms = 0.0
+        self.compute_ms = 0.0
+        self.last: float | None = None
+
+
+class History:
+    def __init__(self, size: int) -> None:
+        self._records: deque[Record] = deque(maxlen=size)
+        self._totals: dict[str, _Totals] = {}
+        self.started = time.time()
+
+    def record(self, model_id: str, ok: bool, code: str | None, latency_ms: float,
+               queue_ms: float = 0.0, compute_ms: float = 0.0) -> None:
+        now = time.time()
+        self._records.append(Record(model_id, ok, code, latency_ms, queue_ms, compute_ms, now))
+        totals = self._totals.setdefault(model_id, _Totals())
+        if ok:
+            totals.success += 1
+        else:
+            totals.failed += 1
+        totals.queue_ms += queue_ms
+        totals.compute_ms += compute_ms
+        totals.last = now
+
+    @staticmethod
+    def _summary(records: list[Record], success: int, failed: int) -> dict[str, Any]:
+        total = success + failed
+        window_ok = [r.latency_ms for r in records if r.ok]
+        latency: dict[str, float | None] = {"p50": None, "p95": None, "p99": None, "mean": None}
+        if window_ok:
+            p50, p95, p99 = np.percentile(window_ok, [50, 95, 99])
+            latency = {"p50": round(float(p50), 3), "p95": round(float(p95), 3),
+                       "p99": round(float(p99), 3),
+                       "mean": round(float(np.mean(window_ok)), 3)}
+        errors: dict[str, int] = {}
+        for r in records:
+            if r.code:
+                errors[r.code] = errors.get(r.code, 0) + 1
+        return {
+            "total": total,
+            "successful": success,
+            "failed": failed,
+            "successRate": round(success / total, 6) if total else None,
+            "latencyMs": latency,
+            "window": len(records),
+            "errors": errors,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        records = list(self._records)
+        by_model: dict[str, Any] = {}
+        for model_id, totals in sorted(self._totals.items()):
+            mine = [r for r in records if r.model_id == model_id]
+            summary = self._summary(mine, totals.success, totals.failed)
+            summary["lastInference"] = int(totals.last * 1000) if totals.last else None
+            by_model[model_id] = summary
+        overall = self._summary(
+            records,
+            sum(t.success for t in self._totals.values()),
+            sum(t.failed for t in self._totals.values()),
+        )
+        overall["historySize"] = self._records.maxlen
+        overall["byModel"] = by_model
+        return overall
+
+    def totals(self, model_id: str) -> dict[str, Any]:
+        t = self._totals.get(model_id) or _Totals()
+        return {"success": t.success, "failed": t.failed, "queueMs": t.queue_ms,
+                "computeMs": t.compute_ms, "last": t.last}

@@ -1,0 +1,156 @@
+"""Task pipelines: JSON in -> typed tensors, tensors out -> the answer a client wants.
+
+Preprocessing is strict on purpose: a float where an integer is expected, a
+ragged list, a wrong shape or a missing input is refused with a message that
+says what the model expects, because a silently truncated input gives a wrong
+answer that nobody notices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..datatypes import numpy_dtype
+from ..errors import InferenceError
+from ..models.spec import ModelSpec, TensorSpec
+from ..runtimes.base import Tensors
+
+_NUMERIC_KINDS = {"b", "i", "u", "f"}
+
+
+def _bad(message: str, **details: Any) -> InferenceError:
+    return InferenceError("ERR_INVALID_INPUT", message, details)
+
+
+def describe(spec: TensorSpec) -> str:
+    return f"'{spec.name}' ({spec.datatype}, shape {spec.shape})"
+
+
+def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if isinstance(value, dict | str | bytes) or value is None:
+        raise _bad(f"input {describe(spec)} must be a number or a nested list of numbers, "
+                   f"got {type(value).__name__}", input=spec.name)
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _bad(f"input {describe(spec)} is not a regular nested list of numbers "
+                   f"(ragged or mixed rows): {str(exc)[:120]}", input=spec.name) from exc
+    if raw.dtype.kind not in _NUMERIC_KINDS:
+        raise _bad(f"input {describe(spec)} must hold only numbers (found {raw.dtype.kind!r}-kind "
+                   "values such as strings, nulls or objects)", input=spec.name)
+    target = numpy_dtype(spec.datatype)
+    if target.kind in "iu":
+        if raw.dtype.kind == "f" and not (np.all(np.isfinite(raw))
+                                          and np.all(raw == np.round(raw))):
+            raise _bad(f"input {describe(spec)} needs whole numbers; got fractions",
+                       input=spec.name)
+        if raw.size and raw.dtype.kind != "b":
+            info = np.iinfo(target)  # type: ignore[type-var]
+            lo, hi = raw.min(), raw.max()
+            if lo < info.min or hi > info.max:
+                raise _bad(f"input {describe(spec)} values must lie in [{info.min}, {info.max}]",
+                           input=spec.name)
+    elif target.kind == "b" and raw.dtype.kind != "b" and raw.size and not np.all(
+        (raw == 0) | (raw == 1)
+    ):
+        raise _bad(f"input {describe(spec)} is boolean: use true/false or 0/1", input=spec.name)
+    elif (target.kind == "f" and raw.size and raw.dtype.kind == "f" and target.itemsize < 8
+          and np.any(np.abs(raw[np.isfinite(raw)]) > np.finfo(target).max)):  # type: ignore[type-var]
+        raise _bad(f"input {describe(spec)} has values too large for {spec.datatype}",
+                   input=spec.name)
+    return np.ascontiguousarray(raw, dtype=target)
+
+
+def _check_shape(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+    expected = spec.shape
+    if arr.ndim == len(expected) - 1 and spec.has_batch_dim:
+        arr = arr[np.newaxis]  # one sample sent without its batch axis
+    if arr.ndim != len(expected) or any(
+        e != -1 and e != got for e, got in zip(expected, arr.shape, strict=True)
+    ):
+        raise _bad(f"input {describe(spec)} got shape {list(arr.shape)}; -1 marks a free "
+                   "dimension", input=spec.name, expected=expected, got=list(arr.shape))
+    if arr.size == 0:
+        raise _bad(f"input {describe(spec)} is empty", input=spec.name)
+    return arr
+
+
+def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int) -> Tensors:
+    """``{name: nested list}``, or a bare nested list for a one-input model, to typed arrays."""
+    names = [t.name for t in inputs]
+    if isinstance(input_data, dict):
+        missing = [n for n in names if n not in input_data]
+        unknown = [k for k in input_data if k not in names]
+        if missing or unknown:
+            raise _bad(f"the model's inputs are {names}; missing {missing}, unknown {unknown[:10]}",
+                       expected=names)
+        values = input_data
+    elif isinstance(input_data, list) and len(inputs) == 1:
+        values = {names[0]: input_data}
+    else:
+        shown = "a bare list" if isinstance(input_data, list) else type(input_data).__name__
+        raise _bad(f"inputData must be an object {{name: nested list}} with the inputs {names}"
+                   f" (a bare list only works for one-input models); got {shown}",
+                   expected=names)
+    feeds: Tensors = {}
+    total = 0
+    for spec in inputs:
+        arr = _check_shape(spec, _to_array(spec, values[spec.name]))
+        total += arr.size
+        if total > max_elements:
+            raise _bad(f"the inputs hold more than maxTensorElements ({max_elements}) elements",
+                       limit=max_elements)
+        feeds[spec.name] = arr
+    batch = {a.shape[0] for s, a in zip(inputs, feeds.values(), strict=True) if s.has_batch_dim}
+    if len(batch) > 1:
+        raise _bad(f"inputs disagree on the batch size: {sorted(batch)}")
+    return feeds
+
+
+def jsonable(arr: np.ndarray) -> Any:
+    """Arrays orjson can write directly stay arrays; strings become lists."""
+    if arr.dtype.kind in "OSU":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                for v in arr.reshape(-1).tolist()] if arr.ndim <= 1 else arr.tolist()
+    return np.ascontiguousarray(arr)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return out
+
+
+def _looks_like_probabilities(scores: np.ndarray) -> bool:
+    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+
+
+def classify(outputs: Tensors, spec: ModelSpec, labels: list[str] | None, top_k: int
+             ) -> dict[str, Any]:
+    """Probabilities, top-k ``{label, score}`` per row, and the top score per row."""
+    name = spec.postprocess.get("output") or next(iter(outputs))
+    if name not in outputs:
+        raise InferenceError("ERR_INFERENCE_FAILED",
+                             f"postprocess.output {name!r} is not an output of the model")
+    scores = np.asarray(outputs[name], dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[np.newaxis]
+    scores = scores.reshape(scores.shape[0], -1)
+    softmax = spec.postprocess.get("softmax")
+    if softmax is True or (softmax is None and not _looks_like_probabilities(scores)):
+        scores = _softmax(scores)
+    k = min(top_k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    predictions = [
+        [{"label": labels[i] if labels and i < len(labels) else str(int(i)),
+          "score": float(row[i])} for i in idx]
+        for row, idx in zip(scores, order, strict=True)
+    ]
+    return {
+        "predictions": predictions,
+        "confidence": [p[0]["score"] for p in predictions],
+        "probabilities": scores.astype(np.float32),
+    }

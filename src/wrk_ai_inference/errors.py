@@ -1,0 +1,58 @@
+"""One error type for every failure, carrying a stable code.
+
+Transports never invent errors of their own: HTTP maps the code to a status
+(``HTTP_STATUS``) and RPC sends ``[HRPC_ERR]=<CODE>: <message>``. Keeping the
+table here means a new code is added in exactly one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HTTP_STATUS: dict[str, int] = {
+    "ERR_INVALID_REQUEST": 400,
+    "ERR_INVALID_INPUT": 400,
+    "ERR_UNAUTHORIZED": 401,
+    "ERR_MODEL_NOT_FOUND": 404,
+    "ERR_NOT_FOUND": 404,
+    "ERR_METHOD_NOT_ALLOWED": 405,
+    "ERR_MODEL_NOT_AVAILABLE": 409,
+    "ERR_PAYLOAD_TOO_LARGE": 413,
+    "ERR_MODEL_LOAD_FAILED": 422,
+    "ERR_CAPACITY_EXCEEDED": 429,
+    "ERR_INFERENCE_FAILED": 500,
+    "ERR_INTERNAL": 500,
+    "ERR_NOT_READY": 503,
+    "ERR_INFERENCE_TIMEOUT": 504,
+}
+
+
+class InferenceError(Exception):
+    """A failure a client can act on: a code from ``HTTP_STATUS`` and a message."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        if code not in HTTP_STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "success": False,
+            "error": self.code,
+            "message": self.message,
+            "details": self.details,
+        }
+
+    def __repr__(self) -> str:
+        return f"InferenceError({self.code!r}, {self.message!r})"
+
+
+class ConfigError(Exception):
+    """Start-up configuration is wrong; the message names the key."""

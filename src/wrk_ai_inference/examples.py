@@ -1,0 +1,167 @@
+"""Builds the example models from data that ships inside scikit-learn.
+
+- ``digits``: an MLP classifier for the 8x8 digits set (1,797 images bundled
+  with scikit-learn), trained here and written as a plain ONNX graph
+  (scale -> Gemm -> Relu -> Gemm -> logits) with labels;
+- ``mlp``: a 1024-4096-4096-1000 float32 MLP with seeded random weights and a
+  dynamic batch dimension, for load tests (~96 MB, so it is built, not committed);
+- ``slow``: a Loop whose trip count is an input, so a test can ask for a run of
+  a chosen length that a deadline can interrupt.
+
+Needs the ``examples`` extra (onnx, scikit-learn); the worker itself does not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .logs import get_logger
+
+log = get_logger("examples")
+
+DIGITS_SEED = 0
+MLP_SIZES = (1024, 4096, 4096, 1000)
+SLOW_WIDTH = 256
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, x_test, y_train, y_test): the fixed split the tests also use."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = data.data.astype(np.float32)
+    y = data.target.astype(np.int64)
+    parts = train_test_split(x, y, test_size=0.25, random_state=DIGITS_SEED, stratify=y)
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _save(model: Any, folder: Path, manifest: dict[str, Any]) -> None:
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _model(graph: Any) -> Any:
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="wrk-ai-inference")
+    model.ir_version = 8
+    return model
+
+
+def build_digits(folder: Path) -> float:
+    """Train the digits MLP; returns its held-out accuracy."""
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.neural_network import MLPClassifier
+
+    x_train, x_test, y_train, y_test = digits_split()
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=600, random_state=DIGITS_SEED)
+    clf.fit(x_train / 16.0, y_train)
+    accuracy = float(clf.score(x_test / 16.0, y_test))
+    w1, w2 = (w.astype(np.float32) for w in clf.coefs_)
+    b1, b2 = (b.astype(np.float32) for b in clf.intercepts_)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((np.array(1 / 16, np.float32), "scale"), (w1, "w1"), (b1, "b1"), (w2, "w2"),
+              (b2, "b2"))]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+         helper.make_node("Gemm", ["scaled", "w1", "b1"], ["h"]),
+         helper.make_node("Relu", ["h"], ["hr"]),
+         helper.make_node("Gemm", ["hr", "w2", "b2"], ["logits"])],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=inits)
+    _save(_model(graph), folder, {
+        "runtime": "onnx", "file": "model.onnx", "version": "1.0.0", "task": "classification",
+        "description": "8x8 digit images (64 pixel values 0-16, row-major) -> digit 0-9",
+        "labels": "labels.txt", "maxBatchSize": 64, "batchDelayMs": 1, "warmup": True,
+        "postprocess": {"output": "logits", "softmax": True, "topK": 3},
+    })
+    (folder / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
+    return accuracy
+
+
+def build_mlp(folder: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    nodes, inits, prev = [], [], "input"
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(MLP_SIZES)):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"),
+                  numpy_helper.from_array(np.zeros(n_out, np.float32), f"b{i}")]
+        out = "output" if i == len(MLP_SIZES) - 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"{out}_lin"
+                                      if out != "output" else out]))
+        if out != "output":
+            nodes.append(helper.make_node("Relu", [f"{out}_lin"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", MLP_SIZES[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", MLP_SIZES[-1]])],
+        initializer=inits)
+    _save(_model(graph), folder, {
+        "runtime": "onnx", "file": "model.onnx", "version": "1.0.0", "task": "tensor",
+        "description": "1024-4096-4096-1000 float32 MLP with random weights, for load tests",
+        "maxBatchSize": 32, "batchDelayMs": 2, "warmup": True,
+    })
+
+
+def build_slow(folder: Path) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(2)
+    weight = (rng.standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(
+        np.float32)
+    body = h.make_graph(
+        [h.make_node("MatMul", ["x_in", "w"], ["mm"]), h.make_node("Tanh", ["mm"], ["x_out"]),
+         h.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "step",
+        [h.make_tensor_value_info("i", T.INT64, []),
+         h.make_tensor_value_info("cond_in", T.BOOL, []),
+         h.make_tensor_value_info("x_in", T.FLOAT, None)],
+        [h.make_tensor_value_info("cond_out", T.BOOL, []),
+         h.make_tensor_value_info("x_out", T.FLOAT, None)])
+    graph = h.make_graph(
+        [h.make_node("Constant", [], ["cond"], value=h.make_tensor("c", T.BOOL, [], [True])),
+         h.make_node("ReduceMax", ["iterations"], ["trip"], keepdims=0),
+         h.make_node("Loop", ["trip", "cond", "x"], ["y"], body=body)],
+        "slow",
+        [h.make_tensor_value_info("x", T.FLOAT, ["batch", SLOW_WIDTH]),
+         h.make_tensor_value_info("iterations", T.INT64, [1])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["batch", SLOW_WIDTH])],
+        initializer=[numpy_helper.from_array(weight, "w")])
+    _save(_model(graph), folder, {
+        "runtime": "onnx", "file": "model.onnx", "version": "1.0.0", "task": "tensor",
+        "description": "runs `iterations` steps of x = tanh(x W); a test model whose run time "
+                       "the request chooses (about 5 us per step at batch 1)",
+        "maxBatchSize": 0, "warmup": False,
+    })
+
+
+BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow}
+
+
+def build_all(out: str | Path, force: bool = False) -> None:
+    root = Path(out)
+    for name, builder in BUILDERS.items():
+        folder = root / name
+        if (folder / "model.onnx").is_file() and (folder / "model.json").is_file() and not force:
+            continue
+        result = builder(folder)
+        log.info("example model built", extra={"model": name, "path": str(folder),
+                                               "heldOutAccuracy": result})

@@ -1,0 +1,1 @@
+"""Standalone HTTP transport: FastAPI routes that translate to and from the core."""

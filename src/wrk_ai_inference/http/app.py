@@ -1,0 +1,140 @@
+"""The seed's HTTP API on FastAPI: each route is one call into ``InferenceWorker``.
+
+Bodies are parsed with orjson straight from the request bytes and responses
+are written with orjson (numpy arrays included), skipping pydantic on the hot
+path; the pydantic schemas only document the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import InferenceError
+from ..logs import get_logger
+from ..metrics import CONTENT_TYPE
+from ..worker import InferenceWorker, WorkerState
+from .middleware import GuardMiddleware
+from .schemas import InferenceRequest, errors
+
+log = get_logger("http")
+
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_ORJSON_OPTS)
+
+
+def error_response(error: InferenceError) -> JSON:
+    headers = {}
+    retry = error.details.get("retryAfter")
+    if retry is not None:
+        headers["Retry-After"] = str(retry)
+    return JSON(error.to_dict(), status_code=error.http_status, headers=headers)
+
+
+_STATUS_CODES = {404: "ERR_NOT_FOUND", 405: "ERR_METHOD_NOT_ALLOWED", 413: "ERR_PAYLOAD_TOO_LARGE"}
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InferenceError("ERR_INVALID_REQUEST", f"request body is not valid JSON: {exc}"
+                             ) from None
+
+
+def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await worker.start()
+        yield
+        if manage_lifecycle:
+            await worker.stop()
+
+    app = FastAPI(title="wrk-ai-inference", version=__version__, lifespan=lifespan,
+                  default_response_class=JSON, docs_url="/docs", redoc_url=None)
+
+    @app.exception_handler(InferenceError)
+    async def _inference_error(_: Request, exc: InferenceError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        return error_response(InferenceError("ERR_INVALID_REQUEST", problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "ERR_INVALID_REQUEST")
+        return error_response(InferenceError(code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(InferenceError("ERR_INTERNAL", f"internal error: "
+                                             f"{type(exc).__name__}"))
+
+    @app.get("/health", responses=errors(503))
+    async def health() -> Response:
+        body = await worker.get_health()
+        return JSON(body, status_code=200 if worker.state is WorkerState.READY else 503)
+
+    @app.post("/api/inference/{modelId}", openapi_extra={"requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": InferenceRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}")}}}},
+        responses=errors(400, 401, 404, 409, 413, 429, 500, 503, 504))
+    async def inference(modelId: str, request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or "inputData" not in body:
+            raise InferenceError("ERR_INVALID_REQUEST",
+                                 'body must be an object {"inputData": ..., "options": {...}}')
+        return JSON(await worker.run_inference(modelId, body["inputData"], body.get("options")))
+
+    @app.post("/api/models/{modelId}/load", responses=errors(401, 404, 422, 429, 503))
+    async def load(modelId: str) -> Response:
+        return JSON(await worker.load_model(modelId))
+
+    @app.post("/api/models/{modelId}/unload", responses=errors(401, 404, 503))
+    async def unload(modelId: str) -> Response:
+        return JSON(await worker.unload_model(modelId))
+
+    @app.get("/api/capacity", responses=errors(401, 404))
+    async def capacity(modelId: str | None = Query(None)) -> Response:
+        return JSON(await worker.check_capacity(modelId))
+
+    @app.get("/api/models", responses=errors(401))
+    async def models() -> Response:
+        return JSON(await worker.list_models())
+
+    @app.get("/api/models/{modelId}", responses=errors(401, 404))
+    async def model(modelId: str) -> Response:
+        return JSON(await worker.get_model(modelId))
+
+    @app.get("/api/stats", responses=errors(401))
+    async def stats() -> Response:
+        return JSON(await worker.get_stats())
+
+    @app.get("/metrics", response_class=Response, responses=errors(401))
+    async def metrics() -> Response:
+        return Response(worker.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(GuardMiddleware, api_keys=worker.settings.api_keys,
+                       max_body=worker.settings.max_request_bytes)
+    return app

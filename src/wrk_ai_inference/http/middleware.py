@@ -1,0 +1,123 @@
+"""One pure-ASGI guard in front of every route: request id, API key, body size.
+
+Pure ASGI (not BaseHTTPMiddleware) keeps the hot path free of extra tasks and
+lets the size limit apply while the body is still streaming in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from ..errors import InferenceError
+from ..logs import request_id_var
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Paths a load balancer probes without credentials.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, api_keys: list[str], max_body: int) -> None:
+        self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        text = given.decode("latin-1") if given else ""
+        request_id = text if _REQUEST_ID_RE.match(text) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        raw_id = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
+            await send(message)
+
+        try:
+            error = self._check(scope)
+            if error is not None:
+                await self._reject(error, send_with_id)
+                return
+            await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+    def _check(self, scope: Scope) -> InferenceError | None:
+        if self.api_keys and scope.get("path") not in OPEN_PATHS and not self._authorised(scope):
+            return InferenceError("ERR_UNAUTHORIZED", "a valid API key is required: send "
+                                  "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        length = _header(scope, b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return InferenceError("ERR_INVALID_REQUEST", "Content-Length is not a number")
+            if declared > self.max_body:
+                return self._too_large()
+        return None
+
+    def _authorised(self, scope: Scope) -> bool:
+        presented = _header(scope, b"x-api-key")
+        auth = _header(scope, b"authorization")
+        if presented is None and auth is not None and auth[:7].lower() == b"bearer ":
+            presented = auth[7:].strip()
+        if presented is None:
+            return False
+        ok = False
+        for key in self.api_keys:  # constant time, and no early exit across keys
+            ok |= hmac.compare_digest(presented, key)
+        return ok
+
+    def _too_large(self) -> InferenceError:
+        return InferenceError("ERR_PAYLOAD_TOO_LARGE",
+                              f"request body exceeds maxRequestBytes ({self.max_body} bytes)",
+                              {"limit": self.max_body})
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise self._too_large()
+            return message
+
+        return wrapped
+
+    @staticmethod
+    async def _reject(error: InferenceError, send: Send) -> None:
+        body = orjson.dumps(error.to_dict())
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if error.code == "ERR_UNAUTHORIZED":
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": error.http_status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": body})

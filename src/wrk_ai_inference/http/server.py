@@ -1,0 +1,62 @@
+"""Run the HTTP app under uvicorn with a drain-first shutdown.
+
+On SIGTERM/SIGINT the worker first stops admitting (``/health`` turns 503,
+new calls get ERR_NOT_READY) and lets admitted requests finish within
+``shutdownGracePeriod``; only then does uvicorn close its sockets. A second
+signal skips the wait. The process exits 0 after a clean drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import FrameType
+
+import uvicorn
+
+from ..config import Settings
+from ..logs import get_logger
+from ..worker import InferenceWorker
+from .app import create_app
+
+log = get_logger("http")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, worker: InferenceWorker) -> None:
+        super().__init__(config)
+        self.worker = worker
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in _captured_signals: uvicorn would re-raise it and exit non-zero.
+        if self._draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self._draining = True
+        log.info("shutdown requested", extra={"signal": signal.Signals(sig).name})
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain())  # type: ignore[union-attr]
+                                        )
+
+    async def _drain(self) -> None:
+        await self.worker.drain(self.worker.settings.shutdown_grace_period / 1000.0)
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    worker = InferenceWorker(settings)
+    app = create_app(worker)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, loop="auto", http="auto",
+                            timeout_graceful_shutdown=5, server_header=False)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("HTTP is listening beyond loopback", extra={"host": settings.host,
+                                                              "auth": bool(settings.api_keys)})
+    log.info("starting HTTP worker", extra={"host": settings.host, "port": settings.port,
+                                           "modelRepository": settings.model_repository})
+    DrainingServer(config, worker).run()

@@ -1,0 +1,1 @@
+"""Model repository, model.json and the ModelManager that owns loaded models."""

@@ -1,0 +1,356 @@
+"""ModelManager: which models exist, which are loaded, and who is using them.
+
+Loaded models sit in an LRU bounded by ``modelCacheSize`` (count) and
+``memoryLimit`` (bytes, measured as the process's resident-memory growth across
+the load, never less than the artifact's size). A model that is serving a
+request is pinned: it is never evicted, and an unload waits for its running
+requests. Many requests for one cold model share a single load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..config import Settings
+from ..errors import InferenceError
+from ..logs import get_logger
+from ..runtimes import get_runtime
+from ..runtimes.base import ModelSession
+from .repository import MANIFEST, LocalRepository
+from .spec import ModelSpec, check_model_id, read_spec
+
+log = get_logger("models")
+
+
+class ModelState(StrEnum):
+    AVAILABLE = "available"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """One model id the worker knows of, loaded or not."""
+
+    id: str
+    state: ModelState = ModelState.AVAILABLE
+    spec: ModelSpec | None = None
+    session: ModelSession | None = None
+    labels: list[str] | None = None
+    error: str | None = None
+    memory_bytes: int = 0
+    artifact_bytes: int = 0
+    loaded_at: float | None = None
+    load_ms: float | None = None
+    last_used: float | None = None
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    load_task: asyncio.Task[ModelEntry] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        spec = self.spec
+        data: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state.value,
+            "version": spec.version if spec else None,
+            "runtime": spec.runtime if spec else None,
+            "task": spec.task if spec else None,
+            "description": spec.description if spec else None,
+        }
+        if self.session is not None:
+            data["inputs"] = [t.model_dump() for t in self.session.inputs]
+            data["outputs"] = [t.model_dump() for t in self.session.outputs]
+        elif spec is not None:
+            data["inputs"] = [t.model_dump() for t in spec.inputs] if spec.inputs else None
+            data["outputs"] = [t.model_dump() for t in spec.outputs] if spec.outputs else None
+        if spec is not None:
+            data["maxBatchSize"] = spec.max_batch_size
+        if self.labels is not None:
+            data["labels"] = len(self.labels)
+        data.update(
+            sizeBytes=self.artifact_bytes or None,
+            memoryBytes=self.memory_bytes or None,
+            loadedAt=int(self.loaded_at * 1000) if self.loaded_at else None,
+            loadTimeMs=round(self.load_ms, 1) if self.load_ms is not None else None,
+            inFlight=self.in_flight,
+            error=self.error,
+        )
+        return data
+
+
+ChangeListener = Callable[[str, ModelState], None]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, repository: LocalRepository | None = None) -> None:
+        self.settings = settings
+        self.repository = repository or LocalRepository(settings.model_repository)
+        self._entries: dict[str, ModelEntry] = {}
+        self._lru: OrderedDict[str, ModelEntry] = OrderedDict()
+        # Loads run one at a time so that the memory each one adds can be measured.
+        self._load_lock = threading.Lock()
+        self._listeners: list[ChangeListener] = []
+        self._process = psutil.Process()
+
+    # ---- queries -----------------------------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, model_id: str, state: ModelState) -> None:
+        for listener in self._listeners:
+            try:
+                listener(model_id, state)
+            except Exception:
+                log.exception("model state listener failed", extra={"modelId": model_id})
+
+    def entry(self, model_id: str) -> ModelEntry:
+        """The entry for a repository model; ERR_MODEL_NOT_FOUND for anything else."""
+        check_model_id(model_id)
+        entry = self._entries.get(model_id)
+        if entry is not None and entry.state in (ModelState.LOADED, ModelState.LOADING,
+                                                  ModelState.UNLOADING):
+            return entry
+        self.repository.model_dir(model_id)  # raises ERR_MODEL_NOT_FOUND
+        if entry is None:
+            entry = self._entries[model_id] = ModelEntry(id=model_id)
+            entry.idle.set()
+        return entry
+
+    def _describe(self, model_id: str) -> ModelEntry:
+        entry = self.entry(model_id)
+        if entry.spec is None and entry.state in (ModelState.AVAILABLE, ModelState.FAILED):
+            try:
+                entry.spec = read_spec(model_id, self.repository.model_dir(model_id) / MANIFEST)
+            except InferenceError as exc:
+                entry.state, entry.error = ModelState.FAILED, exc.message
+        return entry
+
+    def list_models(self) -> list[dict[str, Any]]:
+        ids = set(self.repository.list_ids()) | set(self._lru)
+        return [self._describe(i).metadata() for i in sorted(ids)]
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self._describe(model_id).metadata()
+
+    def known(self, model_id: object) -> bool:
+        """True for ids already checked against the repository (cheap, no disk access)."""
+        return isinstance(model_id, str) and model_id in self._entries
+
+    def loaded_ids(self) -> list[str]:
+        return list(self._lru)
+
+    def memory_used(self) -> int:
+        return sum(e.memory_bytes for e in self._lru.values())
+
+    def exists(self, model_id: str) -> bool:
+        try:
+            self.entry(model_id)
+        except InferenceError:
+            return False
+        return True
+
+    # ---- use by requests ------------------------------------------------------------
+    async def acquire(self, model_id: str) -> ModelEntry:
+        """Pin a loaded model for one request (loading it first when autoLoad is on)."""
+        entry = self.entry(model_id)
+        if entry.state is not ModelState.LOADED:
+            if entry.state is ModelState.UNLOADING or not self.settings.auto_load:
+                raise InferenceError(
+                    "ERR_MODEL_NOT_AVAILABLE",
+                    f"model '{model_id}' is not loaded ({entry.state.value}); load it with "
+                    f"POST /api/models/{model_id}/load",
+                    {"modelId": model_id, "state": entry.state.value},
+                )
+            entry, _ = await self.load(model_id)
+        entry.in_flight += 1
+        entry.idle.clear()
+        entry.last_used = time.time()
+        self._lru.move_to_end(model_id)
+        return entry
+
+    def release(self, entry: ModelEntry) -> None:
+        entry.in_flight -= 1
+        if entry.in_flight == 0:
+            entry.idle.set()
+
+    # ---- load / unload ------------------------------------------------------------
+    async def load(self, model_id: str) -> tuple[ModelEntry, bool]:
+        """Load once; concurrent callers share the same load. Returns (entry, was_loaded)."""
+        entry = self.entry(model_id)
+        if entry.state is ModelState.LOADED:
+            self._lru.move_to_end(model_id)
+            return entry, True
+        if entry.state is ModelState.UNLOADING:
+            await entry.idle.wait()
+            while entry.state is ModelState.UNLOADING:
+                await asyncio.sleep(0.01)
+        if entry.load_task is None:
+            entry.load_task = asyncio.get_running_loop().create_task(self._load(entry))
+        # shield: a caller that goes away must not cancel the load others wait for
+        return await asyncio.shield(entry.load_task), False
+
+    async def _load(self, entry: ModelEntry) -> ModelEntry:
+        entry.state, entry.error = ModelState.LOADING, None
+        self._notify(entry.id, entry.state)
+        started = time.perf_counter()
+        try:
+            spec = read_spec(entry.id, self.repository.model_dir(entry.id) / MANIFEST)
+            artifact = self.repository.artifact_path(entry.id, spec.file)
+            if not artifact.is_file():
+                raise InferenceError(
+                    "ERR_MODEL_LOAD_FAILED", f"model '{entry.id}': artifact {spec.file} is missing"
+                )
+            entry.spec = spec
+            entry.artifact_bytes = artifact.stat().st_size
+            runtime = get_runtime(spec.runtime, self.settings.supported_model_types,
+                                  self.settings.intra_op_threads, self.settings.inter_op_threads)
+            if entry.artifact_bytes > self.settings.memory_limit:
+                raise InferenceError(
+                    "ERR_MODEL_LOAD_FAILED",
+                    f"model '{entry.id}': its artifact alone ({entry.artifact_bytes} bytes) is "
+                    f"larger than memoryLimit ({self.settings.memory_limit} bytes)",
+                )
+            self._make_room(entry, entry.artifact_bytes)
+            labels = self._labels(entry.id, spec)
+            session, grown = await asyncio.to_thread(self._load_blocking, runtime, artifact, spec,
+                                                     entry.id)
+        except InferenceError as exc:
+            self._fail(entry, exc.message)
+            raise
+        except Exception as exc:
+            self._fail(entry, f"model '{entry.id}': {type(exc).__name__}: {exc}")
+            raise InferenceError("ERR_MODEL_LOAD_FAILED", entry.error or "") from exc
+        finally:
+            entry.load_task = None
+        entry.session, entry.labels = session, labels
+        entry.memory_bytes = max(grown, entry.artifact_bytes)
+        entry.state, entry.loaded_at = ModelState.LOADED, time.time()
+        entry.load_ms = (time.perf_counter() - started) * 1000
+        self._lru[entry.id] = entry
+        self._enforce_memory(keep=entry)
+        log.info("model loaded", extra={"modelId": entry.id, "memoryBytes": entry.memory_bytes,
+                                        "loadMs": round(entry.load_ms, 1)})
+        self._notify(entry.id, entry.state)
+        return entry
+
+    def _load_blocking(self, runtime: Any, artifact: Path, spec: ModelSpec, model_id: str
+                       ) -> tuple[ModelSession, int]:
+        with self._load_lock:
+            if spec.sha256 is not None:
+                actual = _sha256(artifact)
+                if actual.lower() != spec.sha256.lower():
+                    raise InferenceError(
+                        "ERR_MODEL_LOAD_FAILED",
+                        f"model '{model_id}': checksum mismatch for {spec.file}: model.json says "
+                        f"sha256 {spec.sha256}, the file has {actual}",
+                    )
+            before = self._process.memory_info().rss
+            session: ModelSession = runtime.load(artifact, spec, model_id)
+            if spec.warmup:
+                from ..engine.warmup import warm_up
+
+                warm_up(session)
+            return session, max(0, self._process.memory_info().rss - before)
+
+    def _labels(self, model_id: str, spec: ModelSpec) -> list[str] | None:
+        if spec.labels is None or isinstance(spec.labels, list):
+            return spec.labels
+        path = self.repository.artifact_path(model_id, spec.labels)
+        try:
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise InferenceError(
+                "ERR_MODEL_LOAD_FAILED", f"model '{model_id}': labels file unreadable: {exc}"
+            ) from exc
+
+    def _fail(self, entry: ModelEntry, message: str) -> None:
+        entry.state, entry.error, entry.session = ModelState.FAILED, message, None
+        log.error("model load failed", extra={"modelId": entry.id, "error": message})
+        self._notify(entry.id, entry.state)
+
+    def _evictable(self, keep: ModelEntry) -> ModelEntry | None:
+        for candidate in self._lru.values():  # oldest first
+            if candidate is not keep and candidate.in_flight == 0:
+                return candidate
+        return None
+
+    def _make_room(self, incoming: ModelEntry, expected_bytes: int) -> None:
+        """Evict idle models, oldest first, until one more fits by count and by memory."""
+        limit = self.settings.memory_limit
+        while (len(self._lru) >= self.settings.model_cache_size
+               or self.memory_used() + expected_bytes > limit):
+            victim = self._evictable(incoming)
+            if victim is None:
+                if len(self._lru) >= self.settings.model_cache_size:
+                    raise InferenceError(
+                        "ERR_CAPACITY_EXCEEDED",
+                        f"cannot load '{incoming.id}': the model cache is full "
+                        f"({len(self._lru)}/{self.settings.model_cache_size}) and every loaded "
+                        "model is serving requests; retry when one is idle",
+                        {"retryAfter": 1},
+                    )
+                break  # memory is an estimate here; _enforce_memory checks the real figure
+            self._drop(victim, reason="evicted (least recently used)")
+
+    def _enforce_memory(self, keep: ModelEntry) -> None:
+        while self.memory_used() > self.settings.memory_limit:
+            victim = self._evictable(keep)
+            if victim is None:
+                log.warning("memoryLimit exceeded while every other model is busy",
+                            extra={"memoryUsed": self.memory_used(),
+                                   "memoryLimit": self.settings.memory_limit})
+                return
+            self._drop(victim, reason="evicted (memoryLimit)")
+
+    def _drop(self, entry: ModelEntry, reason: str) -> None:
+        session, entry.session = entry.session, None
+        self._lru.pop(entry.id, None)
+        entry.state, entry.memory_bytes, entry.loaded_at = ModelState.AVAILABLE, 0, None
+        if session is not None:
+            session.close()
+        log.info("model unloaded", extra={"modelId": entry.id, "reason": reason})
+        self._notify(entry.id, entry.state)
+
+    async def unload(self, model_id: str) -> bool:
+        """Stop admitting requests for the model, wait for its running ones, drop it."""
+        entry = self.entry(model_id)
+        if entry.load_task is not None:
+            try:
+                await asyncio.shield(entry.load_task)
+            except InferenceError:
+                return False
+        if entry.state is ModelState.UNLOADING:
+            await entry.idle.wait()
+            return True
+        if entry.state is not ModelState.LOADED:
+            return False
+        entry.state = ModelState.UNLOADING
+        self._notify(entry.id, entry.state)
+        await entry.idle.wait()
+        self._drop(entry, reason="unload requested")
+        return True
+
+    async def unload_all(self) -> None:
+        for model_id in list(self._lru):
+            await self.unload(model_id)

@@ -1,0 +1,110 @@
+"""``model.json``: what a model directory declares about itself.
+
+Only ``runtime`` and ``file`` are required; inputs and outputs are read from the
+artifact when absent. Unknown keys are refused so that a typo in a model's
+manifest shows up as a clear load failure instead of a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..datatypes import V2_TO_NUMPY
+from ..errors import InferenceError
+
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TASKS = ("tensor", "classification")
+
+
+def check_model_id(model_id: str) -> str:
+    """Reject ids that are not plain names, so no id can become a path elsewhere."""
+    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id) or ".." in model_id:
+        shown = repr(model_id[:64]) if isinstance(model_id, str) else type(model_id).__name__
+        raise InferenceError(
+            "ERR_MODEL_NOT_FOUND",
+            f"model id {shown} is not valid: ids match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$",
+            {"modelId": model_id[:128] if isinstance(model_id, str) else None},
+        )
+    return model_id
+
+
+class TensorSpec(BaseModel):
+    """One input or output: v2 datatype, shape with -1 for a free dimension."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    datatype: str
+    shape: list[int]
+
+    @field_validator("datatype")
+    @classmethod
+    def _datatype(cls, value: str) -> str:
+        if value not in V2_TO_NUMPY:
+            raise ValueError(f"unknown datatype {value!r}; use one of {', '.join(V2_TO_NUMPY)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, value: list[int]) -> list[int]:
+        if any(d < -1 for d in value):
+            raise ValueError("shape dimensions are >= 0, or -1 for a free dimension")
+        return value
+
+    @property
+    def has_batch_dim(self) -> bool:
+        return bool(self.shape) and self.shape[0] == -1
+
+
+class ModelSpec(BaseModel):
+    """The parsed model.json of one model directory."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    runtime: str
+    file: str
+    version: str = "1"
+    task: Literal["tensor", "classification"] = "tensor"
+    description: str = ""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    labels: list[str] | str | None = None
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
+    max_batch_size: int = Field(32, alias="maxBatchSize", ge=0)
+    batch_delay_ms: float = Field(2.0, alias="batchDelayMs", ge=0)
+    warmup: bool = False
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    postprocess: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts or not value.strip():
+            raise ValueError("'file' must be a relative path inside the model directory")
+        return value
+
+
+def read_spec(model_id: str, path: Path) -> ModelSpec:
+    """Parse ``path`` (a model.json), raising ERR_MODEL_LOAD_FAILED with what is wrong."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InferenceError(
+            "ERR_MODEL_LOAD_FAILED", f"model '{model_id}': model.json is unreadable: {exc}"
+        ) from exc
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'model.json'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise InferenceError(
+            "ERR_MODEL_LOAD_FAILED", f"model '{model_id}': model.json is invalid: {problems}"
+        ) from exc

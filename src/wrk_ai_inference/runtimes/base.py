@@ -1,0 +1,56 @@
+"""The contract between the engine and a runtime (onnxruntime today, torch next).
+
+A runtime loads an artifact into a ``ModelSession``. The engine calls
+``ModelSession.run`` on a worker thread with a ``RunHandle`` it may cancel from
+the event loop when a deadline passes; a runtime that can stop a run mid-way
+says so with ``cancellable = True``, and one that cannot lets the run finish
+while the slot stays counted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..models.spec import ModelSpec, TensorSpec
+
+Tensors = dict[str, np.ndarray]
+
+
+class RunHandle:
+    """Cancellation handle for one run; the base version can only record the wish."""
+
+    cancellable = False
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ModelSession(ABC):
+    """A loaded model: its tensor signature and a thread-safe ``run``."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def new_run(self) -> RunHandle:
+        return RunHandle()
+
+    @abstractmethod
+    def run(self, feeds: Tensors, handle: RunHandle) -> Tensors:
+        """Run on already validated, correctly typed inputs; called off the event loop."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the runtime's memory; called once, after the last run ended."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    def load(self, artifact: Path, spec: ModelSpec, model: str) -> ModelSession: ...

@@ -1,0 +1,208 @@
+"""InferenceWorker: the one object both transports talk to.
+
+Its public coroutine methods are the RPC methods (snake_case); each takes and
+returns JSON-able values (numpy arrays are allowed: orjson writes them) and
+raises ``InferenceError`` on failure. HTTP and RPC only translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from enum import StrEnum
+from typing import Any
+
+import psutil
+
+from . import __version__
+from .capacity import CapacityTracker
+from .config import Settings
+from .engine.engine import InferenceEngine
+from .engine.history import History
+from .errors import InferenceError
+from .logs import get_logger
+from .metrics import Metrics
+from .models.manager import ModelManager, ModelState
+from .models.spec import check_model_id
+
+log = get_logger("worker")
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class InferenceWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.capacity = CapacityTracker(settings.max_concurrent_inferences,
+                                        settings.max_queued_inferences)
+        self.models = ModelManager(settings)
+        self.history = History(settings.history_size)
+        self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
+                                      self.metrics)
+        self.metrics.bind_gauges(lambda: self.capacity.running, lambda: self.capacity.queued)
+        self.models.add_listener(self._on_model_change)
+        self._active = 0  # admitted transport calls that have not answered yet
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._process = psutil.Process()
+
+    # ---- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin serving: preload in the background so /health can say 'starting'."""
+        self._tasks.append(asyncio.create_task(self._preload()))
+        self._tasks.append(asyncio.create_task(self._health_monitor()))
+
+    async def _preload(self) -> None:
+        for model_id in self.settings.preload:
+            try:
+                await self.models.load(model_id)
+            except InferenceError as exc:
+                log.error("preload failed", extra={"modelId": model_id, "error": exc.message})
+        if self.state is WorkerState.STARTING:
+            self.state = WorkerState.READY
+            log.info("worker ready", extra={"loadedModels": self.models.loaded_ids()})
+
+    async def wait_ready(self) -> None:
+        while self.state is WorkerState.STARTING:
+            await asyncio.sleep(0.01)
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop admitting, wait for admitted calls up to ``grace_s``; True if all finished."""
+        if self.state is not WorkerState.STOPPED:
+            self.state = WorkerState.DRAINING
+        log.info("draining", extra={"inFlight": self._active, "graceS": grace_s})
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return True
+        except TimeoutError:
+            log.warning("grace period ended with calls in flight", extra={"inFlight": self._active})
+            return False
+
+    async def stop(self) -> None:
+        self.state = WorkerState.STOPPED
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.engine.shutdown()
+        log.info("worker stopped")
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Any:
+        """Count a call as in flight; refuse it with ERR_NOT_READY while starting or draining."""
+        if self.state is not WorkerState.READY:
+            raise InferenceError("ERR_NOT_READY", f"worker is {self.state.value}",
+                                 {"state": self.state.value, "retryAfter": 1})
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    # ---- RPC-shaped API ---------------------------------------------------------
+    async def run_inference(self, model_id: str, input_data: Any, options: Any = None
+                            ) -> dict[str, Any]:
+        with self._admitted():
+            result = await self.engine.infer(model_id, input_data, options)
+        return {"success": True, **result}
+
+    async def load_model(self, model_id: str) -> dict[str, Any]:
+        with self._admitted():
+            try:
+                entry, already = await self.models.load(model_id)
+            except InferenceError as exc:
+                if exc.code == "ERR_MODEL_LOAD_FAILED" and self.models.known(model_id):
+                    self.metrics.loads.labels(model_id, "failed").inc()
+                raise
+            if not already:
+                self.metrics.loads.labels(model_id, "success").inc()
+            return {"success": True,
+                    "message": "Model already loaded" if already else "Model loaded",
+                    "model": entry.metadata()}
+
+    async def unload_model(self, model_id: str) -> dict[str, Any]:
+        with self._admitted():
+            unloaded = await self.models.unload(model_id)
+            return {"success": True,
+                    "message": "Model unloaded" if unloaded else "Model was not loaded"}
+
+    async def check_capacity(self, model_id: str | None = None) -> dict[str, Any]:
+        cap = self.capacity
+        result: dict[str, Any] = {
+            "maxConcurrent": cap.max_running,
+            "currentLoad": cap.running,
+            "queued": cap.queued,
+            "maxQueued": cap.max_queued,
+            "available": self.state is WorkerState.READY and cap.has_room,
+            "availableModels": self.models.loaded_ids(),
+            "state": self.state.value,
+        }
+        if model_id is not None:
+            check_model_id(model_id)
+            exists = self.models.exists(model_id)
+            loaded = model_id in result["availableModels"]
+            result["modelLoaded"] = loaded
+            result["modelAvailable"] = loaded or (exists and self.settings.auto_load)
+        return result
+
+    async def get_available_models(self) -> dict[str, Any]:
+        return {"models": self.models.loaded_ids()}
+
+    async def list_models(self) -> dict[str, Any]:
+        return {"models": self.models.list_models()}
+
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        return self.models.get_model(model_id)
+
+    async def get_stats(self) -> dict[str, Any]:
+        return self.history.stats()
+
+    async def get_health(self) -> dict[str, Any]:
+        status = "healthy" if self.state is WorkerState.READY else self.state.value
+        return {
+            "status": status,
+            "service": "ai-inference",
+            "version": __version__,
+            "uptime": round(time.time() - self.started_at, 3),
+            "capacity": await self.check_capacity(),
+            "loadedModels": self.models.loaded_ids(),
+            "memoryBytes": self._process.memory_info().rss,
+        }
+
+    async def ping(self, payload: Any = None) -> Any:
+        return payload
+
+    # ---- internals ---------------------------------------------------------------
+    def _on_model_change(self, model_id: str, state: ModelState) -> None:
+        loaded = state is ModelState.LOADED
+        self.metrics.loaded.labels(model_id).set(1 if loaded else 0)
+        entry = self.models.entry(model_id)
+        self.metrics.model_memory.labels(model_id).set(entry.memory_bytes if loaded else 0)
+
+    async def _health_monitor(self) -> None:
+        interval = self.settings.health_check_interval / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            log.info("health", extra={
+                "state": self.state.value,
+                "running": self.capacity.running,
+                "queued": self.capacity.queued,
+                "loadedModels": self.models.loaded_ids(),
+                "modelMemoryBytes": self.models.memory_used(),
+                "rssBytes": self._process.memory_info().rss,
+                "inFlight": self._active,
+            })
