@@ -23,7 +23,7 @@ from ..logs import get_logger
 from ..metrics import CONTENT_TYPE
 from ..worker import InferenceWorker, WorkerState
 from .middleware import GuardMiddleware
-from .schemas import InferenceRequest, errors
+from .schemas import INFERENCE_REQUEST_SCHEMA, errors
 
 log = get_logger("http")
 
@@ -97,8 +97,7 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> FastAP
 
     @app.post("/api/inference/{modelId}", openapi_extra={"requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": InferenceRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}")}}}},
+        "content": {"application/json": {"schema": INFERENCE_REQUEST_SCHEMA}}}},
         responses=errors(400, 401, 404, 409, 413, 429, 500, 503, 504))
     async def inference(modelId: str, request: Request) -> Response:
         body = await read_json(request)

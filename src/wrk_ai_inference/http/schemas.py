@@ -10,17 +10,37 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+_NESTED = {"anyOf": [{"type": "number"}, {"type": "boolean"},
+                    {"type": "array", "items": {"anyOf": [
+                        {"type": "number"},
+                        {"type": "array", "items": {"type": "number"}}]}}]}
 
-class InferenceOptions(BaseModel):
-    timeout: float | None = Field(None, gt=0, le=3_600_000, description="deadline in ms")
-    topK: int | None = Field(None, ge=1, le=1000, description="classification: labels per row")
-    outputs: list[str] | None = Field(None, description="only these outputs")
-
-
-class InferenceRequest(BaseModel):
-    inputData: Any = Field(description="{inputName: nested list}, or a bare nested list for a "
-                           "one-input model")
-    options: InferenceOptions | None = None
+#: Body of POST /api/inference/{modelId}; self-contained (no $ref) so any client or
+#: fuzzer can use it as is.
+INFERENCE_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputData"],
+    "properties": {
+        "inputData": {
+            "description": "{inputName: nested list}, or a bare nested list for a one-input "
+                           "model",
+            "anyOf": [{"type": "array", "items": _NESTED},
+                      {"type": "object", "additionalProperties": _NESTED},
+                      {"type": "string"}],
+        },
+        "options": {
+            "type": "object",
+            "properties": {
+                "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3_600_000,
+                            "description": "deadline in ms"},
+                "topK": {"type": "integer", "minimum": 1, "maximum": 1000,
+                         "description": "classification: labels per row"},
+                "outputs": {"type": "array", "items": {"type": "string"},
+                            "description": "only these outputs"},
+            },
+        },
+    },
+}
 
 
 class ErrorBody(BaseModel):

@@ -1,0 +1,139 @@
+"""Real worker processes and model repositories for the tests.
+
+Everything runs on 127.0.0.1 with a free port; each worker's JSON-line log
+goes to a file that a failing test can show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "models"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_repo(root: Path, models: dict[str, str]) -> Path:
+    """Copy example models: ``{"new_id": "example_id"}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for new_id, source in models.items():
+        shutil.copytree(EXAMPLES / source, root / new_id)
+    return root
+
+
+def add_broken_model(root: Path, model_id: str = "broken") -> None:
+    """A model that validates any 1-D float input but fails in the runtime unless it has 4
+    elements (Reshape to [2, 2]): the way to reach ERR_INFERENCE_FAILED."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        initializer=[numpy_helper.from_array(np.array([2, 2], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = root / model_id
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    (folder / "model.json").write_text(json.dumps({"runtime": "onnx", "file": "model.onnx"}))
+
+
+class Worker:
+    """``wrk-ai-inference http`` in a child process."""
+
+    def __init__(self, repo: Path, log_path: Path, **config: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        args = [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--host", "127.0.0.1",
+                "--port", str(self.port), "--model-repository", str(repo),
+                "--health-check-interval", "1000"]
+        for key, value in config.items():
+            text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+            args += [f"--{key.replace('_', '-')}", text]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WRK_AI_INFERENCE_")}
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+
+
+@contextlib.contextmanager
+def running_worker(repo: Path, log_path: Path, **config: Any) -> Iterator[Worker]:
+    worker = Worker(repo, log_path, **config)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.terminate()
+
+
+def slow_iterations(seconds: float) -> int:
+    """Loop steps of the ``slow`` model for about ``seconds`` of work, measured here."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(EXAMPLES / "slow" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    x = np.ones((1, 256), np.float32)
+    steps = 20_000
+    started = time.perf_counter()
+    session.run(None, {"x": x, "iterations": np.array([steps], np.int64)})
+    per_step = (time.perf_counter() - started) / steps
+    return max(1, int(seconds / per_step))
+
+
+def slow_body(iterations: int, timeout_ms: float | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputData": {"x": [[0.5] * 256], "iterations": [iterations]}}
+    if timeout_ms is not None:
+        body["options"] = {"timeout": timeout_ms}
+    return body
