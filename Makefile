@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_DIR := src/wrk_ai_inference/rpc/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx examples/models/slow/model.onnx
 
-.PHONY: setup run test lint unit bench clean
+.PHONY: setup run test lint unit bench clean testnet rack
 
-setup: $(STAMP) $(EXAMPLES)
+setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
 # The venv lives in the checkout; requirements.lock pins every transitive package.
 $(STAMP): pyproject.toml requirements.lock
@@ -17,12 +19,25 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev]'
 	touch $@
 
+# The Node bridge's exact versions come from its committed package-lock.json.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 $(EXAMPLES) &: $(STAMP) src/wrk_ai_inference/examples.py
 	$(BIN)/wrk-ai-inference examples
 	touch $(EXAMPLES)
 
 run: setup
 	$(BIN)/wrk-ai-inference http
+
+# Rack mode on one machine: `make testnet` in one terminal, then
+# `make rack BOOTSTRAP=127.0.0.1:49737` in another.
+testnet: setup
+	$(BIN)/wrk-ai-inference testnet --nodes 3
+
+rack: setup
+	$(BIN)/wrk-ai-inference rack --rack rack-0 --env development --bootstrap $(BOOTSTRAP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -34,4 +49,4 @@ unit: setup
 test: setup lint unit
 
 clean:
-	rm -rf $(VENV) examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache

@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     http = sub.add_parser("http", help="standalone HTTP microservice")
     _add_config_flags(http)
+    rack = sub.add_parser("rack", help="rack worker behind Hyperswarm RPC")
+    rack.add_argument("--rack", required=True, help="rack name: keys live in <store-dir>/<rack>")
+    rack.add_argument("--env", default="development")
+    rack.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] or 'public'")
+    rack.add_argument("--store-dir")
+    rack.add_argument("--status-dir")
+    rack.add_argument("--announce-interval", type=int, metavar="MS")
+    _add_config_flags(rack)
+    testnet = sub.add_parser("testnet", help="a local HyperDHT testnet on 127.0.0.1")
+    testnet.add_argument("--nodes", type=int, default=3)
     examples = sub.add_parser("examples", help="build the example models")
     examples.add_argument("--out", default="examples/models")
     examples.add_argument("--force", action="store_true")
@@ -46,17 +56,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         build_all(args.out, force=args.force)
         return 0
+    if args.command == "testnet":
+        return _testnet(args.nodes)
     try:
         settings = load_settings(args.config, _overrides(args))
+        net = _net_config(args) if args.command == "rack" else None
     except ConfigError as exc:
         setup_logging()
         get_logger("cli").error("configuration error", extra={"error": str(exc)})
         return 2
     setup_logging(settings.debug)
+    if net is not None:
+        from .rpc.server import serve_rack
+
+        serve_rack(settings, net, args.rack, args.env)
+        return 0
     from .http.server import serve
 
     serve(settings)
     return 0
+
+
+def _net_config(args: argparse.Namespace) -> Any:
+    from .rpc.netconfig import load_net_config
+
+    boot = args.bootstrap
+    bootstrap: list[str] | str | None = None
+    if boot is not None:
+        bootstrap = boot if boot == "public" else [b.strip() for b in boot.split(",") if b]
+    return load_net_config(args.config, {"bootstrap": bootstrap, "storeDir": args.store_dir,
+                                         "statusDir": args.status_dir,
+                                         "announceInterval": args.announce_interval})
+
+
+def _testnet(nodes: int) -> int:
+    import os
+
+    from .rpc.bridge import NODE_DIR, node_binary
+
+    if nodes < 2:
+        setup_logging()
+        get_logger("cli").error("a testnet needs at least 2 nodes (one cannot announce)")
+        return 2
+    node = node_binary()
+    os.execv(node, [node, str(NODE_DIR / "testnet.js"), str(nodes)])
 
 
 if __name__ == "__main__":

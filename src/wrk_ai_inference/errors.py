@@ -12,6 +12,7 @@ from typing import Any
 HTTP_STATUS: dict[str, int] = {
     "ERR_INVALID_REQUEST": 400,
     "ERR_INVALID_INPUT": 400,
+    "ERR_FACS_NET_DATA_FORMAT": 400,
     "ERR_UNAUTHORIZED": 401,
     "ERR_MODEL_NOT_FOUND": 404,
     "ERR_NOT_FOUND": 404,
@@ -23,6 +24,7 @@ HTTP_STATUS: dict[str, int] = {
     "ERR_INFERENCE_FAILED": 500,
     "ERR_INTERNAL": 500,
     "ERR_NOT_READY": 503,
+    "ERR_RPC_UNAVAILABLE": 503,
     "ERR_INFERENCE_TIMEOUT": 504,
 }
 

@@ -1,0 +1,73 @@
+"""A Python client for rack workers: by public key or by DHT topic.
+
+It runs its own bridge in client mode, so it speaks exactly what a Node
+orchestrator speaks. Connections are pooled by the bridge and linger 300 s
+after their last request (as hp-svc-facs-net sets it); a connection silent for
+``connection_timeout_ms`` (keep-alives included) is dropped, so a call to a
+worker that crashed fails in seconds with ERR_RPC_UNAVAILABLE.
+
+    async with RpcClient(bootstrap=["127.0.0.1:49737"]) as client:
+        result = await client.request_topic("ai-inference:digits", "runInference",
+                                            {"modelId": "digits", "inputData": [...]})
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from ..errors import InferenceError
+from .bridge import NodeBridge
+from .methods import parse_reply
+
+
+class RpcClient:
+    def __init__(self, bootstrap: list[str] | None, seed: str | None = None,
+                 pool_linger_ms: int = 300_000, timeout_ms: int = 30_000,
+                 host: str = "127.0.0.1", keep_alive_ms: int = 2_000,
+                 connection_timeout_ms: int = 7_000) -> None:
+        self.timeout_ms = timeout_ms
+        self._bridge = NodeBridge({"mode": "client", "seed": None, "dhtSeed": seed,
+                                   "bootstrap": bootstrap, "host": host, "allow": None,
+                                   "methods": [], "poolLinger": pool_linger_ms,
+                                   "announceInterval": 300_000, "keepAlive": keep_alive_ms,
+                                   "connectionTimeout": connection_timeout_ms})
+
+    @property
+    def client_key(self) -> str:
+        return str(self._bridge.info.get("clientKey"))
+
+    async def __aenter__(self) -> RpcClient:
+        await self._bridge.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._bridge.close()
+
+    async def request_raw(self, key: str, method: str, body: bytes,
+                          timeout_ms: int | None = None) -> bytes:
+        timeout = timeout_ms or self.timeout_ms
+        _, reply = await self._bridge.command(
+            {"t": "request", "key": key, "method": method, "timeout": timeout}, body,
+            timeout=timeout / 1000 + 5)
+        return reply
+
+    async def request(self, key: str, method: str, payload: Any = None,
+                      timeout_ms: int | None = None) -> Any:
+        """Call ``method``; an ``[HRPC_ERR]`` reply raises InferenceError with its code."""
+        body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return parse_reply(await self.request_raw(key, method, body, timeout_ms))
+
+    async def lookup(self, topic: str) -> list[str]:
+        result, _ = await self._bridge.command({"t": "lookup", "topic": topic}, timeout=30)
+        return list(result.get("peers", []))
+
+    async def request_topic(self, topic: str, method: str, payload: Any = None,
+                            timeout_ms: int | None = None) -> Any:
+        """Look the topic up and call one of the workers announcing it, chosen at random."""
+        peers = await self.lookup(topic)
+        if not peers:
+            raise InferenceError("ERR_RPC_UNAVAILABLE", f"no worker announces {topic!r}")
+        return await self.request(random.choice(peers), method, payload, timeout_ms)

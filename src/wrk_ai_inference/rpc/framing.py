@@ -1,0 +1,35 @@
+"""Length-prefixed frames between Python and the Node bridge.
+
+``u32be total | u32be headerLength | header JSON | body bytes``: the JSON header
+carries the routing (type, id, method) and the body carries the RPC payload
+untouched, so payloads are never JSON-escaped twice.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+_U32 = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
+    head = orjson.dumps(header)
+    return _U32.pack(4 + len(head) + len(body)) + _U32.pack(len(head)) + head + body
+
+
+def decode(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    """``frame`` is everything after the total-length prefix."""
+    (head_len,) = _U32.unpack_from(frame, 0)
+    header = orjson.loads(frame[4 : 4 + head_len])
+    return header, frame[4 + head_len :]
+
+
+def read_length(prefix: bytes) -> int:
+    (total,) = _U32.unpack(prefix)
+    if total < 4 or total > MAX_FRAME:
+        raise ValueError(f"bad frame length {total}")
+    return int(total)

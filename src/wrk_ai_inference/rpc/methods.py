@@ -1,0 +1,107 @@
+"""RPC method names -> InferenceWorker calls, with hp-svc-facs-net's wire conventions.
+
+Requests are UTF-8 JSON; replies are UTF-8 JSON of the result; a failure is the
+JSON string ``"[HRPC_ERR]=<CODE>: <message>"``, and a payload that is not JSON
+is ``"[HRPC_ERR]=ERR_FACS_NET_DATA_FORMAT"``. Nothing here decides behaviour:
+that lives in the worker, so HTTP and RPC answer alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..errors import InferenceError
+from ..logs import get_logger
+from ..worker import InferenceWorker
+
+log = get_logger("rpc")
+
+ERR_PREFIX = "[HRPC_ERR]="
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+Handler = Callable[[InferenceWorker, dict[str, Any]], Awaitable[Any]]
+
+
+def _model_id(payload: dict[str, Any]) -> str:
+    model_id = payload.get("modelId")
+    if not isinstance(model_id, str):
+        raise InferenceError("ERR_INVALID_REQUEST", "modelId (a string) is required")
+    return model_id
+
+
+async def _run_inference(worker: InferenceWorker, p: dict[str, Any]) -> Any:
+    if "inputData" not in p:
+        raise InferenceError("ERR_INVALID_REQUEST", "inputData is required")
+    return await worker.run_inference(_model_id(p), p["inputData"], p.get("options"))
+
+
+async def _check_capacity(worker: InferenceWorker, p: dict[str, Any]) -> Any:
+    model_id = p.get("modelId")
+    if model_id is not None and not isinstance(model_id, str):
+        raise InferenceError("ERR_INVALID_REQUEST", "modelId must be a string")
+    return await worker.check_capacity(model_id)
+
+
+METHODS: dict[str, Handler] = {
+    "runInference": _run_inference,
+    "loadModel": lambda w, p: w.load_model(_model_id(p)),
+    "unloadModel": lambda w, p: w.unload_model(_model_id(p)),
+    "checkCapacity": _check_capacity,
+    "getAvailableModels": lambda w, p: w.get_available_models(),
+    "getHealth": lambda w, p: w.get_health(),
+    "listModels": lambda w, p: w.list_models(),
+    "getModel": lambda w, p: w.get_model(_model_id(p)),
+    "getStats": lambda w, p: w.get_stats(),
+}
+
+
+def error_reply(code: str, message: str | None = None) -> bytes:
+    return orjson.dumps(ERR_PREFIX + (f"{code}: {message}" if message else code))
+
+
+async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
+    """Answer one RPC request; never raises."""
+    try:
+        payload = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return error_reply("ERR_FACS_NET_DATA_FORMAT")
+    try:
+        if method == "ping":
+            return orjson.dumps(await worker.ping(payload), option=_OPTS)
+        handler = METHODS.get(method)
+        if handler is None:
+            raise InferenceError("ERR_INVALID_REQUEST", f"unknown method {method!r}")
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise InferenceError("ERR_INVALID_REQUEST", "the payload must be a JSON object")
+        return orjson.dumps(await handler(worker, payload), option=_OPTS)
+    except InferenceError as exc:
+        return error_reply(exc.code, exc.message)
+    except Exception as exc:
+        log.exception("RPC handler failed", extra={"method": method})
+        return error_reply("ERR_INTERNAL", f"internal error: {type(exc).__name__}")
+
+
+def parse_reply(body: bytes) -> Any:
+    """Client side: the result, or InferenceError for an ``[HRPC_ERR]`` reply."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InferenceError("ERR_FACS_NET_DATA_FORMAT", "the reply is not JSON") from exc
+    if isinstance(value, str) and value.startswith(ERR_PREFIX):
+        text = value[len(ERR_PREFIX):]
+        code, _, message = text.partition(": ")
+        if code not in _known_codes():
+            code, message = "ERR_INFERENCE_FAILED", text
+        raise InferenceError(code, message or code)
+    return value
+
+
+def _known_codes() -> set[str]:
+    from ..errors import HTTP_STATUS
+
+    return set(HTTP_STATUS)

@@ -1,0 +1,159 @@
+"""The rack worker: InferenceWorker + Node bridge + keys, status and DHT topics.
+
+Keys come from seeds persisted under ``<storeDir>/<rack>/`` (mode 0600), so the
+public key survives restarts. Topics: ``ai-inference`` while running and
+``ai-inference:<modelId>`` for each loaded model, announced on load and
+re-announced every ``announceInterval``, withdrawn on unload and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import Settings
+from ..errors import InferenceError
+from ..logs import get_logger
+from ..models.manager import ModelState
+from ..worker import InferenceWorker
+from .bridge import NodeBridge
+from .methods import METHODS, dispatch
+from .netconfig import NetConfig
+
+log = get_logger("rpc.server")
+
+TOPIC = "ai-inference"
+
+
+def model_topic(model_id: str) -> str:
+    return f"{TOPIC}:{model_id}"
+
+
+def load_seeds(store: Path) -> dict[str, str]:
+    """Read or create the rack's seeds; only the store ever holds them."""
+    path = store / "seeds.json"
+    if path.is_file():
+        seeds: dict[str, str] = orjson.loads(path.read_bytes())
+        return seeds
+    store.mkdir(parents=True, exist_ok=True)
+    seeds = {"rpcSeed": secrets.token_hex(32), "dhtSeed": secrets.token_hex(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(seeds))
+    return seeds
+
+
+class RackWorker:
+    def __init__(self, settings: Settings, net: NetConfig, rack: str, env: str) -> None:
+        self.settings = settings
+        self.net = net
+        self.rack = rack
+        self.env = env
+        self.worker = InferenceWorker(settings)
+        self.topics: set[str] = set()
+        self.status_path = Path(net.status_dir) / f"wrk-ai-inference.{rack}.json"
+        seeds = load_seeds(Path(net.store_dir) / rack)
+        self.bridge = NodeBridge(
+            {"mode": "server", "seed": seeds["rpcSeed"], "dhtSeed": seeds["dhtSeed"],
+             "bootstrap": net.bootstrap_for_bridge(), "host": net.bind_host(),
+             "allow": net.allow or None, "methods": [*METHODS, "ping"],
+             "poolLinger": net.pool_linger, "announceInterval": net.announce_interval,
+             "keepAlive": net.keep_alive, "connectionTimeout": net.connection_timeout},
+            on_call=self._on_call, on_restart=self._after_restart)
+        self._topic_lock = asyncio.Lock()
+        self._topic_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def _on_call(self, method: str, body: bytes, peer: str) -> bytes:
+        reply = await dispatch(self.worker, method, body)
+        if method in ("loadModel", "unloadModel") and self._topic_task is not None:
+            # answer after the DHT agrees, so a lookup right after the reply is current
+            await asyncio.shield(self._topic_task)
+        return reply
+
+    async def start(self) -> None:
+        info = await self.bridge.start()
+        self.worker.models.add_listener(self._on_model_change)
+        await self.worker.start()
+        await self.worker.wait_ready()
+        await self._set_topics({TOPIC, *(model_topic(m) for m in self.worker.models.loaded_ids())})
+        self._write_status()
+        log.info("rack worker ready", extra={"rack": self.rack, "env": self.env,
+                                             "rpcPublicKey": info["publicKey"],
+                                             "topics": sorted(self.topics)})
+
+    def _on_model_change(self, model_id: str, state: ModelState) -> None:
+        if self.worker.state.value not in ("ready", "starting"):
+            return
+        wanted = set(self.topics)
+        if state is ModelState.LOADED:
+            wanted.add(model_topic(model_id))
+        else:
+            wanted.discard(model_topic(model_id))
+        if wanted != self.topics:
+            self._topic_task = asyncio.get_running_loop().create_task(self._set_topics(wanted))
+
+    async def _set_topics(self, wanted: set[str]) -> None:
+        """Announce what is new, withdraw what is gone; serialised so updates keep order."""
+        async with self._topic_lock:
+            add, remove = sorted(wanted - self.topics), sorted(self.topics - wanted)
+            self.topics = set(wanted)
+            try:
+                if remove:
+                    await self.bridge.command({"t": "unannounce", "topics": remove}, timeout=60)
+                if add:
+                    await self.bridge.command({"t": "announce", "topics": add}, timeout=60)
+            except InferenceError as exc:
+                log.error("topic update failed", extra={"error": exc.message, "add": add,
+                                                        "remove": remove})
+            self._write_status()
+
+    async def _after_restart(self) -> None:
+        topics = sorted(self.topics)
+        if topics:
+            await self.bridge.command({"t": "announce", "topics": topics}, timeout=60)
+        self._write_status()
+
+    def _write_status(self) -> None:
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        status: dict[str, Any] = {
+            "rack": self.rack, "env": self.env,
+            "rpcPublicKey": self.bridge.info.get("publicKey"),
+            "rpcClientKey": self.bridge.info.get("clientKey"),
+            "topics": sorted(self.topics), "pid": os.getpid(), "bridgePid": self.bridge.pid,
+            "bridgeRestarts": self.bridge.restarts, "updatedAt": int(time.time() * 1000),
+        }
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
+        tmp.replace(self.status_path)
+
+    async def stop(self) -> None:
+        """Drain admitted calls, withdraw topics, close the DHT, stop the core."""
+        await self.worker.drain(self.settings.shutdown_grace_period / 1000.0)
+        await self._set_topics(set())
+        await self.bridge.close()
+        await self.worker.stop()
+        log.info("rack worker stopped", extra={"rack": self.rack})
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        await self._stopping.wait()
+        log.info("shutdown requested")
+        await self.stop()
+
+
+def serve_rack(settings: Settings, net: NetConfig, rack: str, env: str) -> None:
+    async def main() -> None:
+        await RackWorker(settings, net, rack, env).run_until_signalled()
+
+    asyncio.run(main())

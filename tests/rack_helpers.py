@@ -1,0 +1,121 @@
+"""Testnet, rack worker processes and the plain Node orchestrator, for the rack tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .helpers import ROOT
+
+NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "rpc" / "node" / "node_modules"
+ORCHESTRATOR = ROOT / "tests" / "node" / "orchestrator.js"
+
+
+@contextlib.contextmanager
+def local_testnet(nodes: int = 3) -> Iterator[list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "wrk_ai_inference.cli", "testnet",
+                             "--nodes", str(nodes)], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        bootstrap = json.loads(line)["bootstrap"]
+        assert all(b.startswith("127.0.0.1:") for b in bootstrap)
+        yield bootstrap
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Rack:
+    """``wrk-ai-inference rack`` in a child process, with its own store and status dirs."""
+
+    def __init__(self, root: Path, rack: str, bootstrap: list[str], repo: Path,
+                 config_dir: Path | None = None, **config: Any) -> None:
+        self.root = root
+        self.rack = rack
+        self.status_path = root / "status" / f"wrk-ai-inference.{rack}.json"
+        self.log_path = root / f"{rack}.log"
+        args = [sys.executable, "-m", "wrk_ai_inference.cli", "rack", "--rack", rack,
+                "--bootstrap", ",".join(bootstrap), "--store-dir", str(root / "store"),
+                "--status-dir", str(root / "status"), "--model-repository", str(repo),
+                "--health-check-interval", "1000"]
+        if config_dir is not None:
+            args += ["--config", str(config_dir)]
+        for key, value in config.items():
+            text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+            args += [f"--{key.replace('_', '-')}", text]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WRK_AI_INFERENCE_")}
+        with contextlib.suppress(FileNotFoundError):
+            self.status_path.unlink()
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env)
+
+    def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rack exited {self.proc.returncode}:\n{self.logs()}")
+            if "rack worker ready" in self.logs()[self._offset:]:
+                return self.status()
+            time.sleep(0.05)
+        raise RuntimeError(f"rack not ready:\n{self.logs()}")
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.status_path.read_text())
+        return data
+
+    @property
+    def key(self) -> str:
+        return str(self.status()["rpcPublicKey"])
+
+    def logs(self) -> str:
+        return self.log_path.read_bytes().decode(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+
+
+@contextlib.contextmanager
+def running_rack(root: Path, rack: str, bootstrap: list[str], repo: Path,
+                 **config: Any) -> Iterator[Rack]:
+    worker = Rack(root, rack, bootstrap, repo, **config)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def orchestrate(bootstrap: list[str], key: str | None, steps: list[dict[str, Any]],
+                seed: str | None = None, timeout_ms: int = 30_000,
+                wall_s: float = 120) -> list[dict[str, Any]]:
+    """Run the plain Node orchestrator; one result dict per step."""
+    plan = {"bootstrap": bootstrap, "key": key, "steps": steps, "seed": seed,
+            "timeout": timeout_ms}
+    node = shutil.which("node")
+    assert node is not None
+    done = subprocess.run([node, str(ORCHESTRATOR), json.dumps(plan)], capture_output=True,
+                          text=True, timeout=wall_s,
+                          env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == len(steps) + 1, done.stdout
+    return lines[:-1]
