@@ -8,7 +8,7 @@ NODE_DIR := src/wrk_ai_inference/rpc/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx examples/models/slow/model.onnx
 
-.PHONY: setup run test lint unit bench clean testnet rack
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -47,6 +47,9 @@ unit: setup
 	$(BIN)/pytest -q
 
 test: setup lint unit
+
+bench-rpc: setup
+	$(BIN)/python benchmarks/rpc_bench.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache
