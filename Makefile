@@ -40,7 +40,7 @@ rack: setup
 	$(BIN)/wrk-ai-inference rack --rack rack-0 --env development --bootstrap $(BOOTSTRAP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
 unit: setup
@@ -48,8 +48,20 @@ unit: setup
 
 test: setup lint unit
 
+# MLServer lives in a venv of its own: its pins would fight the worker's.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: benchmarks/mlserver.lock
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/mlserver.lock \
+	  || echo "MLServer could not be installed: make bench will print why it skips it"
+	touch $@
+
+bench: setup $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/bench.py
+
 bench-rpc: setup
 	$(BIN)/python benchmarks/rpc_bench.py
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache

@@ -70,6 +70,9 @@ class Settings(BaseModel):
     api_keys: list[str] = Field(default_factory=list, alias="apiKeys")
     shutdown_grace_period: int = Field(30_000, alias="shutdownGracePeriod", ge=0)
     intra_op_threads: int = Field(0, alias="intraOpThreads", ge=0, description="0 = cores")
+    inference_threads: int = Field(0, alias="inferenceThreads", ge=0,
+                                   description="runs at once in the runtime; 0 = cores")
+    dynamic_batching: bool = Field(True, alias="dynamicBatching")
     inter_op_threads: int = Field(1, alias="interOpThreads", ge=1)
     default_top_k: int = Field(5, alias="defaultTopK", ge=1)
 

@@ -8,7 +8,9 @@ being passed by hand.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import secrets
 import sys
 import time
 from typing import Any
@@ -18,6 +20,16 @@ import orjson
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    """A 32-hex-digit id, unique within this process and across processes (random prefix);
+    much cheaper than uuid4 on the request path."""
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

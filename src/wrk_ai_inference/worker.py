@@ -55,12 +55,14 @@ class InferenceWorker:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
+        self.max_loop_lag = 0.0
 
     # ---- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         """Begin serving: preload in the background so /health can say 'starting'."""
         self._tasks.append(asyncio.create_task(self._preload()))
         self._tasks.append(asyncio.create_task(self._health_monitor()))
+        self._tasks.append(asyncio.create_task(self._loop_lag_monitor()))
 
     async def _preload(self) -> None:
         for model_id in self.settings.preload:
@@ -189,9 +191,21 @@ class InferenceWorker:
     # ---- internals ---------------------------------------------------------------
     def _on_model_change(self, model_id: str, state: ModelState) -> None:
         loaded = state is ModelState.LOADED
+        if state is ModelState.AVAILABLE:
+            asyncio.get_running_loop().create_task(self.engine.forget(model_id))
         self.metrics.loaded.labels(model_id).set(1 if loaded else 0)
         entry = self.models.entry(model_id)
         self.metrics.model_memory.labels(model_id).set(entry.memory_bytes if loaded else 0)
+
+    async def _loop_lag_monitor(self, period: float = 0.05) -> None:
+        """A timer that should fire every ``period``: its lateness is the loop's lag."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            lag = max(0.0, loop.time() - due)
+            self.metrics.loop_lag.observe(lag)
+            self.max_loop_lag = max(self.max_loop_lag, lag)
 
     async def _health_monitor(self) -> None:
         interval = self.settings.health_check_interval / 1000.0
@@ -205,4 +219,6 @@ class InferenceWorker:
                 "modelMemoryBytes": self.models.memory_used(),
                 "rssBytes": self._process.memory_info().rss,
                 "inFlight": self._active,
+                "maxLoopLagMs": round(self.max_loop_lag * 1000, 2),
             })
+            self.max_loop_lag = 0.0

@@ -11,24 +11,26 @@ stopped still counts against capacity.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..capacity import CapacityTracker
 from ..config import Settings
 from ..errors import InferenceError
-from ..logs import get_logger
+from ..logs import get_logger, new_id
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
-from ..runtimes.base import RunHandle, Tensors
+from ..runtimes.base import ModelSession, RunHandle, Tensors
 from . import processors
+from .batcher import Batcher
 from .history import History
 
 log = get_logger("engine")
 
 _MAX_TIMEOUT_MS = 3_600_000
+
 _MAX_TOP_K = 1000
 
 
@@ -62,8 +64,14 @@ class InferenceEngine:
         self.capacity = capacity
         self.history = history
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_inferences,
+        self.threads = settings.inference_threads or (os.cpu_count() or 1)
+        self.executor = ThreadPoolExecutor(max_workers=self.threads,
                                            thread_name_prefix="inference")
+        self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
+        # Batches of one model that run at once: enough to use every core, no more,
+        # since each run already uses intraOpThreads of them.
+        intra = settings.intra_op_threads or (os.cpu_count() or 1)
+        self.batch_parallelism = max(1, min(self.threads, (os.cpu_count() or 1) // intra))
         self.overrunning = 0
         metrics.overrunning.set_function(lambda: self.overrunning)
 
@@ -97,7 +105,7 @@ class InferenceEngine:
         elapsed = self._record(model_id, None, started, queue_s, compute_s)
         return {
             "modelId": model_id,
-            "inferenceId": uuid.uuid4().hex,
+            "inferenceId": new_id(),
             "result": result,
             "processingTime": round(elapsed * 1000, 3),
             "timestamp": int(time.time() * 1000),
@@ -113,37 +121,77 @@ class InferenceEngine:
     def _timeout(self, where: str) -> InferenceError:
         return InferenceError("ERR_INFERENCE_TIMEOUT", f"the request's deadline passed {where}")
 
+    def batcher(self, entry: ModelEntry) -> Batcher | None:
+        """The model's batcher, made on first use; None when batching does not apply."""
+        session, spec = entry.session, entry.spec
+        assert session is not None and spec is not None
+        known = self._batchers.get(entry.id)
+        if known is not None and known[0] is session:
+            return known[1]
+        if known is not None and known[1] is not None:
+            asyncio.get_running_loop().create_task(known[1].close())
+        made: Batcher | None = None
+        if self.settings.dynamic_batching and Batcher.supports(session, spec.max_batch_size):
+            made = Batcher(entry.id, session, spec.max_batch_size, spec.batch_delay_ms / 1000,
+                           self.executor, self.batch_parallelism,
+                           on_the_way=lambda: entry.in_flight - (made.inside if made else 0),
+                           run=self._run,
+                           on_batch=self.metrics.batch_rows.labels(entry.id).observe)
+        self._batchers[entry.id] = (session, made)
+        return made
+
+    async def forget(self, model_id: str) -> None:
+        """Drop the batcher of a model that was unloaded."""
+        known = self._batchers.pop(model_id, None)
+        if known is not None and known[1] is not None:
+            await known[1].close()
+
     async def _execute(self, entry: ModelEntry, feeds: Tensors, deadline: float
                        ) -> tuple[Tensors, float]:
+        """Run directly or through the batcher; slot and pin are freed when the work ends."""
         session = entry.session
         assert session is not None
-        handle = session.new_run()
-        loop = asyncio.get_running_loop()
         run_started = time.perf_counter()
-        future = loop.run_in_executor(self.executor, self._run, session, feeds, handle)
-        overran = False
+        ended = overran = False
 
-        def finished(done: asyncio.Future[Tensors]) -> None:
-            nonlocal overran
-            if not done.cancelled():
-                done.exception()  # retrieved here; the caller may have stopped waiting
+        def finished() -> None:
+            nonlocal ended
+            ended = True
             self.capacity.release()
             self.models.release(entry)
             if overran:
                 self.overrunning -= 1
 
-        future.add_done_callback(finished)
+        batcher = self.batcher(entry)
+        handle: RunHandle | None = None
+        if batcher is not None:
+            future = batcher.submit(feeds, finished)
+        else:
+            handle = session.new_run()
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._run, session, feeds, handle)
+
+            def direct_done(done: asyncio.Future[Tensors]) -> None:
+                if not done.cancelled():
+                    done.exception()  # retrieved here; the caller may have stopped waiting
+                finished()
+
+            future.add_done_callback(direct_done)
         try:
             outputs = await asyncio.wait_for(asyncio.shield(future),
                                              max(deadline - time.perf_counter(), 0.0))
         except BaseException as exc:  # deadline, or the caller went away
-            handle.cancel()
-            if not future.done():
+            if batcher is not None:
+                batcher.abandon(future)
+            elif handle is not None:
+                handle.cancel()
+            if not ended:
                 overran = True
                 self.overrunning += 1
             if isinstance(exc, TimeoutError):
+                stoppable = handle.cancellable if handle is not None else True
                 raise self._timeout(f"while running on model '{entry.id}'"
-                                    + ("" if handle.cancellable
+                                    + ("" if stoppable
                                        else "; the run continues until it ends")) from None
             raise
         return outputs, time.perf_counter() - run_started
@@ -184,14 +232,9 @@ class InferenceEngine:
         model = model_id if self.models.known(model_id) else "_unknown"
         self.history.record(model, code is None, code, elapsed * 1000, queue_s * 1000,
                             compute_s * 1000)
-        self.metrics.requests.labels(model, code or "success").inc()
+        self.metrics.request_done(model, code or "success", elapsed, queue_s, compute_s)
         if code is None:
-            self.metrics.latency.labels(model).observe(elapsed)
-            self.metrics.queue_time.labels(model).observe(queue_s)
-            self.metrics.compute_time.labels(model).observe(compute_s)
             self.capacity.observe_latency(elapsed)
-        elif code == "ERR_CAPACITY_EXCEEDED":
-            self.metrics.rejected.inc()
         return elapsed
 
     def shutdown(self) -> None:

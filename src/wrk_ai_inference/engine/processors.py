@@ -56,10 +56,13 @@ def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
         (raw == 0) | (raw == 1)
     ):
         raise _bad(f"input {describe(spec)} is boolean: use true/false or 0/1", input=spec.name)
-    elif (target.kind == "f" and raw.size and raw.dtype.kind == "f" and target.itemsize < 8
-          and np.any(np.abs(raw[np.isfinite(raw)]) > np.finfo(target).max)):  # type: ignore[type-var]
-        raise _bad(f"input {describe(spec)} has values too large for {spec.datatype}",
-                   input=spec.name)
+    elif target.kind == "f" and raw.dtype.kind == "f" and target.itemsize < raw.dtype.itemsize:
+        arr = np.ascontiguousarray(raw, dtype=target)
+        # one cheap pass; the detailed one only when something overflowed
+        if not np.isfinite(arr).all() and np.any(np.isinf(arr) & np.isfinite(raw)):
+            raise _bad(f"input {describe(spec)} has values too large for {spec.datatype}",
+                       input=spec.name)
+        return arr
     return np.ascontiguousarray(raw, dtype=target)
 
 

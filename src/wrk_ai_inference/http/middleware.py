@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hmac
 import re
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
 from ..errors import InferenceError
-from ..logs import request_id_var
+from ..logs import new_id, request_id_var
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,7 +46,7 @@ class GuardMiddleware:
             return
         given = _header(scope, b"x-request-id")
         text = given.decode("latin-1") if given else ""
-        request_id = text if _REQUEST_ID_RE.match(text) else uuid.uuid4().hex
+        request_id = text if _REQUEST_ID_RE.match(text) else new_id()
         token = request_id_var.set(request_id)
         raw_id = request_id.encode()
 

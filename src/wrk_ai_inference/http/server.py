@@ -53,7 +53,8 @@ def serve(settings: Settings) -> None:
     app = create_app(worker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, loop="auto", http="auto",
-                            timeout_graceful_shutdown=5, server_header=False)
+                            timeout_graceful_shutdown=5, server_header=False,
+                            proxy_headers=False)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("HTTP is listening beyond loopback", extra={"host": settings.host,
                                                               "auth": bool(settings.api_keys)})

@@ -118,6 +118,7 @@ class OnnxRuntime:
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.add_session_config_entry("session.dynamic_block_base", "4")
         try:
             session = ort.InferenceSession(
                 str(artifact), options, providers=["CPUExecutionProvider"]

@@ -1,0 +1,254 @@
+"""``make bench``: the worker against the raw runtime and the servers people use instead.
+
+Measured in one run, on the same model, machine and load generator:
+  raw         onnxruntime in-process at batch 1 and at maxBatchSize (the ceiling)
+  naive       FastAPI + uvicorn calling onnxruntime once per request (naive_server.py)
+  mlserver    MLServer with a minimal custom ONNX runtime, without and with adaptive batching
+  worker      this worker, dynamic batching off and on
+for each model and concurrency; prints throughput, p50, p99 and the ratios, and
+writes them to benchmarks/results/bench.json. Loopback only, bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.loadgen import build_request, run, run_load  # noqa: E402
+
+BENCH_VENV = ROOT / ".venv-bench"
+MODELS = {"digits": {"features": 64, "max_batch": 64, "delay_ms": 1},
+          "mlp": {"features": 1024, "max_batch": 32, "delay_ms": 2}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+@contextlib.contextmanager
+def server(args: list[str], ready_url: str, env: dict[str, str] | None = None,
+           cwd: Path = ROOT) -> Iterator[None]:
+    log_path = Path(tempfile.mkdtemp(prefix="bench-server-")) / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_http(ready_url, proc)
+        yield
+    except Exception:
+        sys.stderr.write(log_path.read_text()[-3000:])
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def raw_ceiling(model: str, seconds: float = 2.0) -> dict[str, float]:
+    """Rows per second in-process, at batch 1 and at the model's maxBatchSize."""
+    path = ROOT / "examples" / "models" / model / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    info = MODELS[model]
+    out = {}
+    for batch in (1, info["max_batch"]):
+        x = np.random.default_rng(0).random((batch, info["features"]), dtype=np.float32)
+        for _ in range(5):
+            session.run(None, {name: x})
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            session.run(None, {name: x})
+            runs += 1
+        out[f"batch{batch}"] = runs * batch / (time.perf_counter() - started)
+    return out
+
+
+def sample(model: str) -> list[float]:
+    rng = np.random.default_rng(7)
+    values: list[float] = np.round(rng.random(MODELS[model]["features"]) * 16, 3).tolist()
+    return values
+
+
+def worker_server(model: str, batching: bool, port: int) -> Any:
+    args = [str(ROOT / ".venv" / "bin" / "wrk-ai-inference"), "http", "--port", str(port),
+            "--model-repository", str(ROOT / "examples" / "models"), "--preload", model,
+            "--dynamic-batching", "true" if batching else "false",
+            "--max-concurrent-inferences", "512", "--max-queued-inferences", "4096",
+            "--health-check-interval", "60000"]
+    body = json.dumps({"inputData": [sample(model)]}).encode()
+    return (server(args, f"http://127.0.0.1:{port}/health"),
+            build_request(f"/api/inference/{model}", body))
+
+
+def naive_server(model: str, port: int) -> Any:
+    args = [str(ROOT / ".venv" / "bin" / "uvicorn"), "benchmarks.naive_server:app",
+            "--port", str(port), "--host", "127.0.0.1", "--log-level", "warning",
+            "--no-access-log"]
+    env = {"MODEL": str(ROOT / "examples" / "models" / model / "model.onnx")}
+    body = json.dumps({"inputData": [sample(model)]}).encode()
+    return (server(args, f"http://127.0.0.1:{port}/docs", env),
+            build_request("/infer", body))
+
+
+def mlserver_server(model: str, batching: bool, port: int, workdir: Path) -> Any:
+    folder = workdir / f"mlserver-{model}-{int(batching)}"
+    (folder / "m").mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "mlserver_runtime.py", folder / "m")
+    info = MODELS[model]
+    (folder / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "host": "127.0.0.1", "debug": False}))
+    settings: dict[str, Any] = {
+        "name": "m", "implementation": "mlserver_runtime.OnnxModel",
+        "parameters": {"uri": str(ROOT / "examples" / "models" / model / "model.onnx")}}
+    if batching:
+        settings.update(max_batch_size=info["max_batch"], max_batch_time=info["delay_ms"] / 1000)
+    (folder / "m" / "model-settings.json").write_text(json.dumps(settings))
+    args = [str(BENCH_VENV / "bin" / "mlserver"), "start", str(folder)]
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, info["features"]],
+                                   "datatype": "FP32", "data": sample(model)}]}).encode()
+    env = {"PYTHONPATH": str(folder / "m")}
+    return (server(args, f"http://127.0.0.1:{port}/v2/models/m/ready", env, cwd=folder),
+            build_request("/v2/models/m/infer", body))
+
+
+def make_server(name: str, model: str, port: int, tmp: Path) -> Any:
+    if name == "naive":
+        return naive_server(model, port)
+    if name.startswith("mlserver"):
+        return mlserver_server(model, name.endswith("-batch"), port, tmp)
+    if name.startswith("worker"):
+        return worker_server(model, name.endswith("-batch"), port)
+    raise SystemExit(f"unknown server {name!r}")
+
+
+def measure(manager: Any, request: bytes, port: int, concurrencies: list[int],
+            duration: float) -> dict[int, dict[str, float]]:
+    results = {}
+    with manager:
+        for conc in concurrencies:
+            r = run(run_load(port, request, conc, duration, warmup=1.0))
+            results[conc] = {"throughput": r.throughput, "p50_ms": r.p50_ms,
+                             "p99_ms": r.p99_ms, "requests": r.requests, "errors": r.errors}
+            sys.stderr.write(f"    c={conc}: {r.throughput:8.1f} req/s  p50 {r.p50_ms:7.2f} ms"
+                             f"  p99 {r.p99_ms:7.2f} ms  errors {r.errors}\n")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="digits,mlp")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    parser.add_argument("--servers", default="naive,mlserver,mlserver-batch,worker,worker-batch")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"))
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    wanted = args.servers.split(",")
+    have_mlserver = (BENCH_VENV / "bin" / "mlserver").exists()
+    report: dict[str, Any] = {"measuredAt": time.time(), "cpus": os.cpu_count(),
+                              "duration": args.duration, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            sys.stderr.write(f"== {model}\n")
+            entry: dict[str, Any] = {"raw": raw_ceiling(model), "servers": {}}
+            sys.stderr.write(f"  raw rows/s: {entry['raw']}\n")
+            for name in wanted:
+                if name.startswith("mlserver") and not have_mlserver:
+                    entry["servers"][name] = {"skipped": "MLServer is not installed in "
+                                              ".venv-bench (make bench installs it)"}
+                    continue
+                port = free_port()
+                manager, request = make_server(name, model, port, Path(tmp))
+                sys.stderr.write(f"  {name}\n")
+                entry["servers"][name] = measure(manager, request, port, concurrencies,
+                                                 args.duration)
+            report["models"][model] = entry
+    table = render(report, concurrencies)
+    sys.stdout.write(table + "\n")
+    report["table"] = table
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def render(report: dict[str, Any], concurrencies: list[int]) -> str:
+    lines = []
+    for model, entry in report["models"].items():
+        raw = entry["raw"]
+        ceiling = max(raw.values())
+        lines.append(f"\n### {model}: raw onnxruntime in-process "
+                     + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in raw.items()))
+        lines.append("| server | concurrency | req/s | p50 ms | p99 ms |")
+        lines.append("|---|---|---|---|---|")
+        servers = entry["servers"]
+        for name, results in servers.items():
+            if "skipped" in results:
+                lines.append(f"| {name} | - | skipped: {results['skipped']} | | |")
+                continue
+            for conc in concurrencies:
+                r = results[conc]
+                lines.append(f"| {name} | {conc} | {r['throughput']:,.0f} | {r['p50_ms']:.2f} |"
+                             f" {r['p99_ms']:.2f} |")
+        best = servers.get("worker-batch", {})
+        lines.append("")
+        lines.append("| concurrency | worker-batch / naive | worker-batch / mlserver-batch | "
+                     "worker-batch / mlserver | worker-batch / raw ceiling | "
+                     "p50 batch on - off (ms) |")
+        lines.append("|---|---|---|---|---|---|")
+        for conc in concurrencies:
+            def ratio(other: str) -> str:
+                return _ratio(best, servers.get(other, {}), conc)  # noqa: B023
+            raw_ratio = f"{best[conc]['throughput'] / ceiling:.2f}" if conc in best else "n/a"
+            off = servers.get("worker", {})
+            delta = (f"{best[conc]['p50_ms'] - off[conc]['p50_ms']:+.3f}"
+                     if conc in best and conc in off else "n/a")
+            lines.append(f"| {conc} | {ratio('naive')} | {ratio('mlserver-batch')} | "
+                         f"{ratio('mlserver')} | {raw_ratio} | {delta} |")
+    return "\n".join(lines)
+
+
+def _ratio(mine: dict[int, Any], other: dict[int, Any], conc: int) -> str:
+    if conc not in mine or conc not in other:
+        return "n/a"
+    return f"{mine[conc]['throughput'] / other[conc]['throughput']:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Dynamic batching: real ONNX models through the engine, plus fault doubles for the
+failure cases (a runtime that raises or stalls on demand)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from wrk_ai_inference.config import Settings
+from wrk_ai_inference.engine.batcher import Batcher
+from wrk_ai_inference.errors import InferenceError
+from wrk_ai_inference.models.spec import TensorSpec
+from wrk_ai_inference.runtimes.base import ModelSession, RunHandle, Tensors
+from wrk_ai_inference.worker import InferenceWorker
+
+from .helpers import EXAMPLES, make_repo, slow_body, slow_iterations
+
+
+async def started_worker(repo: Path, **settings: object) -> InferenceWorker:
+    worker = InferenceWorker(Settings(modelRepository=str(repo),  # type: ignore[arg-type]
+                                      **settings))
+    await worker.start()
+    await worker.wait_ready()
+    return worker
+
+
+async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(tmp_path: Path
+                                                                          ) -> None:
+    worker = await started_worker(make_repo(tmp_path, {"mlp": "mlp"}), preload=["mlp"],
+                                  maxConcurrentInferences=64)
+    try:
+        rows = np.random.default_rng(3).standard_normal((48, 1024)).astype(np.float32)
+        results = await asyncio.gather(*(worker.run_inference("mlp", [r.tolist()])
+                                         for r in rows))
+        expected = ort.InferenceSession(str(EXAMPLES / "mlp" / "model.onnx")).run(
+            None, {"input": rows})[0]
+        for got, want in zip(results, expected, strict=True):
+            assert np.allclose(got["result"]["outputs"]["output"][0], want, atol=1e-4)
+        batcher = worker.engine.batcher(worker.models.entry("mlp"))
+        assert batcher is not None and batcher.rows == 48
+        assert batcher.batches < 48, "48 concurrent requests ran one by one"
+    finally:
+        await worker.stop()
+
+
+async def test_bad_requests_do_not_poison_their_batch_mates(tmp_path: Path) -> None:
+    worker = await started_worker(make_repo(tmp_path, {"digits": "digits"}),
+                                  preload=["digits"], maxConcurrentInferences=64)
+    try:
+        good = [worker.run_inference("digits", [[float(i % 16)] * 64]) for i in range(20)]
+        bad = [worker.run_inference("digits", [[1.0] * 63]) for _ in range(5)]
+        outcomes = await asyncio.gather(*good, *bad, return_exceptions=True)
+        assert all(isinstance(o, dict) and o["success"] for o in outcomes[:20])
+        assert all(isinstance(o, InferenceError) and o.code == "ERR_INVALID_INPUT"
+                   for o in outcomes[20:])
+    finally:
+        await worker.stop()
+
+
+async def test_lone_request_is_not_delayed_and_unbatchable_models_run_directly(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"digits": "digits", "slow": "slow"})
+    spec = (repo / "digits" / "model.json").read_text().replace('"batchDelayMs": 1',
+                                                                '"batchDelayMs": 500')
+    (repo / "digits" / "model.json").write_text(spec)
+    worker = await started_worker(repo, preload=["digits", "slow"])
+    try:
+        await worker.run_inference("digits", [[0.0] * 64])
+        started = time.perf_counter()
+        await worker.run_inference("digits", [[0.0] * 64])
+        assert time.perf_counter() - started < 0.1  # nobody else was coming: no 500 ms wait
+        assert worker.engine.batcher(worker.models.entry("slow")) is None  # no batch dim
+        await worker.run_inference("slow", slow_body(10)["inputData"])
+    finally:
+        await worker.stop()
+
+
+async def test_event_loop_stays_responsive_during_long_runs(tmp_path: Path) -> None:
+    worker = await started_worker(make_repo(tmp_path, {"slow": "slow", "mlp": "mlp"}),
+                                  preload=["slow", "mlp"])
+    try:
+        long_run = asyncio.create_task(worker.run_inference(
+            "slow", slow_body(slow_iterations(1.5))["inputData"]))
+        rows = np.zeros((1, 1024), np.float32).tolist()
+        await asyncio.gather(*(worker.run_inference("mlp", rows) for _ in range(64)))
+        await long_run
+        worker.max_loop_lag = 0.0
+        worker.metrics.loop_lag = type(worker.metrics.loop_lag)(  # fresh histogram
+            "lag_probe", "probe", buckets=(0.01, 0.05, 0.1, 1), registry=None)
+        probe = asyncio.create_task(worker.run_inference(
+            "slow", slow_body(slow_iterations(1.0))["inputData"]))
+        load = [worker.run_inference("mlp", rows) for _ in range(64)]
+        await asyncio.gather(probe, *load)
+        # a run on the loop would stall it for the whole run (about a second)
+        assert worker.max_loop_lag < 0.1, worker.max_loop_lag
+    finally:
+        await worker.stop()
+
+
+class _Double(ModelSession):
+    """x -> 2x on [-1, 4], sleeping ``delay`` per run; raises when a row starts with -999.
+    The handle is honoured like onnxruntime's terminate."""
+
+    def __init__(self, delay: float) -> None:
+        self.inputs = [TensorSpec(name="x", datatype="FP32", shape=[-1, 4])]
+        self.outputs = [TensorSpec(name="y", datatype="FP32", shape=[-1, 4])]
+        self.delay = delay
+        self.runs: list[int] = []
+
+    def run(self, feeds: Tensors, handle: RunHandle) -> Tensors:
+        x = feeds["x"]
+        self.runs.append(len(x))
+        deadline = time.perf_counter() + self.delay
+        while time.perf_counter() < deadline:
+            if handle.cancelled:
+                raise InferenceError("ERR_INFERENCE_TIMEOUT", "terminated")
+            time.sleep(0.002)
+        if (x[:, 0] == -999).any():
+            raise InferenceError("ERR_INFERENCE_FAILED", "the runtime failed: boom")
+        return {"y": x * 2}
+
+
+def _run(session: ModelSession, feeds: Tensors, handle: RunHandle) -> Tensors:
+    return session.run(feeds, handle)
+
+
+async def _batcher(session: _Double, delay_s: float = 0.02) -> Batcher:
+    return Batcher("double", session, max_batch=8, delay_s=delay_s,
+                   executor=__import__("concurrent.futures").futures.ThreadPoolExecutor(2),
+                   parallel=1, on_the_way=lambda: 1, run=_run)
+
+
+async def test_runtime_error_fails_only_its_batch() -> None:
+    session = _Double(delay=0.1)
+    batcher = await _batcher(session)
+    ended: list[int] = []
+    poisoned = [batcher.submit({"x": np.full((1, 4), v, np.float32)}, lambda: ended.append(1))
+                for v in (1.0, -999.0, 3.0)]
+    await asyncio.sleep(0.05)  # the first batch is running; these form the next one
+    healthy = [batcher.submit({"x": np.full((1, 4), v, np.float32)}, lambda: ended.append(1))
+               for v in (4.0, 5.0)]
+    outcomes = await asyncio.gather(*poisoned, *healthy, return_exceptions=True)
+    for failed in outcomes[:3]:
+        assert isinstance(failed, InferenceError) and "batch of 3" in failed.message
+    assert [o["y"][0, 0] for o in outcomes[3:]] == [8.0, 10.0]  # type: ignore[index]
+    assert session.runs == [3, 2] and len(ended) == 5
+    await batcher.close()
+
+
+async def test_deadline_is_per_request_and_abandoned_batches_stop() -> None:
+    session = _Double(delay=0.5)
+    batcher = await _batcher(session)
+    ended: list[int] = []
+    short = batcher.submit({"x": np.ones((1, 4), np.float32)}, lambda: ended.append(1))
+    long = batcher.submit({"x": np.ones((1, 4), np.float32)}, lambda: ended.append(1))
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(short), 0.1)
+    batcher.abandon(short)
+    assert time.perf_counter() - started < 0.2
+    assert (await long)["y"][0, 0] == 2.0  # its batch-mate still got its answer
+    # a batch whose every request gave up is stopped in the runtime
+    lone = batcher.submit({"x": np.ones((1, 4), np.float32)}, lambda: ended.append(1))
+    await asyncio.sleep(0.05)
+    batcher.abandon(lone)
+    t0 = time.perf_counter()
+    while len(ended) < 3 and time.perf_counter() - t0 < 2:
+        await asyncio.sleep(0.01)
+    assert len(ended) == 3 and time.perf_counter() - t0 < 0.2
+    await batcher.close()
