@@ -137,3 +137,21 @@ def slow_body(iterations: int, timeout_ms: float | None = None) -> dict[str, Any
     if timeout_ms is not None:
         body["options"] = {"timeout": timeout_ms}
     return body
+
+
+def add_string_model(root: Path, model_id: str = "upper") -> None:
+    """BYTES in, BYTES out: an ONNX StringNormalizer that upper-cases each string."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("StringNormalizer", ["text"], ["upper"],
+                          case_change_action="UPPER", locale="C.UTF-8")], "upper",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+        [helper.make_tensor_value_info("upper", TensorProto.STRING, ["n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = root / model_id
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    (folder / "model.json").write_text(json.dumps({"runtime": "onnx", "file": "model.onnx",
+                                                   "version": "1"}))

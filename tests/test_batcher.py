@@ -84,8 +84,9 @@ async def test_event_loop_stays_responsive_during_long_runs(tmp_path: Path) -> N
     worker = await started_worker(make_repo(tmp_path, {"slow": "slow", "mlp": "mlp"}),
                                   preload=["slow", "mlp"])
     try:
+        one_second = slow_iterations(1.0)  # calibrates on this thread: before measuring
         long_run = asyncio.create_task(worker.run_inference(
-            "slow", slow_body(slow_iterations(1.5))["inputData"]))
+            "slow", slow_body(int(one_second * 1.5))["inputData"]))
         rows = np.zeros((1, 1024), np.float32).tolist()
         await asyncio.gather(*(worker.run_inference("mlp", rows) for _ in range(64)))
         await long_run
@@ -93,7 +94,7 @@ async def test_event_loop_stays_responsive_during_long_runs(tmp_path: Path) -> N
         worker.metrics.loop_lag = type(worker.metrics.loop_lag)(  # fresh histogram
             "lag_probe", "probe", buckets=(0.01, 0.05, 0.1, 1), registry=None)
         probe = asyncio.create_task(worker.run_inference(
-            "slow", slow_body(slow_iterations(1.0))["inputData"]))
+            "slow", slow_body(one_second)["inputData"]))
         load = [worker.run_inference("mlp", rows) for _ in range(64)]
         await asyncio.gather(probe, *load)
         # a run on the loop would stall it for the whole run (about a second)

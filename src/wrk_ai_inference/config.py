@@ -73,6 +73,9 @@ class Settings(BaseModel):
     inference_threads: int = Field(0, alias="inferenceThreads", ge=0,
                                    description="runs at once in the runtime; 0 = cores")
     dynamic_batching: bool = Field(True, alias="dynamicBatching")
+    inline_run_micros: int = Field(300, alias="inlineRunMicros", ge=0,
+                                   description="models whose runs average less run on the "
+                                               "event loop thread; 0 = never")
     inter_op_threads: int = Field(1, alias="interOpThreads", ge=1)
     default_top_k: int = Field(5, alias="defaultTopK", ge=1)
 

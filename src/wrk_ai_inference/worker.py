@@ -122,6 +122,12 @@ class InferenceWorker:
             result = await self.engine.infer(model_id, input_data, options)
         return {"success": True, **result}
 
+    async def run_tensors(self, model_id: str, inputs: dict[str, Any], options: Any = None
+                          ) -> dict[str, Any]:
+        """Inference returning raw output arrays (for tensor protocols such as v2)."""
+        with self._admitted():
+            return await self.engine.infer(model_id, inputs, options, postprocess=False)
+
     async def load_model(self, model_id: str) -> dict[str, Any]:
         with self._admitted():
             try:

@@ -68,6 +68,11 @@ class InferenceEngine:
         self.executor = ThreadPoolExecutor(max_workers=self.threads,
                                            thread_name_prefix="inference")
         self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
+        self.executions: dict[str, int] = {}  # runtime calls per model (a batch is one)
+        # Smoothed run time per session: runs that take microseconds are done on the loop
+        # thread, where a hop to a worker thread and back would cost more than the run.
+        self._run_s: dict[int, float] = {}
+        self._inline_s = settings.inline_run_micros / 1_000_000
         # Batches of one model that run at once: enough to use every core, no more,
         # since each run already uses intraOpThreads of them.
         intra = settings.intra_op_threads or (os.cpu_count() or 1)
@@ -75,7 +80,10 @@ class InferenceEngine:
         self.overrunning = 0
         metrics.overrunning.set_function(lambda: self.overrunning)
 
-    async def infer(self, model_id: str, input_data: Any, options: Any = None) -> dict[str, Any]:
+    async def infer(self, model_id: str, input_data: Any, options: Any = None,
+                    postprocess: bool = True) -> dict[str, Any]:
+        """One request. ``postprocess=False`` returns the raw output tensors only (the v2
+        protocol asks for tensors, not for the task's answer)."""
         started = time.perf_counter()
         queue_s = compute_s = 0.0
         try:
@@ -93,7 +101,7 @@ class InferenceEngine:
             finally:
                 if pinned:
                     self.models.release(entry)
-            result = self._postprocess(entry, outputs, top_k, wanted)
+            result = self._postprocess(entry, outputs, top_k, wanted, postprocess)
         except InferenceError as exc:
             self._record(model_id, exc.code, started, queue_s, compute_s)
             raise
@@ -136,9 +144,17 @@ class InferenceEngine:
                            self.executor, self.batch_parallelism,
                            on_the_way=lambda: entry.in_flight - (made.inside if made else 0),
                            run=self._run,
-                           on_batch=self.metrics.batch_rows.labels(entry.id).observe)
+                           on_batch=lambda rows: self._executed(entry.id, rows),
+                           inline=lambda: self.inline(session))
         self._batchers[entry.id] = (session, made)
         return made
+
+    def inline(self, session: ModelSession) -> bool:
+        return self._run_s.get(id(session), float("inf")) < self._inline_s
+
+    def _executed(self, model_id: str, rows: int) -> None:
+        self.executions[model_id] = self.executions.get(model_id, 0) + 1
+        self.metrics.batch_rows.labels(model_id).observe(rows)
 
     async def forget(self, model_id: str) -> None:
         """Drop the batcher of a model that was unloaded."""
@@ -162,22 +178,31 @@ class InferenceEngine:
             if overran:
                 self.overrunning -= 1
 
-        batcher = self.batcher(entry)
+        def direct_done(done: asyncio.Future[Tensors]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.executions[entry.id] = self.executions.get(entry.id, 0) + 1
+            finished()
+
+        # a run cheaper than forming a batch is done at once, on the loop
+        batcher = None if self.inline(session) else self.batcher(entry)
         handle: RunHandle | None = None
         if batcher is not None:
             future = batcher.submit(feeds, finished)
         else:
             handle = session.new_run()
-            future = asyncio.get_running_loop().run_in_executor(
-                self.executor, self._run, session, feeds, handle)
-
-            def direct_done(done: asyncio.Future[Tensors]) -> None:
-                if not done.cancelled():
-                    done.exception()  # retrieved here; the caller may have stopped waiting
-                finished()
-
+            if self.inline(session):  # microseconds: no hop to a thread
+                future = asyncio.get_running_loop().create_future()
+                try:
+                    future.set_result(self._run(session, feeds, handle))
+                except Exception as exc:
+                    future.set_exception(exc)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._run, session, feeds, handle)
             future.add_done_callback(direct_done)
         try:
+            if future.done():
+                return future.result(), time.perf_counter() - run_started
             outputs = await asyncio.wait_for(asyncio.shield(future),
                                              max(deadline - time.perf_counter(), 0.0))
         except BaseException as exc:  # deadline, or the caller went away
@@ -196,10 +221,14 @@ class InferenceEngine:
             raise
         return outputs, time.perf_counter() - run_started
 
-    @staticmethod
-    def _run(session: Any, feeds: Tensors, handle: RunHandle) -> Tensors:
+    def _run(self, session: ModelSession, feeds: Tensors, handle: RunHandle) -> Tensors:
+        started = time.perf_counter()
         try:
             result: Tensors = session.run(feeds, handle)
+            took = time.perf_counter() - started
+            key = id(session)
+            previous = self._run_s.get(key)
+            self._run_s[key] = took if previous is None else 0.8 * previous + 0.2 * took
             return result
         except InferenceError:
             raise
@@ -211,7 +240,7 @@ class InferenceEngine:
                                  f"the runtime failed: {str(exc).splitlines()[0][:300]}") from exc
 
     def _postprocess(self, entry: ModelEntry, outputs: Tensors, top_k: int,
-                     wanted: list[str] | None) -> dict[str, Any]:
+                     wanted: list[str] | None, task: bool = True) -> dict[str, Any]:
         assert entry.spec is not None
         if wanted is not None:
             unknown = [w for w in wanted if w not in outputs]
@@ -220,6 +249,8 @@ class InferenceEngine:
                                      f"options.outputs names {unknown}, not outputs of the model "
                                      f"({list(outputs)})")
         shown = outputs if wanted is None else {k: outputs[k] for k in wanted}
+        if not task:
+            return {"outputs": shown, "version": entry.spec.version}
         result: dict[str, Any] = {"outputs": {k: processors.jsonable(v) for k, v in shown.items()}}
         if entry.spec.task == "classification":
             result.update(processors.classify(outputs, entry.spec, entry.labels, top_k))

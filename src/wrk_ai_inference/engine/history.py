@@ -26,11 +26,14 @@ class Record:
 
 
 class _Totals:
-    __slots__ = ("compute_ms", "failed", "last", "queue_ms", "success")
+    __slots__ = ("compute_ms", "failed", "failed_ms", "last", "queue_ms", "success",
+                 "success_ms")
 
     def __init__(self) -> None:
         self.success = 0
         self.failed = 0
+        self.success_ms = 0.0
+        self.failed_ms = 0.0
         self.queue_ms = 0.0
         self.compute_ms = 0.0
         self.last: float | None = None
@@ -49,8 +52,10 @@ class History:
         totals = self._totals.setdefault(model_id, _Totals())
         if ok:
             totals.success += 1
+            totals.success_ms += latency_ms
         else:
             totals.failed += 1
+            totals.failed_ms += latency_ms
         totals.queue_ms += queue_ms
         totals.compute_ms += compute_ms
         totals.last = now
@@ -98,5 +103,6 @@ class History:
 
     def totals(self, model_id: str) -> dict[str, Any]:
         t = self._totals.get(model_id) or _Totals()
-        return {"success": t.success, "failed": t.failed, "queueMs": t.queue_ms,
-                "computeMs": t.compute_ms, "last": t.last}
+        return {"success": t.success, "failed": t.failed, "successMs": t.success_ms,
+                "failedMs": t.failed_ms, "queueMs": t.queue_ms, "computeMs": t.compute_ms,
+                "last": t.last}

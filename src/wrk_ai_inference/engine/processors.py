@@ -28,7 +28,34 @@ def describe(spec: TensorSpec) -> str:
     return f"'{spec.name}' ({spec.datatype}, shape {spec.shape})"
 
 
+def _strings(spec: TensorSpec, value: Any) -> np.ndarray:
+    """A BYTES input: strings (or UTF-8 bytes) in, an object array of str out."""
+    arr = value if isinstance(value, np.ndarray) else np.array(value, dtype=object)
+    if arr.dtype.kind in "US":
+        arr = arr.astype(object)
+    if arr.dtype.kind != "O":
+        raise _bad(f"input {describe(spec)} must hold strings", input=spec.name)
+    flat = arr.reshape(-1)
+    for i, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                flat[i] = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad(f"input {describe(spec)} element {i} is not UTF-8",
+                           input=spec.name) from None
+        elif not isinstance(item, str):
+            raise _bad(f"input {describe(spec)} must hold only strings; element {i} is "
+                       f"{type(item).__name__}", input=spec.name)
+    return arr
+
+
 def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        return _strings(spec, value)
+    if isinstance(value, np.ndarray):  # already typed (binary v2 tensors): no copy
+        if value.dtype != numpy_dtype(spec.datatype):
+            raise _bad(f"input {describe(spec)} got {value.dtype} data", input=spec.name)
+        return value
     if isinstance(value, dict | str | bytes) or value is None:
         raise _bad(f"input {describe(spec)} must be a number or a nested list of numbers, "
                    f"got {type(value).__name__}", input=spec.name)
@@ -113,10 +140,11 @@ def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int) 
 
 
 def jsonable(arr: np.ndarray) -> Any:
-    """Arrays orjson can write directly stay arrays; strings become lists."""
+    """Arrays orjson can write directly stay arrays; strings become (nested) lists."""
     if arr.dtype.kind in "OSU":
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                for v in arr.reshape(-1).tolist()] if arr.ndim <= 1 else arr.tolist()
+        flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in arr.reshape(-1).tolist()]
+        return np.array(flat, dtype=object).reshape(arr.shape).tolist()
     return np.ascontiguousarray(arr)
 
 
@@ -147,13 +175,16 @@ def classify(outputs: Tensors, spec: ModelSpec, labels: list[str] | None, top_k:
         scores = _softmax(scores)
     k = min(top_k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    # tolist() once: Python floats and ints without a numpy scalar per element
+    top_scores = np.take_along_axis(scores, order, axis=1).tolist()
+    names = labels or []
     predictions = [
-        [{"label": labels[i] if labels and i < len(labels) else str(int(i)),
-          "score": float(row[i])} for i in idx]
-        for row, idx in zip(scores, order, strict=True)
+        [{"label": names[i] if i < len(names) else str(i), "score": score}
+         for i, score in zip(indices, row, strict=True)]
+        for indices, row in zip(order.tolist(), top_scores, strict=True)
     ]
     return {
         "predictions": predictions,
-        "confidence": [p[0]["score"] for p in predictions],
+        "confidence": [row[0] for row in top_scores],
         "probabilities": scores.astype(np.float32),
     }

@@ -24,6 +24,7 @@ from ..metrics import CONTENT_TYPE
 from ..worker import InferenceWorker, WorkerState
 from .middleware import GuardMiddleware
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
+from .v2 import INFER_PATH, v2_error, v2_infer, v2_router
 
 log = get_logger("http")
 
@@ -83,18 +84,32 @@ class InferenceFastPath:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
-        if (scope["type"] == "http" and scope["method"] == "POST"
-                and path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX):]
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        response: Response
+        if (path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX):]
                 and len(path) > len(self.PREFIX)):
             try:
                 body = await _read_body(receive)
             except InferenceError as exc:
-                response: Response = error_response(exc)
+                response = error_response(exc)
             else:
                 response = await inference_call(self.worker, path[len(self.PREFIX):], body)
-            await response(scope, receive, send)
+        elif (match := INFER_PATH.match(path)) is not None:
+            try:
+                body = await _read_body(receive)
+            except InferenceError as exc:
+                response = v2_error(exc)
+            else:
+                headers = {k.decode("latin-1"): v.decode("latin-1")
+                           for k, v in scope.get("headers", ())}
+                response = await v2_infer(self.worker, match.group(1), match.group(2), body,
+                                          headers)
+        else:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await response(scope, receive, send)
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -120,26 +135,30 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
     app = FastAPI(title="wrk-ai-inference", version=__version__, lifespan=lifespan,
                   default_response_class=JSON, docs_url="/docs", redoc_url=None)
 
+    def respond(request: Request, error: InferenceError) -> Response:
+        """Each protocol keeps its own error body: v2's under /v2, the seed's elsewhere."""
+        return v2_error(error) if request.url.path.startswith("/v2") else error_response(error)
+
     @app.exception_handler(InferenceError)
-    async def _inference_error(_: Request, exc: InferenceError) -> Response:
-        return error_response(exc)
+    async def _inference_error(request: Request, exc: InferenceError) -> Response:
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors()[:5])
-        return error_response(InferenceError("ERR_INVALID_REQUEST", problems))
+        return respond(request, InferenceError("ERR_INVALID_REQUEST", problems))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(exc.status_code, "ERR_INVALID_REQUEST")
-        return error_response(InferenceError(code, str(exc.detail)))
+        return respond(request, InferenceError(code, str(exc.detail)))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(InferenceError("ERR_INTERNAL", f"internal error: "
-                                             f"{type(exc).__name__}"))
+        return respond(request, InferenceError("ERR_INTERNAL", f"internal error: "
+                                               f"{type(exc).__name__}"))
 
     @app.get("/health", responses=errors(503))
     async def health() -> Response:
@@ -181,5 +200,6 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
     async def metrics() -> Response:
         return Response(worker.metrics.render(), media_type=CONTENT_TYPE)
 
+    app.include_router(v2_router(worker))
     return GuardMiddleware(InferenceFastPath(app, worker), worker.settings.api_keys,
                            worker.settings.max_request_bytes)

@@ -59,7 +59,7 @@ class GuardMiddleware:
         try:
             error = self._check(scope)
             if error is not None:
-                await self._reject(error, send_with_id)
+                await self._reject(error, send_with_id, v2=scope.get("path", "").startswith("/v2"))
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
@@ -111,8 +111,9 @@ class GuardMiddleware:
         return wrapped
 
     @staticmethod
-    async def _reject(error: InferenceError, send: Send) -> None:
-        body = orjson.dumps(error.to_dict())
+    async def _reject(error: InferenceError, send: Send, v2: bool = False) -> None:
+        body = orjson.dumps({"error": f"{error.code}: {error.message}"} if v2
+                            else error.to_dict())
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
         if error.code == "ERR_UNAUTHORIZED":
