@@ -8,7 +8,7 @@ NODE_DIR := src/wrk_ai_inference/rpc/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx examples/models/slow/model.onnx
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -59,6 +59,11 @@ $(BENCH_VENV)/.installed: benchmarks/mlserver.lock
 
 bench: setup $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
+
+# Not part of `make test`: minutes on each transport at the capacity limit.
+SOAK_MINUTES ?= 5
+soak: setup
+	$(BIN)/python -m tests.soak.soak --transport both --minutes $(SOAK_MINUTES)
 
 bench-rpc: setup
 	$(BIN)/python benchmarks/rpc_bench.py

@@ -147,6 +147,44 @@ def mlserver_server(model: str, batching: bool, port: int, workdir: Path) -> Any
             build_request("/v2/models/m/infer", body))
 
 
+def protocol_requests(model: str, rows: int) -> dict[str, bytes]:
+    """The same rows as a seed-API JSON request and as a v2 binary-tensor request."""
+    features = MODELS[model]["features"]
+    x = np.random.default_rng(11).random((rows, features), dtype=np.float32)
+    seed = json.dumps({"inputData": np.round(x, 4).tolist()}).encode()
+    head = json.dumps({"inputs": [{"name": "input", "shape": [rows, features],
+                                   "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "output" if model == "mlp" else "logits",
+                                    "parameters": {"binary_data": True}}]}).encode()
+    v2_body = head + x.astype("<f4").tobytes()
+    return {
+        "seed-json": build_request(f"/api/inference/{model}", seed),
+        "v2-binary": build_request(f"/v2/models/{model}/infer", v2_body,
+                                   headers={"Inference-Header-Content-Length": str(len(head))}),
+    }
+
+
+def protocols(model: str, concurrencies: list[int], duration: float) -> dict[str, Any]:
+    """Rows per second through the seed JSON path and the v2 binary path, same worker."""
+    port = free_port()
+    manager, _ = worker_server(model, True, port)
+    out: dict[str, Any] = {}
+    with manager:
+        for rows in (1, MODELS[model]["max_batch"]):
+            for name, request in protocol_requests(model, rows).items():
+                for conc in concurrencies:
+                    r = run(run_load(port, request, conc, duration, warmup=1.0))
+                    out[f"{name} rows={rows} c={conc}"] = {
+                        "rows": rows, "concurrency": conc, "protocol": name,
+                        "requests_per_s": r.throughput, "rows_per_s": r.throughput * rows,
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+                    sys.stderr.write(f"    {name} rows={rows} c={conc}: "
+                                     f"{r.throughput * rows:9.1f} rows/s p50 {r.p50_ms:.2f} ms"
+                                     f" errors {r.errors}\n")
+    return out
+
+
 def make_server(name: str, model: str, port: int, tmp: Path) -> Any:
     if name == "naive":
         return naive_server(model, port)
@@ -177,14 +215,17 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
     parser.add_argument("--servers", default="naive,mlserver,mlserver-batch,worker,worker-batch")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"))
+    parser.add_argument("--section", default="servers,protocols",
+                        help="servers: the comparison; protocols: seed JSON vs v2 binary")
     args = parser.parse_args()
+    sections = args.section.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     wanted = args.servers.split(",")
     have_mlserver = (BENCH_VENV / "bin" / "mlserver").exists()
     report: dict[str, Any] = {"measuredAt": time.time(), "cpus": os.cpu_count(),
                               "duration": args.duration, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models.split(","):
+        for model in args.models.split(",") if "servers" in sections else []:
             sys.stderr.write(f"== {model}\n")
             entry: dict[str, Any] = {"raw": raw_ceiling(model), "servers": {}}
             sys.stderr.write(f"  raw rows/s: {entry['raw']}\n")
@@ -199,6 +240,9 @@ def main() -> int:
                 entry["servers"][name] = measure(manager, request, port, concurrencies,
                                                  args.duration)
             report["models"][model] = entry
+    if "protocols" in sections:
+        sys.stderr.write("== protocols (mlp, batching on)\n")
+        report["protocols"] = protocols("mlp", [1, 8], args.duration)
     table = render(report, concurrencies)
     sys.stdout.write(table + "\n")
     report["table"] = table
@@ -210,6 +254,19 @@ def main() -> int:
 
 def render(report: dict[str, Any], concurrencies: list[int]) -> str:
     lines = []
+    if "protocols" in report:
+        lines.append("\n### mlp through the worker: seed JSON path vs v2 binary tensors")
+        lines.append("| rows per request | concurrency | seed JSON rows/s | v2 binary rows/s | "
+                     "binary / JSON | JSON p50 ms | binary p50 ms |")
+        lines.append("|---|---|---|---|---|---|---|")
+        by = report["protocols"]
+        for key, j in by.items():
+            if j["protocol"] != "seed-json":
+                continue
+            b = by[key.replace("seed-json", "v2-binary")]
+            lines.append(f"| {j['rows']} | {j['concurrency']} | {j['rows_per_s']:,.0f} | "
+                         f"{b['rows_per_s']:,.0f} | {b['rows_per_s'] / j['rows_per_s']:.2f} | "
+                         f"{j['p50_ms']:.2f} | {b['p50_ms']:.2f} |")
     for model, entry in report["models"].items():
         raw = entry["raw"]
         ceiling = max(raw.values())

@@ -23,6 +23,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+#: A handwritten 0 from the digits set (8x8 pixels, 0-16): a known right answer.
+DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0,
+              0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2,
+              14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
 EXAMPLES = ROOT / "examples" / "models"
 
 
@@ -61,13 +65,15 @@ def add_broken_model(root: Path, model_id: str = "broken") -> None:
 class Worker:
     """``wrk-ai-inference http`` in a child process."""
 
-    def __init__(self, repo: Path, log_path: Path, **config: Any) -> None:
+    def __init__(self, repo: Path, log_path: Path, host: str | None = "127.0.0.1",
+                 **config: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        args = [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--host", "127.0.0.1",
-                "--port", str(self.port), "--model-repository", str(repo),
-                "--health-check-interval", "1000"]
+        args = [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(self.port),
+                "--model-repository", str(repo), "--health-check-interval", "1000"]
+        if host is not None:  # None: whatever config/common.json and the defaults say
+            args += ["--host", host]
         for key, value in config.items():
             text = json.dumps(value) if isinstance(value, list | bool) else str(value)
             args += [f"--{key.replace('_', '-')}", text]

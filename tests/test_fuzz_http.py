@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 from wrk_ai_inference.errors import HTTP_STATUS
 from wrk_ai_inference.http.v2 import V2_STATUS
 
-from .helpers import Worker, make_repo, running_worker
+from .helpers import DIGIT_ZERO, Worker, make_repo, running_worker
 
 # documented 5xx: a runtime failure, starting/draining, a deadline, and (v2 only) a cold
 # model or full queue, which the Open Inference Protocol answers with 503
@@ -94,10 +94,7 @@ def test_fuzz_left_the_worker_correct(fuzz_worker: Worker) -> None:
     with httpx.Client(base_url=fuzz_worker.url, timeout=30) as c:
         assert c.get("/health").status_code == 200
         assert c.post("/api/models/digits/load").status_code == 200
-        zero = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0,
-                0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2,
-                14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
-        r = c.post("/api/inference/digits", json={"inputData": zero})
+        r = c.post("/api/inference/digits", json={"inputData": DIGIT_ZERO})
         assert r.status_code == 200 and r.json()["result"]["predictions"][0][0]["label"] == "0"
         assert c.get("/api/capacity").json()["currentLoad"] == 0
     pytest.fuzz_counts = dict(seen)  # type: ignore[attr-defined]

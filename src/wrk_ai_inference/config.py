@@ -67,6 +67,8 @@ class Settings(BaseModel):
     history_size: int = Field(10_000, alias="historySize", ge=1)
     max_request_bytes: int = Field(parse_size("64MiB"), alias="maxRequestBytes", ge=1)
     max_tensor_elements: int = Field(16_000_000, alias="maxTensorElements", ge=1)
+    max_string_bytes: int = Field(parse_size("1MiB"), alias="maxStringBytes", ge=1,
+                                  description="longest BYTES element, in UTF-8 bytes")
     api_keys: list[str] = Field(default_factory=list, alias="apiKeys")
     shutdown_grace_period: int = Field(30_000, alias="shutdownGracePeriod", ge=0)
     intra_op_threads: int = Field(0, alias="intraOpThreads", ge=0, description="0 = cores")
@@ -79,7 +81,7 @@ class Settings(BaseModel):
     inter_op_threads: int = Field(1, alias="interOpThreads", ge=1)
     default_top_k: int = Field(5, alias="defaultTopK", ge=1)
 
-    @field_validator("memory_limit", "max_request_bytes", mode="before")
+    @field_validator("memory_limit", "max_request_bytes", "max_string_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)

@@ -94,7 +94,8 @@ class InferenceEngine:
             try:
                 assert entry.session is not None and entry.spec is not None
                 feeds = processors.tensor_inputs(entry.session.inputs, input_data,
-                                                 self.settings.max_tensor_elements)
+                                                 self.settings.max_tensor_elements,
+                                                 self.settings.max_string_bytes)
                 queue_s = await self._admit(deadline)
                 pinned = False  # from here the run's end releases both slot and pin
                 outputs, compute_s = await self._execute(entry, feeds, deadline)

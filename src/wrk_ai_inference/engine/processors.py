@@ -28,7 +28,7 @@ def describe(spec: TensorSpec) -> str:
     return f"'{spec.name}' ({spec.datatype}, shape {spec.shape})"
 
 
-def _strings(spec: TensorSpec, value: Any) -> np.ndarray:
+def _strings(spec: TensorSpec, value: Any, max_bytes: int) -> np.ndarray:
     """A BYTES input: strings (or UTF-8 bytes) in, an object array of str out."""
     arr = value if isinstance(value, np.ndarray) else np.array(value, dtype=object)
     if arr.dtype.kind in "US":
@@ -46,12 +46,15 @@ def _strings(spec: TensorSpec, value: Any) -> np.ndarray:
         elif not isinstance(item, str):
             raise _bad(f"input {describe(spec)} must hold only strings; element {i} is "
                        f"{type(item).__name__}", input=spec.name)
+        if len(flat[i]) * 4 > max_bytes and len(flat[i].encode("utf-8")) > max_bytes:
+            raise _bad(f"input {describe(spec)} element {i} is longer than maxStringBytes "
+                       f"({max_bytes} bytes)", input=spec.name, limit=max_bytes)
     return arr
 
 
-def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
+def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray:
     if spec.datatype == "BYTES":
-        return _strings(spec, value)
+        return _strings(spec, value, max_string_bytes)
     if isinstance(value, np.ndarray):  # already typed (binary v2 tensors): no copy
         if value.dtype != numpy_dtype(spec.datatype):
             raise _bad(f"input {describe(spec)} got {value.dtype} data", input=spec.name)
@@ -107,7 +110,8 @@ def _check_shape(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int) -> Tensors:
+def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int,
+                  max_string_bytes: int = 1 << 20) -> Tensors:
     """``{name: nested list}``, or a bare nested list for a one-input model, to typed arrays."""
     names = [t.name for t in inputs]
     if isinstance(input_data, dict):
@@ -127,7 +131,7 @@ def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int) 
     feeds: Tensors = {}
     total = 0
     for spec in inputs:
-        arr = _check_shape(spec, _to_array(spec, values[spec.name]))
+        arr = _check_shape(spec, _to_array(spec, values[spec.name], max_string_bytes))
         total += arr.size
         if total > max_elements:
             raise _bad(f"the inputs hold more than maxTensorElements ({max_elements}) elements",

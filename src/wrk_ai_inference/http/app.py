@@ -7,6 +7,8 @@ path; the pydantic schemas only document the contract.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,7 +89,7 @@ class InferenceFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        response: Response
+        response: Response | None
         if (path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX):]
                 and len(path) > len(self.PREFIX)):
             try:
@@ -95,7 +97,8 @@ class InferenceFastPath:
             except InferenceError as exc:
                 response = error_response(exc)
             else:
-                response = await inference_call(self.worker, path[len(self.PREFIX):], body)
+                response = await _unless_disconnected(
+                    inference_call(self.worker, path[len(self.PREFIX):], body), receive)
         elif (match := INFER_PATH.match(path)) is not None:
             try:
                 body = await _read_body(receive)
@@ -104,12 +107,36 @@ class InferenceFastPath:
             else:
                 headers = {k.decode("latin-1"): v.decode("latin-1")
                            for k, v in scope.get("headers", ())}
-                response = await v2_infer(self.worker, match.group(1), match.group(2), body,
-                                          headers)
+                response = await _unless_disconnected(
+                    v2_infer(self.worker, match.group(1), match.group(2), body, headers),
+                    receive)
         else:
             await self.app(scope, receive, send)
             return
-        await response(scope, receive, send)
+        if response is not None:
+            await response(scope, receive, send)
+
+
+async def _unless_disconnected(call: Any, receive: Any) -> Response | None:
+    """Run the inference, but cancel it if the client goes away: its slot is freed at
+    once and its run is stopped (or abandoned) instead of computing for nobody."""
+    work = asyncio.ensure_future(call)
+    gone = asyncio.ensure_future(receive())  # the body is read: next comes only disconnect
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        gone.cancel()
+        raise
+    if work.done():
+        gone.cancel()
+        result: Response = work.result()
+        return result
+    work.cancel()
+    log.info("client disconnected; request cancelled")
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    return None
 
 
 async def _read_body(receive: Any) -> bytes:

@@ -24,7 +24,7 @@ from ..logs import get_logger
 from ..models.manager import ModelState
 from ..worker import InferenceWorker
 from .bridge import NodeBridge
-from .methods import METHODS, dispatch
+from .methods import METHODS, dispatch, error_reply
 from .netconfig import NetConfig
 
 log = get_logger("rpc.server")
@@ -72,6 +72,9 @@ class RackWorker:
         self._stopping = asyncio.Event()
 
     async def _on_call(self, method: str, body: bytes, peer: str) -> bytes:
+        if len(body) > self.settings.max_request_bytes:
+            return error_reply("ERR_PAYLOAD_TOO_LARGE", f"payload exceeds maxRequestBytes "
+                               f"({self.settings.max_request_bytes} bytes)")
         reply = await dispatch(self.worker, method, body)
         if method in ("loadModel", "unloadModel") and self._topic_task is not None:
             # answer after the DHT agrees, so a lookup right after the reply is current
