@@ -62,7 +62,24 @@ def add_broken_model(root: Path, model_id: str = "broken") -> None:
     (folder / "model.json").write_text(json.dumps({"runtime": "onnx", "file": "model.onnx"}))
 
 
-class Worker:
+class ChildProcess:
+    """A worker process started by a test: stopped with SIGTERM, killed if it hangs."""
+
+    proc: subprocess.Popen[bytes]
+    _log: Any
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+
+
+class Worker(ChildProcess):
     """``wrk-ai-inference http`` in a child process."""
 
     def __init__(self, repo: Path, log_path: Path, host: str | None = "127.0.0.1",
@@ -103,15 +120,7 @@ class Worker:
                 lines.append(json.loads(line))
         return lines
 
-    def terminate(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
+    terminate = ChildProcess.stop
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .helpers import ROOT
+from .helpers import ROOT, ChildProcess
 
 NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "rpc" / "node" / "node_modules"
 ORCHESTRATOR = ROOT / "tests" / "node" / "orchestrator.js"
@@ -35,7 +34,7 @@ def local_testnet(nodes: int = 3) -> Iterator[list[str]]:
         proc.wait(10)
 
 
-class Rack:
+class Rack(ChildProcess):
     """``wrk-ai-inference rack`` in a child process, with its own store and status dirs."""
 
     def __init__(self, root: Path, rack: str, bootstrap: list[str], repo: Path,
@@ -82,15 +81,6 @@ class Rack:
     def logs(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")
 
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
     ):
         raise _bad(f"input {describe(spec)} is boolean: use true/false or 0/1", input=spec.name)
     elif target.kind == "f" and raw.dtype.kind == "f" and target.itemsize < raw.dtype.itemsize:
-        arr = np.ascontiguousarray(raw, dtype=target)
+        with np.errstate(over="ignore"):  # overflow is detected just below
+            arr = np.ascontiguousarray(raw, dtype=target)
         # one cheap pass; the detailed one only when something overflowed
         if not np.isfinite(arr).all() and np.any(np.isinf(arr) & np.isfinite(raw)):
             raise _bad(f"input {describe(spec)} has values too large for {spec.datatype}",

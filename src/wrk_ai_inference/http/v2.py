@@ -221,21 +221,21 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
                          "state": state, "reason": meta.get("error") or ""})
         return _json(rows)
 
-    @router.post("/repository/models/{model}/load")
-    async def load(model: str) -> Response:
+    async def repository_action(action: Any) -> Response:
+        """Load and unload answer 200 with no body, or the v2 error."""
         try:
-            await worker.load_model(model)
+            await action
         except InferenceError as exc:
             return v2_error(exc)
         return Response(status_code=200)
 
+    @router.post("/repository/models/{model}/load")
+    async def load(model: str) -> Response:
+        return await repository_action(worker.load_model(model))
+
     @router.post("/repository/models/{model}/unload")
     async def unload(model: str) -> Response:
-        try:
-            await worker.unload_model(model)
-        except InferenceError as exc:
-            return v2_error(exc)
-        return Response(status_code=200)
+        return await repository_action(worker.unload_model(model))
 
     return router
 
