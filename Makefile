@@ -16,7 +16,7 @@ setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev,torch]'
 	touch $@
 
 # The Node bridge's exact versions come from its committed package-lock.json.

@@ -224,7 +224,8 @@ class ModelManager:
             entry.spec = spec
             entry.artifact_bytes = artifact.stat().st_size
             runtime = get_runtime(spec.runtime, self.settings.supported_model_types,
-                                  self.settings.intra_op_threads, self.settings.inter_op_threads)
+                                  self.settings.intra_op_threads, self.settings.inter_op_threads,
+                                  self.settings.gpu_enabled)
             if entry.artifact_bytes > self.settings.memory_limit:
                 raise InferenceError(
                     "ERR_MODEL_LOAD_FAILED",

@@ -1,0 +1,86 @@
+"""The PyTorch runtime: the same model as its ONNX twin gives the same answers (CPU)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from wrk_ai_inference.config import Settings
+from wrk_ai_inference.errors import InferenceError
+from wrk_ai_inference.examples import digits_split
+from wrk_ai_inference.models.manager import ModelManager
+
+from .helpers import EXAMPLES, make_repo, running_worker
+
+torch = pytest.importorskip("torch")
+
+
+def add_torch_twin(repo: Path, model_id: str = "digits-torch") -> None:
+    """TorchScript of the digits MLP, from the very weights in the ONNX file."""
+    weights = {t.name: numpy_helper.to_array(t)
+               for t in onnx.load(str(EXAMPLES / "digits" / "model.onnx")).graph.initializer}
+
+    class Digits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, value in weights.items():
+                self.register_buffer(name, torch.from_numpy(np.array(value, np.float32)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu((x * self.scale) @ self.w1 + self.b1)
+            return hidden @ self.w2 + self.b2
+
+    folder = repo / model_id
+    folder.mkdir()
+    torch.jit.script(Digits()).save(str(folder / "model.pt"))
+    spec = json.loads((EXAMPLES / "digits" / "model.json").read_text())
+    spec.update(runtime="pytorch", file="model.pt", labels=[str(d) for d in range(10)],
+                inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+                outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}])
+    (folder / "model.json").write_text(json.dumps(spec))
+
+
+def test_torch_twin_equals_onnx_within_1e4(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"digits": "digits"})
+    add_torch_twin(repo)
+    x = digits_split()[1][:100]
+    with running_worker(repo, tmp_path / "w.log", preload=["digits", "digits-torch"]) as w, \
+            httpx.Client(base_url=w.url, timeout=30) as c:
+        onnx_out = c.post("/api/inference/digits", json={"inputData": x.tolist()}).json()
+        torch_out = c.post("/api/inference/digits-torch", json={"inputData": x.tolist()})
+        assert torch_out.status_code == 200, torch_out.text
+        a = np.asarray(onnx_out["result"]["outputs"]["logits"])
+        b = np.asarray(torch_out.json()["result"]["outputs"]["logits"])
+        assert a.shape == b.shape == (100, 10)
+        assert np.max(np.abs(a - b)) < 1e-4
+        assert [p[0]["label"] for p in onnx_out["result"]["predictions"]] == \
+            [p[0]["label"] for p in torch_out.json()["result"]["predictions"]]
+        model = c.get("/api/models/digits-torch").json()
+        assert model["runtime"] == "pytorch" and model["state"] == "loaded"
+
+
+async def test_missing_extra_and_undeclared_tensors_are_named(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    repo = make_repo(tmp_path / "repo", {"digits": "digits"})
+    add_torch_twin(repo)
+    manager = ModelManager(Settings(modelRepository=str(repo)))  # type: ignore[call-arg]
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if the extra were not installed
+    with pytest.raises(InferenceError) as exc:
+        await manager.load("digits-torch")
+    assert exc.value.code == "ERR_MODEL_LOAD_FAILED"
+    assert "wrk-ai-inference[torch]" in exc.value.message
+    await manager.load("digits")  # the worker itself is fine without torch
+    monkeypatch.undo()
+    spec = json.loads((repo / "digits-torch" / "model.json").read_text())
+    del spec["inputs"]
+    (repo / "digits-torch" / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(InferenceError, match="must declare inputs and outputs"):
+        await manager.load("digits-torch")
