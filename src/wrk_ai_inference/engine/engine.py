@@ -93,16 +93,21 @@ class InferenceEngine:
             pinned = True
             try:
                 assert entry.session is not None and entry.spec is not None
-                feeds = processors.tensor_inputs(entry.session.inputs, input_data,
-                                                 self.settings.max_tensor_elements,
-                                                 self.settings.max_string_bytes)
+                if entry.pipeline is not None and postprocess:
+                    feeds = entry.pipeline.inputs(entry.session.inputs, input_data,
+                                                  entry.spec.max_batch_size or 256,
+                                                  self.settings.max_string_bytes)
+                else:
+                    feeds = processors.tensor_inputs(entry.session.inputs, input_data,
+                                                     self.settings.max_tensor_elements,
+                                                     self.settings.max_string_bytes)
                 queue_s = await self._admit(deadline)
                 pinned = False  # from here the run's end releases both slot and pin
                 outputs, compute_s = await self._execute(entry, feeds, deadline)
             finally:
                 if pinned:
                     self.models.release(entry)
-            result = self._postprocess(entry, outputs, top_k, wanted, postprocess)
+            result = self._postprocess(entry, outputs, top_k, wanted, postprocess, feeds)
         except InferenceError as exc:
             self._record(model_id, exc.code, started, queue_s, compute_s)
             raise
@@ -241,8 +246,12 @@ class InferenceEngine:
                                  f"the runtime failed: {str(exc).splitlines()[0][:300]}") from exc
 
     def _postprocess(self, entry: ModelEntry, outputs: Tensors, top_k: int,
-                     wanted: list[str] | None, task: bool = True) -> dict[str, Any]:
+                     wanted: list[str] | None, task: bool = True,
+                     feeds: Tensors | None = None) -> dict[str, Any]:
         assert entry.spec is not None
+        if task and entry.pipeline is not None and feeds is not None:
+            result: dict[str, Any] = entry.pipeline.outputs(outputs, feeds)
+            return result
         if wanted is not None:
             unknown = [w for w in wanted if w not in outputs]
             if unknown:
@@ -252,7 +261,7 @@ class InferenceEngine:
         shown = outputs if wanted is None else {k: outputs[k] for k in wanted}
         if not task:
             return {"outputs": shown, "version": entry.spec.version}
-        result: dict[str, Any] = {"outputs": {k: processors.jsonable(v) for k, v in shown.items()}}
+        result = {"outputs": {k: processors.jsonable(v) for k, v in shown.items()}}
         if entry.spec.task == "classification":
             result.update(processors.classify(outputs, entry.spec, entry.labels, top_k))
         return result

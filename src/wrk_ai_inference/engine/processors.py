@@ -8,6 +8,7 @@ answer that nobody notices.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,3 +194,62 @@ def classify(outputs: Tensors, spec: ModelSpec, labels: list[str] | None, top_k:
         "confidence": [row[0] for row in top_scores],
         "probabilities": scores.astype(np.float32),
     }
+
+
+class TextEmbedding:
+    """``text-embedding``: strings in, the model's own tokenizer, mean pooling over the
+    attention mask, L2 normalisation; one vector per string out."""
+
+    def __init__(self, tokenizer_file: Path, max_length: int, normalize: bool) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding()
+        self.normalize = normalize
+
+    def inputs(self, model_inputs: list[TensorSpec], data: Any, max_items: int,
+               max_string_bytes: int) -> Tensors:
+        texts = [data] if isinstance(data, str) else data
+        if (not isinstance(texts, list) or not texts
+                or not all(isinstance(t, str) for t in texts)):
+            raise _bad("inputData must be a string or a non-empty list of strings")
+        if len(texts) > max_items:
+            raise _bad(f"at most {max_items} strings per request")
+        for i, text in enumerate(texts):
+            if len(text.encode("utf-8")) > max_string_bytes:
+                raise _bad(f"string {i} is longer than maxStringBytes ({max_string_bytes})")
+        encoded = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        available = {
+            "input_ids": ids,
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
+        missing = [t.name for t in model_inputs if t.name not in available]
+        if missing:
+            raise InferenceError("ERR_INFERENCE_FAILED",
+                                 f"text-embedding cannot feed the model's inputs {missing}")
+        return {t.name: available[t.name] for t in model_inputs}
+
+    def outputs(self, outputs: Tensors, feeds: Tensors) -> dict[str, Any]:
+        hidden = np.asarray(next(iter(outputs.values())), dtype=np.float32)
+        mask = feeds["attention_mask"][..., np.newaxis].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        if self.normalize:
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return {"embeddings": pooled.astype(np.float32), "dimensions": int(pooled.shape[1])}
+
+
+def load_pipeline(spec: ModelSpec, model_dir: Path) -> TextEmbedding | None:
+    """The task's pre/postprocessing resources, loaded once with the model."""
+    if spec.task == "text-embedding":
+        name = spec.preprocess.get("tokenizer", "tokenizer.json")
+        path = (model_dir / str(name)).resolve()
+        if not path.is_relative_to(model_dir) or not path.is_file():
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"text-embedding needs its tokenizer file {name!r} in the "
+                                 "model folder")
+        return TextEmbedding(path, int(spec.preprocess.get("maxLength", 256)),
+                             bool(spec.postprocess.get("normalize", True)))
+    return None

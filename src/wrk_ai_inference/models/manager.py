@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from ..config import Settings
+from ..engine.processors import load_pipeline
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..runtimes import get_runtime
@@ -50,6 +51,7 @@ class ModelEntry:
     spec: ModelSpec | None = None
     session: ModelSession | None = None
     labels: list[str] | None = None
+    pipeline: Any = None  # the task's pre/postprocessing resources (a tokenizer, ...)
     error: str | None = None
     memory_bytes: int = 0
     artifact_bytes: int = 0
@@ -234,6 +236,8 @@ class ModelManager:
                 )
             self._make_room(entry, entry.artifact_bytes)
             labels = self._labels(entry.id, spec)
+            pipeline = await asyncio.to_thread(load_pipeline, spec,
+                                               self.repository.model_dir(entry.id))
             session, grown = await asyncio.to_thread(self._load_blocking, runtime, artifact, spec,
                                                      entry.id)
         except InferenceError as exc:
@@ -244,7 +248,7 @@ class ModelManager:
             raise InferenceError("ERR_MODEL_LOAD_FAILED", entry.error or "") from exc
         finally:
             entry.load_task = None
-        entry.session, entry.labels = session, labels
+        entry.session, entry.labels, entry.pipeline = session, labels, pipeline
         entry.memory_bytes = max(grown, entry.artifact_bytes)
         entry.state, entry.loaded_at = ModelState.LOADED, time.time()
         entry.load_ms = (time.perf_counter() - started) * 1000
@@ -325,7 +329,7 @@ class ModelManager:
             self._drop(victim, reason="evicted (memoryLimit)")
 
     def _drop(self, entry: ModelEntry, reason: str) -> None:
-        session, entry.session = entry.session, None
+        session, entry.session, entry.pipeline = entry.session, None, None
         self._lru.pop(entry.id, None)
         entry.state, entry.memory_bytes, entry.loaded_at = ModelState.AVAILABLE, 0, None
         if session is not None:
