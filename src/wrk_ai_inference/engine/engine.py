@@ -250,7 +250,7 @@ class InferenceEngine:
                      feeds: Tensors | None = None) -> dict[str, Any]:
         assert entry.spec is not None
         if task and entry.pipeline is not None and feeds is not None:
-            result: dict[str, Any] = entry.pipeline.outputs(outputs, feeds)
+            result: dict[str, Any] = entry.pipeline.outputs(outputs, feeds, top_k)
             return result
         if wanted is not None:
             unknown = [w for w in wanted if w not in outputs]

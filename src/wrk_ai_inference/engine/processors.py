@@ -232,7 +232,7 @@ class TextEmbedding:
                                  f"text-embedding cannot feed the model's inputs {missing}")
         return {t.name: available[t.name] for t in model_inputs}
 
-    def outputs(self, outputs: Tensors, feeds: Tensors) -> dict[str, Any]:
+    def outputs(self, outputs: Tensors, feeds: Tensors, top_k: int = 5) -> dict[str, Any]:
         hidden = np.asarray(next(iter(outputs.values())), dtype=np.float32)
         mask = feeds["attention_mask"][..., np.newaxis].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
@@ -241,7 +241,66 @@ class TextEmbedding:
         return {"embeddings": pooled.astype(np.float32), "dimensions": int(pooled.shape[1])}
 
 
-def load_pipeline(spec: ModelSpec, model_dir: Path) -> TextEmbedding | None:
+class ImageClassification:
+    """``image-classification``: base64 PNG/JPEG bytes in (one string, or a list), decoded
+    with Pillow, converted to ``mode``, resized to ``size`` [height, width], scaled and
+    normalised as model.json says, laid out NCHW; softmax and top-k with labels out."""
+
+    def __init__(self, spec: ModelSpec, labels: list[str] | None) -> None:
+        pre = spec.preprocess
+        self.mode = str(pre.get("mode", "RGB"))
+        height, width = pre.get("size", [224, 224])
+        self.size = (int(width), int(height))
+        channels = 1 if self.mode == "L" else 3
+        self.scale = float(pre.get("scale", 1 / 255))
+        self.mean = np.asarray(pre.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(pre.get("std", [1.0] * channels), np.float32).reshape(-1, 1, 1)
+        self.spec = spec
+        self.labels = labels
+
+    def _image(self, index: int, text: Any, max_bytes: int) -> np.ndarray:
+        import base64
+        import binascii
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        if not isinstance(text, str):
+            raise _bad(f"image {index} must be a base64 string")
+        if len(text) * 3 // 4 > max_bytes:
+            raise _bad(f"image {index} is larger than maxStringBytes ({max_bytes})")
+        try:
+            raw = base64.b64decode(text, validate=True)
+            with Image.open(io.BytesIO(raw)) as img:
+                if img.width * img.height > 64_000_000:
+                    raise _bad(f"image {index} has too many pixels")
+                pixels = img.convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
+                arr = np.asarray(pixels, dtype=np.float32)
+        except (binascii.Error, ValueError) as exc:
+            raise _bad(f"image {index} is not valid base64: {exc}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise _bad(f"image {index} is not a PNG or JPEG image Pillow can read: {exc}"
+                       ) from None
+        chw = arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        result: np.ndarray = (chw * self.scale - self.mean) / self.std
+        return result
+
+    def inputs(self, model_inputs: list[TensorSpec], data: Any, max_items: int,
+               max_string_bytes: int) -> Tensors:
+        images = [data] if isinstance(data, str) else data
+        if not isinstance(images, list) or not images:
+            raise _bad("inputData must be a base64 image or a non-empty list of them")
+        if len(images) > max_items:
+            raise _bad(f"at most {max_items} images per request")
+        batch = np.stack([self._image(i, t, max_string_bytes) for i, t in enumerate(images)])
+        return {model_inputs[0].name: batch.astype(np.float32)}
+
+    def outputs(self, outputs: Tensors, feeds: Tensors, top_k: int = 5) -> dict[str, Any]:
+        return classify(outputs, self.spec, self.labels, top_k)
+
+
+def load_pipeline(spec: ModelSpec, model_dir: Path, labels: list[str] | None = None
+                  ) -> TextEmbedding | ImageClassification | None:
     """The task's pre/postprocessing resources, loaded once with the model."""
     if spec.task == "text-embedding":
         name = spec.preprocess.get("tokenizer", "tokenizer.json")
@@ -252,4 +311,6 @@ def load_pipeline(spec: ModelSpec, model_dir: Path) -> TextEmbedding | None:
                                  "model folder")
         return TextEmbedding(path, int(spec.preprocess.get("maxLength", 256)),
                              bool(spec.postprocess.get("normalize", True)))
+    if spec.task == "image-classification":
+        return ImageClassification(spec, labels)
     return None

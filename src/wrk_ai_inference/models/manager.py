@@ -237,7 +237,7 @@ class ModelManager:
             self._make_room(entry, entry.artifact_bytes)
             labels = self._labels(entry.id, spec)
             pipeline = await asyncio.to_thread(load_pipeline, spec,
-                                               self.repository.model_dir(entry.id))
+                                               self.repository.model_dir(entry.id), labels)
             session, grown = await asyncio.to_thread(self._load_blocking, runtime, artifact, spec,
                                                      entry.id)
         except InferenceError as exc:

@@ -69,7 +69,8 @@ class ModelSpec(BaseModel):
     runtime: str
     file: str
     version: str = "1"
-    task: Literal["tensor", "classification", "text-embedding"] = "tensor"
+    task: Literal["tensor", "classification", "text-embedding",
+                  "image-classification"] = "tensor"
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     labels: list[str] | str | None = None
