@@ -84,3 +84,54 @@ async def test_missing_extra_and_undeclared_tensors_are_named(tmp_path: Path,
     (repo / "digits-torch" / "model.json").write_text(json.dumps(spec))
     with pytest.raises(InferenceError, match="must declare inputs and outputs"):
         await manager.load("digits-torch")
+
+
+def add_slow_torch(repo: Path, model_id: str = "slow-torch") -> None:
+    """A TorchScript loop whose length the request picks: a run torch cannot stop."""
+
+    class Slow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", torch.eye(256) * 0.5)
+
+        def forward(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+            for _ in range(int(steps.max())):
+                x = torch.tanh(x @ self.w)
+            return x
+
+    folder = repo / model_id
+    folder.mkdir()
+    torch.jit.script(Slow()).save(str(folder / "model.pt"))
+    (folder / "model.json").write_text(json.dumps({
+        "runtime": "pytorch", "file": "model.pt", "maxBatchSize": 0,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 256]},
+                   {"name": "steps", "datatype": "INT64", "shape": [1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 256]}]}))
+
+
+def test_torch_deadline_answers_on_time_and_the_slot_stays_counted(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    add_slow_torch(repo)
+    import time
+
+    x = [[0.5] * 256]
+    with running_worker(repo, tmp_path / "w.log", preload=["slow-torch"]) as w, \
+            httpx.Client(base_url=w.url, timeout=60) as c:
+        started = time.perf_counter()
+        c.post("/api/inference/slow-torch", json={"inputData": {"x": x, "steps": [2000]}})
+        per_step = (time.perf_counter() - started) / 2000
+        steps = int(2.0 / per_step)  # about two seconds of uncancellable work
+        started = time.perf_counter()
+        r = c.post("/api/inference/slow-torch",
+                   json={"inputData": {"x": x, "steps": [steps]}, "options": {"timeout": 300}})
+        took = time.perf_counter() - started
+        assert r.status_code == 504 and "continues until it ends" in r.json()["message"]
+        assert took < 0.45, took
+        assert c.get("/api/capacity").json()["currentLoad"] == 1  # still running: counted
+        assert "wrk_inference_overrunning 1.0" in c.get("/metrics").text
+        deadline = time.monotonic() + 10
+        while c.get("/api/capacity").json()["currentLoad"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.get("/api/capacity").json()["currentLoad"] == 0
+        assert "wrk_inference_overrunning 0.0" in c.get("/metrics").text
