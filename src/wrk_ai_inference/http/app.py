@@ -8,7 +8,6 @@ path; the pydantic schemas only document the contract.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -117,26 +116,48 @@ class InferenceFastPath:
             await response(scope, receive, send)
 
 
+_WATCH_AFTER_S = 0.05
+
+
 async def _unless_disconnected(call: Any, receive: Any) -> Response | None:
     """Run the inference, but cancel it if the client goes away: its slot is freed at
-    once and its run is stopped (or abandoned) instead of computing for nobody."""
-    work = asyncio.ensure_future(call)
-    gone = asyncio.ensure_future(receive())  # the body is read: next comes only disconnect
+    once and its run is stopped (or abandoned) instead of computing for nobody.
+
+    Only a request still running after 50 ms gets a watcher task; a fast one costs a
+    timer handle. The request's own task is the one cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+    watcher: asyncio.Future[Any] | None = None
+
+    def on_message(done: asyncio.Future[Any]) -> None:
+        nonlocal left
+        if not done.cancelled() and done.exception() is None \
+                and done.result().get("type") == "http.disconnect":
+            left = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(receive())  # after the body, only disconnect comes
+        watcher.add_done_callback(on_message)
+
+    timer = loop.call_later(_WATCH_AFTER_S, watch)
     try:
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        work.cancel()
-        gone.cancel()
-        raise
-    if work.done():
-        gone.cancel()
-        result: Response = work.result()
+        result: Response = await call
         return result
-    work.cancel()
-    log.info("client disconnected; request cancelled")
-    with contextlib.suppress(asyncio.CancelledError):
-        await work
-    return None
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()
+        log.info("client disconnected; request cancelled")
+        return None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _read_body(receive: Any) -> bytes:
