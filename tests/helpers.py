@@ -133,6 +133,14 @@ def running_worker(repo: Path, log_path: Path, **config: Any) -> Iterator[Worker
         worker.terminate()
 
 
+@contextlib.contextmanager
+def worker_serving(root: Path, models: dict[str, str], **config: Any) -> Iterator[Worker]:
+    """A worker on a fresh repository of example models, all preloaded."""
+    repo = make_repo(root / "repo", models)
+    with running_worker(repo, root / "w.log", preload=list(models), **config) as worker:
+        yield worker
+
+
 def slow_iterations(seconds: float) -> int:
     """Loop steps of the ``slow`` model for about ``seconds`` of work, measured here."""
     import onnxruntime as ort

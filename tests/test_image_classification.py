@@ -14,7 +14,7 @@ from PIL import Image
 
 from wrk_ai_inference.examples import digits_png, digits_split
 
-from .helpers import EXAMPLES, Worker, make_repo, running_worker
+from .helpers import EXAMPLES, Worker, worker_serving
 
 pytestmark = pytest.mark.skipif(not (EXAMPLES / "digits-cnn" / "model.onnx").exists(),
                                 reason="run `make setup` to build the digits-cnn example")
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.skipif(not (EXAMPLES / "digits-cnn" / "model.onnx").exi
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    root = tmp_path_factory.mktemp("cnn")
-    repo = make_repo(root / "repo", {"digits-cnn": "digits-cnn"})
-    with running_worker(repo, root / "w.log", preload=["digits-cnn"]) as w:
+    with worker_serving(tmp_path_factory.mktemp("cnn"), {"digits-cnn": "digits-cnn"}) as w:
         yield w
 
 

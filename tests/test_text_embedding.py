@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from .helpers import EXAMPLES, Worker, make_repo, running_worker
+from .helpers import EXAMPLES, Worker, worker_serving
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -44,9 +44,7 @@ def reference(texts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    root = tmp_path_factory.mktemp("minilm")
-    repo = make_repo(root / "repo", {"minilm": "minilm"})
-    with running_worker(repo, root / "w.log", preload=["minilm"]) as w:
+    with worker_serving(tmp_path_factory.mktemp("minilm"), {"minilm": "minilm"}) as w:
         yield w
 
 
