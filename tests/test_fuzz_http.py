@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from wrk_ai_inference.errors import HTTP_STATUS
-from wrk_ai_inference.http.v2 import V2_STATUS
+from wrk_ai_inference.errors import HTTP_STATUS, V2_STATUS
 
 from .helpers import DIGIT_ZERO, Worker, make_repo, running_worker
 

@@ -20,7 +20,6 @@ class CapacityTracker:
         self.max_queued = max_queued
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self.rejected = 0
         self.recent_latency_s = 0.1  # smoothed, for Retry-After
 
     @property
@@ -42,7 +41,6 @@ class CapacityTracker:
             self.running += 1
             return 0.0
         if len(self._waiters) >= self.max_queued:
-            self.rejected += 1
             raise InferenceError(
                 "ERR_CAPACITY_EXCEEDED",
                 f"worker is at capacity: {self.running} running (max {self.max_running}), "

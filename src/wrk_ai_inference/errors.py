@@ -29,6 +29,12 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
+#: The Open Inference Protocol answers a few codes differently (Triton/KServe conventions):
+#: "unavailable" is 503, a failed repository load 400. Everything else as above.
+V2_STATUS: dict[str, int] = {**HTTP_STATUS, "ERR_MODEL_NOT_AVAILABLE": 503,
+                             "ERR_CAPACITY_EXCEEDED": 503, "ERR_MODEL_LOAD_FAILED": 400}
+
+
 class InferenceError(Exception):
     """A failure a client can act on: a code from ``HTTP_STATUS`` and a message."""
 
@@ -51,6 +57,9 @@ class InferenceError(Exception):
             "message": self.message,
             "details": self.details,
         }
+
+    def to_v2_dict(self) -> dict[str, Any]:
+        return {"error": f"{self.code}: {self.message}"}
 
     def __repr__(self) -> str:
         return f"InferenceError({self.code!r}, {self.message!r})"

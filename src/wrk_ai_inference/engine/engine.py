@@ -69,9 +69,8 @@ class InferenceEngine:
                                            thread_name_prefix="inference")
         self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
         self.executions: dict[str, int] = {}  # runtime calls per model (a batch is one)
-        # Smoothed run time per session: runs that take microseconds are done on the loop
-        # thread, where a hop to a worker thread and back would cost more than the run.
-        self._run_s: dict[int, float] = {}
+        # Runs that take microseconds are done on the loop thread, where a hop to a worker
+        # thread and back would cost more than the run (see ModelSession.run_seconds).
         self._inline_s = settings.inline_run_micros / 1_000_000
         # Batches of one model that run at once: enough to use every core, no more,
         # since each run already uses intraOpThreads of them.
@@ -156,7 +155,7 @@ class InferenceEngine:
         return made
 
     def inline(self, session: ModelSession) -> bool:
-        return self._run_s.get(id(session), float("inf")) < self._inline_s
+        return session.run_seconds is not None and session.run_seconds < self._inline_s
 
     def _executed(self, model_id: str, rows: int) -> None:
         self.executions[model_id] = self.executions.get(model_id, 0) + 1
@@ -232,9 +231,8 @@ class InferenceEngine:
         try:
             result: Tensors = session.run(feeds, handle)
             took = time.perf_counter() - started
-            key = id(session)
-            previous = self._run_s.get(key)
-            self._run_s[key] = took if previous is None else 0.8 * previous + 0.2 * took
+            previous = session.run_seconds
+            session.run_seconds = took if previous is None else 0.8 * previous + 0.2 * took
             return result
         except InferenceError:
             raise

@@ -24,28 +24,11 @@ from ..logs import get_logger
 from ..metrics import CONTENT_TYPE
 from ..worker import InferenceWorker, WorkerState
 from .middleware import GuardMiddleware
+from .responses import JSON, error_response, is_v2
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
 from .v2 import INFER_PATH, v2_error, v2_infer, v2_router
 
 log = get_logger("http")
-
-_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_ORJSON_OPTS)
-
-
-def error_response(error: InferenceError) -> JSON:
-    headers = {}
-    retry = error.details.get("retryAfter")
-    if retry is not None:
-        headers["Retry-After"] = str(retry)
-    return JSON(error.to_dict(), status_code=error.http_status, headers=headers)
-
 
 _STATUS_CODES = {404: "ERR_NOT_FOUND", 405: "ERR_METHOD_NOT_ALLOWED", 413: "ERR_PAYLOAD_TOO_LARGE"}
 
@@ -185,7 +168,7 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
 
     def respond(request: Request, error: InferenceError) -> Response:
         """Each protocol keeps its own error body: v2's under /v2, the seed's elsewhere."""
-        return v2_error(error) if request.url.path.startswith("/v2") else error_response(error)
+        return error_response(error, v2=is_v2(request.url.path))
 
     @app.exception_handler(InferenceError)
     async def _inference_error(request: Request, exc: InferenceError) -> Response:

@@ -11,10 +11,9 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
 from ..errors import InferenceError
 from ..logs import new_id, request_id_var
+from .responses import error_response, is_v2
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,7 +58,8 @@ class GuardMiddleware:
         try:
             error = self._check(scope)
             if error is not None:
-                await self._reject(error, send_with_id, v2=scope.get("path", "").startswith("/v2"))
+                response = error_response(error, v2=is_v2(scope.get("path", "")))
+                await response(scope, receive, send_with_id)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
@@ -109,15 +109,3 @@ class GuardMiddleware:
             return message
 
         return wrapped
-
-    @staticmethod
-    async def _reject(error: InferenceError, send: Send, v2: bool = False) -> None:
-        body = orjson.dumps({"error": f"{error.code}: {error.message}"} if v2
-                            else error.to_dict())
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        if error.code == "ERR_UNAUTHORIZED":
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": error.http_status,
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": body})

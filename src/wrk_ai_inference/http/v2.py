@@ -22,15 +22,8 @@ from ..errors import InferenceError
 from ..models.manager import ModelState
 from ..worker import InferenceWorker, WorkerState
 from . import v2_codec
+from .responses import error_response
 
-V2_STATUS = {
-    "ERR_INVALID_REQUEST": 400, "ERR_INVALID_INPUT": 400, "ERR_FACS_NET_DATA_FORMAT": 400,
-    "ERR_MODEL_LOAD_FAILED": 400, "ERR_UNAUTHORIZED": 401, "ERR_MODEL_NOT_FOUND": 404,
-    "ERR_NOT_FOUND": 404, "ERR_METHOD_NOT_ALLOWED": 405, "ERR_PAYLOAD_TOO_LARGE": 413,
-    "ERR_INFERENCE_FAILED": 500, "ERR_INTERNAL": 500, "ERR_MODEL_NOT_AVAILABLE": 503,
-    "ERR_CAPACITY_EXCEEDED": 503, "ERR_NOT_READY": 503, "ERR_RPC_UNAVAILABLE": 503,
-    "ERR_INFERENCE_TIMEOUT": 504,
-}
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _STATES = {ModelState.LOADED: "READY", ModelState.LOADING: "LOADING",
            ModelState.UNLOADING: "UNLOADING", ModelState.AVAILABLE: "UNAVAILABLE",
@@ -38,13 +31,7 @@ _STATES = {ModelState.LOADED: "READY", ModelState.LOADING: "LOADING",
 
 
 def v2_error(error: InferenceError) -> Response:
-    headers = {}
-    retry = error.details.get("retryAfter")
-    if retry is not None:
-        headers["Retry-After"] = str(retry)
-    return Response(orjson.dumps({"error": f"{error.code}: {error.message}"}),
-                    status_code=V2_STATUS.get(error.code, 500), headers=headers,
-                    media_type="application/json")
+    return error_response(error, v2=True)
 
 
 def _decompress(body: bytes, encoding: str | None) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InferenceError
+from ..errors import HTTP_STATUS, InferenceError
 from ..logs import get_logger
 from ..worker import InferenceWorker
 
@@ -95,13 +95,8 @@ def parse_reply(body: bytes) -> Any:
     if isinstance(value, str) and value.startswith(ERR_PREFIX):
         text = value[len(ERR_PREFIX):]
         code, _, message = text.partition(": ")
-        if code not in _known_codes():
+        if code not in HTTP_STATUS:
             code, message = "ERR_INFERENCE_FAILED", text
         raise InferenceError(code, message or code)
     return value
 
-
-def _known_codes() -> set[str]:
-    from ..errors import HTTP_STATUS
-
-    return set(HTTP_STATUS)

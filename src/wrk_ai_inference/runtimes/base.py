@@ -38,6 +38,8 @@ class ModelSession(ABC):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    #: smoothed seconds per run, kept by the engine (it decides what may run inline)
+    run_seconds: float | None = None
 
     def new_run(self) -> RunHandle:
         return RunHandle()
