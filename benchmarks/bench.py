@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,16 +58,31 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> N
     raise RuntimeError(f"{url} not ready in {timeout}s")
 
 
+class ServerCpu:
+    """CPU seconds used by a server's whole process tree (MLServer forks workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+
 @contextlib.contextmanager
 def server(args: list[str], ready_url: str, env: dict[str, str] | None = None,
-           cwd: Path = ROOT) -> Iterator[None]:
+           cwd: Path = ROOT) -> Iterator[ServerCpu]:
     log_path = Path(tempfile.mkdtemp(prefix="bench-server-")) / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
     try:
         wait_http(ready_url, proc)
-        yield
+        yield ServerCpu(proc.pid)
     except Exception:
         sys.stderr.write(log_path.read_text()[-3000:])
         raise
@@ -198,13 +214,17 @@ def make_server(name: str, model: str, port: int, tmp: Path) -> Any:
 def measure(manager: Any, request: bytes, port: int, concurrencies: list[int],
             duration: float) -> dict[int, dict[str, float]]:
     results = {}
-    with manager:
+    with manager as cpu:
         for conc in concurrencies:
+            server_before = cpu.seconds()
             r = run(run_load(port, request, conc, duration, warmup=1.0))
+            server_cores = (cpu.seconds() - server_before) / r.wall_seconds
             results[conc] = {"throughput": r.throughput, "p50_ms": r.p50_ms,
-                             "p99_ms": r.p99_ms, "requests": r.requests, "errors": r.errors}
+                             "p99_ms": r.p99_ms, "requests": r.requests, "errors": r.errors,
+                             "server_cores": server_cores, "client_cores": r.client_cores}
             sys.stderr.write(f"    c={conc}: {r.throughput:8.1f} req/s  p50 {r.p50_ms:7.2f} ms"
-                             f"  p99 {r.p99_ms:7.2f} ms  errors {r.errors}\n")
+                             f"  p99 {r.p99_ms:7.2f} ms  errors {r.errors}  CPU server "
+                             f"{server_cores:.2f} cores, client {r.client_cores:.2f}\n")
     return results
 
 
@@ -253,7 +273,9 @@ def main() -> int:
 
 
 def render(report: dict[str, Any], concurrencies: list[int]) -> str:
-    lines = []
+    lines = [f"Load generator and servers share this machine's {report['cpus']} cores; "
+             "CPU columns are cores used on average during each point (server: its whole "
+             "process tree; load generator: its own process)."]
     if "protocols" in report:
         lines.append("\n### mlp through the worker: seed JSON path vs v2 binary tensors")
         lines.append("| rows per request | concurrency | seed JSON rows/s | v2 binary rows/s | "
@@ -272,17 +294,19 @@ def render(report: dict[str, Any], concurrencies: list[int]) -> str:
         ceiling = max(raw.values())
         lines.append(f"\n### {model}: raw onnxruntime in-process "
                      + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in raw.items()))
-        lines.append("| server | concurrency | req/s | p50 ms | p99 ms |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| server | concurrency | req/s | p50 ms | p99 ms | server CPU (cores) | "
+                     "load generator CPU (cores) |")
+        lines.append("|---|---|---|---|---|---|---|")
         servers = entry["servers"]
         for name, results in servers.items():
             if "skipped" in results:
-                lines.append(f"| {name} | - | skipped: {results['skipped']} | | |")
+                lines.append(f"| {name} | - | skipped: {results['skipped']} | | | | |")
                 continue
             for conc in concurrencies:
                 r = results[conc]
                 lines.append(f"| {name} | {conc} | {r['throughput']:,.0f} | {r['p50_ms']:.2f} |"
-                             f" {r['p99_ms']:.2f} |")
+                             f" {r['p99_ms']:.2f} | {r['server_cores']:.2f} |"
+                             f" {r['client_cores']:.2f} |")
         best = servers.get("worker-batch", {})
         lines.append("")
         lines.append("| concurrency | worker-batch / naive | worker-batch / mlserver-batch | "

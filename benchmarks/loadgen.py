@@ -35,6 +35,8 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    wall_seconds: float = 0.0
+    client_cores: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -68,6 +70,7 @@ async def run_load(port: int, request: bytes, concurrency: int, duration: float,
     assert host.startswith("127.") or host == "localhost", "loopback only"
     latencies: list[float] = []
     errors = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + duration
@@ -93,8 +96,10 @@ async def run_load(port: int, request: bytes, concurrency: int, duration: float,
 
     await asyncio.wait_for(asyncio.gather(*(connection() for _ in range(concurrency))),
                            warmup + duration + 60)
+    wall = time.perf_counter() - start
+    client_cores = (time.process_time() - cpu_start) / wall
     if not latencies:
-        return LoadResult(0, errors, duration, float("nan"), float("nan"))
+        return LoadResult(0, errors, duration, float("nan"), float("nan"), wall, client_cores)
     values = np.asarray(latencies) * 1000
     return LoadResult(len(values), errors, duration, float(np.percentile(values, 50)),
-                      float(np.percentile(values, 99)))
+                      float(np.percentile(values, 99)), wall, client_cores)
