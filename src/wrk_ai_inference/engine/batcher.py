@@ -68,6 +68,7 @@ class Batcher:
         self.batches = 0
         self.rows = 0
         self._inside = 0
+        self._running = 0  # batches in the runtime now
 
     @staticmethod
     def supports(session: ModelSession, max_batch: int) -> bool:
@@ -126,7 +127,8 @@ class Batcher:
                 batch.append(item)
                 rows += item.rows
             remaining = close_at - time.perf_counter()
-            if rows >= self.max_batch or remaining <= 0 or self._on_the_way() <= 0:
+            if rows >= self.max_batch or remaining <= 0 or (
+                    self._running == 0 and self._on_the_way() <= 0):
                 return batch
             self._wakeup.clear()
             try:
@@ -149,6 +151,16 @@ class Batcher:
 
     async def _execute(self, batch: list[_Item]) -> None:
         handle = self.session.new_run()
+        self._running += 1
+        slot_held = True
+
+        def free_slot() -> None:
+            nonlocal slot_held
+            if slot_held:
+                slot_held = False
+                self._running -= 1
+                self._slots.release()
+
         try:
             if len(batch) == 1:
                 feeds = batch[0].feeds
@@ -166,6 +178,10 @@ class Batcher:
                     item.future.add_done_callback(gave_up)
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self._run, self.session, feeds, handle)
+                # the next batch goes to the runtime before this one's answers are written:
+                # otherwise the cores idle while the loop serialises a batch of responses
+                free_slot()
+                await asyncio.sleep(0)
             rows = sum(item.rows for item in batch)
             self.batches += 1
             self.rows += rows
@@ -181,9 +197,9 @@ class Batcher:
         except Exception as exc:
             self._fail(batch, InferenceError("ERR_INFERENCE_FAILED", f"batch failed: {exc}"))
         finally:
+            free_slot()
             for item in batch:
                 self._end(item)
-            self._slots.release()
 
     def _fail(self, batch: list[_Item], exc: InferenceError) -> None:
         size = len(batch)
