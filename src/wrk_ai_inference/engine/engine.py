@@ -33,6 +33,9 @@ _MAX_TIMEOUT_MS = 3_600_000
 
 _MAX_TOP_K = 1000
 
+#: the handle of runs done on the loop: nothing can cancel them while they run
+_INLINE_RUN = RunHandle()
+
 
 def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
     """(timeout seconds, top-k, requested outputs) from the request's ``options``."""
@@ -188,26 +191,25 @@ class InferenceEngine:
                 self.executions[entry.id] = self.executions.get(entry.id, 0) + 1
             finished()
 
-        # a run cheaper than forming a batch is done at once, on the loop
-        batcher = None if self.inline(session) else self.batcher(entry)
+        if self.inline(session):
+            # microseconds: cheaper than forming a batch or a hop to a thread and back;
+            # such a run cannot overrun a deadline by more than its own few microseconds
+            try:
+                outputs = self._run(session, feeds, _INLINE_RUN)
+                self.executions[entry.id] = self.executions.get(entry.id, 0) + 1
+            finally:
+                finished()
+            return outputs, time.perf_counter() - run_started
+        batcher = self.batcher(entry)
         handle: RunHandle | None = None
         if batcher is not None:
             future = batcher.submit(feeds, finished)
         else:
             handle = session.new_run()
-            if self.inline(session):  # microseconds: no hop to a thread
-                future = asyncio.get_running_loop().create_future()
-                try:
-                    future.set_result(self._run(session, feeds, handle))
-                except Exception as exc:
-                    future.set_exception(exc)
-            else:
-                future = asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._run, session, feeds, handle)
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._run, session, feeds, handle)
             future.add_done_callback(direct_done)
         try:
-            if future.done():
-                return future.result(), time.perf_counter() - run_started
             outputs = await asyncio.wait_for(asyncio.shield(future),
                                              max(deadline - time.perf_counter(), 0.0))
         except BaseException as exc:  # deadline, or the caller went away

@@ -155,14 +155,16 @@ def jsonable(arr: np.ndarray) -> Any:
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    """Row-wise softmax on a float64 copy, in place (each numpy call costs a microsecond
+    here, more than the arithmetic on a few classes)."""
+    out = scores - scores.max(axis=1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
     return out
 
 
 def _looks_like_probabilities(scores: np.ndarray) -> bool:
-    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+    return bool(scores.min() >= 0 and np.abs(scores.sum(axis=1) - 1.0).max() <= 1e-3)
 
 
 def classify(outputs: Tensors, spec: ModelSpec, labels: list[str] | None, top_k: int
@@ -182,7 +184,7 @@ def classify(outputs: Tensors, spec: ModelSpec, labels: list[str] | None, top_k:
     k = min(top_k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     # tolist() once: Python floats and ints without a numpy scalar per element
-    top_scores = np.take_along_axis(scores, order, axis=1).tolist()
+    top_scores = scores[np.arange(scores.shape[0])[:, np.newaxis], order].tolist()
     names = labels or []
     predictions = [
         [{"label": names[i] if i < len(names) else str(i), "score": score}
