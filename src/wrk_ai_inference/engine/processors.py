@@ -157,7 +157,7 @@ def jsonable(arr: np.ndarray) -> Any:
 def _softmax(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax on a float64 copy, in place (each numpy call costs a microsecond
     here, more than the arithmetic on a few classes)."""
-    out = scores - scores.max(axis=1, keepdims=True)
+    out: np.ndarray = scores - scores.max(axis=1, keepdims=True)
     np.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)
     return out
