@@ -112,11 +112,14 @@ class _Double(ModelSession):
         self.outputs = [TensorSpec(name="y", datatype="FP32", shape=[-1, 4])]
         self.delay = delay
         self.runs: list[int] = []
+        self.spans: list[tuple[float, float]] = []
 
     def run(self, feeds: Tensors, handle: RunHandle) -> Tensors:
         x = feeds["x"]
         self.runs.append(len(x))
-        deadline = time.perf_counter() + self.delay
+        started = time.perf_counter()
+        self.spans.append((started, started + self.delay))
+        deadline = started + self.delay
         while time.perf_counter() < deadline:
             if handle.cancelled:
                 raise InferenceError("ERR_INFERENCE_TIMEOUT", "terminated")
@@ -130,10 +133,30 @@ def _run(session: ModelSession, feeds: Tensors, handle: RunHandle) -> Tensors:
     return session.run(feeds, handle)
 
 
-async def _batcher(session: _Double, delay_s: float = 0.02) -> Batcher:
+async def _batcher(session: _Double, delay_s: float = 0.02, parallel: int = 1,
+                   on_the_way: int = 1) -> Batcher:
     return Batcher("double", session, max_batch=8, delay_s=delay_s,
                    executor=__import__("concurrent.futures").futures.ThreadPoolExecutor(2),
-                   parallel=1, on_the_way=lambda: 1, run=_run)
+                   parallel=parallel, on_the_way=lambda: on_the_way, run=_run)
+
+
+async def test_while_a_batch_runs_the_next_one_fills_for_its_delay_and_runs_alongside() -> None:
+    """A lone request goes at once; requests trickling in while it runs are gathered for
+    the batch delay into one batch (not run one by one), which runs alongside the first."""
+    session = _Double(delay=0.3)
+    batcher = await _batcher(session, delay_s=0.1, parallel=2, on_the_way=0)
+    first = batcher.submit({"x": np.ones((1, 4), np.float32)}, lambda: None)
+    await asyncio.sleep(0.02)
+    later = []
+    for v in (2.0, 3.0, 4.0):
+        later.append(batcher.submit({"x": np.full((1, 4), v, np.float32)}, lambda: None))
+        await asyncio.sleep(0.01)
+    outcomes = await asyncio.gather(first, *later)
+    assert [o["y"][0, 0] for o in outcomes] == [2.0, 4.0, 6.0, 8.0]
+    assert session.runs == [1, 3], session.runs
+    (_, first_end), (second_start, _) = session.spans
+    assert second_start < first_end, "the second batch waited for the first to finish"
+    await batcher.close()
 
 
 async def test_runtime_error_fails_only_its_batch() -> None:

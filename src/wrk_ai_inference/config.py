@@ -75,6 +75,9 @@ class Settings(BaseModel):
     inference_threads: int = Field(0, alias="inferenceThreads", ge=0,
                                    description="runs at once in the runtime; 0 = cores")
     dynamic_batching: bool = Field(True, alias="dynamicBatching")
+    batch_parallelism: int = Field(0, alias="batchParallelism", ge=0,
+                                   description="batches of one model in the runtime at once; "
+                                               "0 = cores / intraOpThreads")
     inline_run_micros: int = Field(300, alias="inlineRunMicros", ge=0,
                                    description="models whose runs average less run on the "
                                                "event loop thread; 0 = never")

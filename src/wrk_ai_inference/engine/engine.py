@@ -78,7 +78,8 @@ class InferenceEngine:
         # Batches of one model that run at once: enough to use every core, no more,
         # since each run already uses intraOpThreads of them.
         intra = settings.intra_op_threads or (os.cpu_count() or 1)
-        self.batch_parallelism = max(1, min(self.threads, (os.cpu_count() or 1) // intra))
+        self.batch_parallelism = settings.batch_parallelism or max(
+            1, min(self.threads, (os.cpu_count() or 1) // intra))
         self.overrunning = 0
         metrics.overrunning.set_function(lambda: self.overrunning)
 
