@@ -228,11 +228,25 @@ def measure(manager: Any, request: bytes, port: int, concurrencies: list[int],
     return results
 
 
+def median_results(rounds: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
+    """Per concurrency, the median of every figure over the rounds, and the spread."""
+    out: dict[int, dict[str, float]] = {}
+    for conc in rounds[0]:
+        points = [r[conc] for r in rounds]
+        out[conc] = {key: float(np.median([p[key] for p in points])) for key in points[0]}
+        out[conc]["throughput_min"] = min(p["throughput"] for p in points)
+        out[conc]["throughput_max"] = max(p["throughput"] for p in points)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="digits,mlp")
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every server is measured this many times, in turn; tables show "
+                             "medians (this machine's speed drifts by 10-30%% within minutes)")
     parser.add_argument("--servers", default="naive,mlserver,mlserver-batch,worker,worker-batch")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"))
     parser.add_argument("--section", default="servers,protocols",
@@ -244,21 +258,35 @@ def main() -> int:
     have_mlserver = (BENCH_VENV / "bin" / "mlserver").exists()
     report: dict[str, Any] = {"measuredAt": time.time(), "cpus": os.cpu_count(),
                               "duration": args.duration, "models": {}}
+    report["rounds"] = args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(",") if "servers" in sections else []:
-            sys.stderr.write(f"== {model}\n")
-            entry: dict[str, Any] = {"raw": raw_ceiling(model), "servers": {}}
-            sys.stderr.write(f"  raw rows/s: {entry['raw']}\n")
-            for name in wanted:
-                if name.startswith("mlserver") and not have_mlserver:
-                    entry["servers"][name] = {"skipped": "MLServer is not installed in "
-                                              ".venv-bench (make bench installs it)"}
-                    continue
-                port = free_port()
-                manager, request = make_server(name, model, port, Path(tmp))
-                sys.stderr.write(f"  {name}\n")
-                entry["servers"][name] = measure(manager, request, port, concurrencies,
-                                                 args.duration)
+            raws: list[dict[str, float]] = []
+            rounds: dict[str, list[dict[int, dict[str, float]]]] = {}
+            skipped: dict[str, Any] = {}
+            for index in range(args.rounds):
+                sys.stderr.write(f"== {model}, round {index + 1} of {args.rounds}\n")
+                raws.append(raw_ceiling(model))
+                sys.stderr.write(f"  raw rows/s: {raws[-1]}\n")
+                # a different order each round, so that a slow spell of the machine
+                # does not always fall on the same server
+                order = wanted[index % len(wanted):] + wanted[:index % len(wanted)]
+                for name in order:
+                    if name.startswith("mlserver") and not have_mlserver:
+                        skipped[name] = {"skipped": "MLServer is not installed in "
+                                         ".venv-bench (make bench installs it)"}
+                        continue
+                    port = free_port()
+                    manager, request = make_server(name, model, port, Path(tmp))
+                    sys.stderr.write(f"  {name}\n")
+                    rounds.setdefault(name, []).append(
+                        measure(manager, request, port, concurrencies, args.duration))
+            entry: dict[str, Any] = {
+                "raw": {k: float(np.median([r[k] for r in raws])) for k in raws[0]},
+                "rawRounds": raws,
+                "servers": {name: skipped.get(name) or median_results(rounds[name])
+                            for name in wanted},
+                "rounds": rounds}
             report["models"][model] = entry
     if "protocols" in sections:
         sys.stderr.write("== protocols (mlp, batching on)\n")
@@ -294,17 +322,21 @@ def render(report: dict[str, Any], concurrencies: list[int]) -> str:
         ceiling = max(raw.values())
         lines.append(f"\n### {model}: raw onnxruntime in-process "
                      + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in raw.items()))
-        lines.append("| server | concurrency | req/s | p50 ms | p99 ms | server CPU (cores) | "
+        lines.append(f"| server | concurrency | req/s (median of {report.get('rounds', 1)}) | "
+                     "req/s range | p50 ms | p99 ms | server CPU (cores) | "
                      "load generator CPU (cores) |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         servers = entry["servers"]
         for name, results in servers.items():
             if "skipped" in results:
-                lines.append(f"| {name} | - | skipped: {results['skipped']} | | | | |")
+                lines.append(f"| {name} | - | skipped: {results['skipped']} | | | | | |")
                 continue
             for conc in concurrencies:
                 r = results[conc]
-                lines.append(f"| {name} | {conc} | {r['throughput']:,.0f} | {r['p50_ms']:.2f} |"
+                spread = (f"{r['throughput_min']:,.0f}-{r['throughput_max']:,.0f}"
+                          if "throughput_min" in r else "")
+                lines.append(f"| {name} | {conc} | {r['throughput']:,.0f} | {spread} | "
+                             f"{r['p50_ms']:.2f} |"
                              f" {r['p99_ms']:.2f} | {r['server_cores']:.2f} |"
                              f" {r['client_cores']:.2f} |")
         best = servers.get("worker-batch", {})
