@@ -142,8 +142,8 @@ def naive_server(model: str, port: int) -> Any:
 
 
 def mlserver_server(model: str, batching: bool, port: int, workdir: Path) -> Any:
-    folder = workdir / f"mlserver-{model}-{int(batching)}"
-    (folder / "m").mkdir(parents=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"mlserver-{model}-{int(batching)}-", dir=workdir))
+    (folder / "m").mkdir()
     shutil.copy(ROOT / "benchmarks" / "mlserver_runtime.py", folder / "m")
     info = MODELS[model]
     (folder / "settings.json").write_text(json.dumps({
