@@ -50,8 +50,7 @@ class Batcher:
     def __init__(self, model_id: str, session: ModelSession, max_batch: int, delay_s: float,
                  executor: Executor, parallel: int, on_the_way: Callable[[], int],
                  run: Callable[[ModelSession, Tensors, RunHandle], Tensors],
-                 on_batch: Callable[[int], None] | None = None,
-                 inline: Callable[[], bool] = lambda: False) -> None:
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.model_id = model_id
         self.session = session
         self.max_batch = max_batch
@@ -60,7 +59,6 @@ class Batcher:
         self._on_the_way = on_the_way
         self._run = run
         self._on_batch = on_batch
-        self._inline = inline
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(parallel)
@@ -171,17 +169,14 @@ class Batcher:
                 if all(item.future.cancelled() for item in batch):
                     handle.cancel()  # nobody waits for this batch any more
 
-            if self._inline():  # microseconds: cheaper than a hop to a thread and back
-                outputs = self._run(self.session, feeds, handle)
-            else:
-                for item in batch:
-                    item.future.add_done_callback(gave_up)
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._run, self.session, feeds, handle)
-                # the next batch goes to the runtime before this one's answers are written:
-                # otherwise the cores idle while the loop serialises a batch of responses
-                free_slot()
-                await asyncio.sleep(0)
+            for item in batch:
+                item.future.add_done_callback(gave_up)
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._run, self.session, feeds, handle)
+            # the next batch goes to the runtime before this one's answers are written:
+            # otherwise the cores idle while the loop serialises a batch of responses
+            free_slot()
+            await asyncio.sleep(0)
             rows = sum(item.rows for item in batch)
             self.batches += 1
             self.rows += rows

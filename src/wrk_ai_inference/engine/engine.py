@@ -153,16 +153,18 @@ class InferenceEngine:
                            self.executor, self.batch_parallelism,
                            on_the_way=lambda: entry.in_flight - (made.inside if made else 0),
                            run=self._run,
-                           on_batch=lambda rows: self._executed(entry.id, rows),
-                           inline=lambda: self.inline(session))
+                           on_batch=lambda rows: self._executed(entry.id, rows))
         self._batchers[entry.id] = (session, made)
         return made
 
     def inline(self, session: ModelSession) -> bool:
         return session.run_seconds is not None and session.run_seconds < self._inline_s
 
-    def _executed(self, model_id: str, rows: int) -> None:
+    def _ran(self, model_id: str) -> None:
         self.executions[model_id] = self.executions.get(model_id, 0) + 1
+
+    def _executed(self, model_id: str, rows: int) -> None:
+        self._ran(model_id)
         self.metrics.batch_rows.labels(model_id).observe(rows)
 
     async def forget(self, model_id: str) -> None:
@@ -189,7 +191,7 @@ class InferenceEngine:
 
         def direct_done(done: asyncio.Future[Tensors]) -> None:
             if not done.cancelled() and done.exception() is None:
-                self.executions[entry.id] = self.executions.get(entry.id, 0) + 1
+                self._ran(entry.id)
             finished()
 
         if self.inline(session):
@@ -197,7 +199,7 @@ class InferenceEngine:
             # such a run cannot overrun a deadline by more than its own few microseconds
             try:
                 outputs = self._run(session, feeds, _INLINE_RUN)
-                self.executions[entry.id] = self.executions.get(entry.id, 0) + 1
+                self._ran(entry.id)
             finally:
                 finished()
             return outputs, time.perf_counter() - run_started
