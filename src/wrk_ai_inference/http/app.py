@@ -7,7 +7,6 @@ path; the pydantic schemas only document the contract.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from ..errors import InferenceError
 from ..logs import get_logger
 from ..metrics import CONTENT_TYPE
 from ..worker import InferenceWorker, WorkerState
+from .disconnect import DisconnectWatch
 from .middleware import GuardMiddleware
 from .responses import JSON, error_response, is_v2
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
@@ -65,6 +65,7 @@ class InferenceFastPath:
     def __init__(self, app: Any, worker: InferenceWorker) -> None:
         self.app = app
         self.worker = worker
+        self.disconnects = DisconnectWatch()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
@@ -79,7 +80,7 @@ class InferenceFastPath:
             except InferenceError as exc:
                 response = error_response(exc)
             else:
-                response = await _unless_disconnected(
+                response = await self.disconnects.run(
                     inference_call(self.worker, path[len(self.PREFIX):], body), receive)
         elif (match := INFER_PATH.match(path)) is not None:
             try:
@@ -89,7 +90,7 @@ class InferenceFastPath:
             else:
                 headers = {k.decode("latin-1"): v.decode("latin-1")
                            for k, v in scope.get("headers", ())}
-                response = await _unless_disconnected(
+                response = await self.disconnects.run(
                     v2_infer(self.worker, match.group(1), match.group(2), body, headers),
                     receive)
         else:
@@ -97,50 +98,6 @@ class InferenceFastPath:
             return
         if response is not None:
             await response(scope, receive, send)
-
-
-_WATCH_AFTER_S = 0.05
-
-
-async def _unless_disconnected(call: Any, receive: Any) -> Response | None:
-    """Run the inference, but cancel it if the client goes away: its slot is freed at
-    once and its run is stopped (or abandoned) instead of computing for nobody.
-
-    Only a request still running after 50 ms gets a watcher task; a fast one costs a
-    timer handle. The request's own task is the one cancelled.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    left = False
-    watcher: asyncio.Future[Any] | None = None
-
-    def on_message(done: asyncio.Future[Any]) -> None:
-        nonlocal left
-        if not done.cancelled() and done.exception() is None \
-                and done.result().get("type") == "http.disconnect":
-            left = True
-            task.cancel()
-
-    def watch() -> None:
-        nonlocal watcher
-        watcher = asyncio.ensure_future(receive())  # after the body, only disconnect comes
-        watcher.add_done_callback(on_message)
-
-    timer = loop.call_later(_WATCH_AFTER_S, watch)
-    try:
-        result: Response = await call
-        return result
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()
-        log.info("client disconnected; request cancelled")
-        return None
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
 
 
 async def _read_body(receive: Any) -> bytes:
