@@ -2,7 +2,10 @@
 
 Measured in one run, on the same model, machine and load generator:
   raw         onnxruntime in-process at batch 1 and at maxBatchSize (the ceiling)
-  naive       FastAPI + uvicorn calling onnxruntime once per request (naive_server.py)
+  naive       FastAPI + uvicorn calling onnxruntime once per request (naive_server.py), on
+              uvloop + httptools (what ``uvicorn[standard]`` installs)
+  naive-plain the same script on uvicorn's pure-Python h11 parser and the asyncio loop (what
+              a bare ``pip install fastapi uvicorn`` runs)
   mlserver    MLServer with a minimal custom ONNX runtime, without and with adaptive batching
   worker      this worker, dynamic batching off and on
 for each model and concurrency; prints throughput, p50, p99 and the ratios, and
@@ -131,10 +134,12 @@ def worker_server(model: str, batching: bool, port: int) -> Any:
             build_request(f"/api/inference/{model}", body))
 
 
-def naive_server(model: str, port: int) -> Any:
+def naive_server(model: str, port: int, plain: bool = False) -> Any:
     args = [str(ROOT / ".venv" / "bin" / "uvicorn"), "benchmarks.naive_server:app",
             "--port", str(port), "--host", "127.0.0.1", "--log-level", "warning",
             "--no-access-log"]
+    if plain:  # uvicorn without its optional extras: h11 and asyncio's own loop
+        args += ["--http", "h11", "--loop", "asyncio"]
     env = {"MODEL": str(ROOT / "examples" / "models" / model / "model.onnx")}
     body = json.dumps({"inputData": [sample(model)]}).encode()
     return (server(args, f"http://127.0.0.1:{port}/docs", env),
@@ -202,8 +207,8 @@ def protocols(model: str, concurrencies: list[int], duration: float) -> dict[str
 
 
 def make_server(name: str, model: str, port: int, tmp: Path) -> Any:
-    if name == "naive":
-        return naive_server(model, port)
+    if name.startswith("naive"):
+        return naive_server(model, port, plain=name == "naive-plain")
     if name.startswith("mlserver"):
         return mlserver_server(model, name.endswith("-batch"), port, tmp)
     if name.startswith("worker"):
@@ -247,7 +252,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="every server is measured this many times, in turn; tables show "
                              "medians (this machine's speed drifts by 10-30%% within minutes)")
-    parser.add_argument("--servers", default="naive,mlserver,mlserver-batch,worker,worker-batch")
+    parser.add_argument("--servers",
+                        default="naive,naive-plain,mlserver,mlserver-batch,worker,worker-batch")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"))
     parser.add_argument("--section", default="servers,protocols",
                         help="servers: the comparison; protocols: seed JSON vs v2 binary")
@@ -262,6 +268,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(",") if "servers" in sections else []:
             raws: list[dict[str, float]] = []
+            beside: list[dict[str, float]] = []  # the ceiling measured just before worker-batch
             rounds: dict[str, list[dict[int, dict[str, float]]]] = {}
             skipped: dict[str, Any] = {}
             for index in range(args.rounds):
@@ -276,6 +283,9 @@ def main() -> int:
                         skipped[name] = {"skipped": "MLServer is not installed in "
                                          ".venv-bench (make bench installs it)"}
                         continue
+                    if name == "worker-batch":
+                        beside.append(raw_ceiling(model))
+                        sys.stderr.write(f"  raw rows/s just before worker-batch: {beside[-1]}\n")
                     port = free_port()
                     manager, request = make_server(name, model, port, Path(tmp))
                     sys.stderr.write(f"  {name}\n")
@@ -284,6 +294,7 @@ def main() -> int:
             entry: dict[str, Any] = {
                 "raw": {k: float(np.median([r[k] for r in raws])) for k in raws[0]},
                 "rawRounds": raws,
+                "rawBesideWorker": beside,
                 "servers": {name: skipped.get(name) or median_results(rounds[name])
                             for name in wanted},
                 "rounds": rounds}
@@ -341,10 +352,11 @@ def render(report: dict[str, Any], concurrencies: list[int]) -> str:
                              f" {r['client_cores']:.2f} |")
         best = servers.get("worker-batch", {})
         lines.append("")
-        lines.append("| concurrency | worker-batch / naive | worker-batch / mlserver-batch | "
-                     "worker-batch / mlserver | worker-batch / raw ceiling | "
+        lines.append("| concurrency | worker-batch / naive | worker-batch / naive-plain | "
+                     "worker-batch / mlserver-batch | worker-batch / mlserver | "
+                     "worker-batch / raw ceiling | the same, ceiling measured beside it | "
                      "p50 batch on - off (ms) |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for conc in concurrencies:
             def ratio(other: str) -> str:
                 return _ratio(best, servers.get(other, {}), conc)  # noqa: B023
@@ -352,9 +364,21 @@ def render(report: dict[str, Any], concurrencies: list[int]) -> str:
             off = servers.get("worker", {})
             delta = (f"{best[conc]['p50_ms'] - off[conc]['p50_ms']:+.3f}"
                      if conc in best and conc in off else "n/a")
-            lines.append(f"| {conc} | {ratio('naive')} | {ratio('mlserver-batch')} | "
-                         f"{ratio('mlserver')} | {raw_ratio} | {delta} |")
+            lines.append(f"| {conc} | {ratio('naive')} | {ratio('naive-plain')} | "
+                         f"{ratio('mlserver-batch')} | {ratio('mlserver')} | {raw_ratio} | "
+                         f"{_beside_ratio(entry, conc)} | {delta} |")
     return "\n".join(lines)
+
+
+def _beside_ratio(entry: dict[str, Any], conc: int) -> str:
+    """Median over rounds of worker-batch / the ceiling measured just before it: the
+    machine's speed drifts within minutes, so the start-of-round ceiling can be far off."""
+    runs, ceilings = entry.get("rounds", {}).get("worker-batch", []), entry.get("rawBesideWorker")
+    if not runs or not ceilings:
+        return "n/a"
+    ratios = [run[conc]["throughput"] / max(raw.values()) for run, raw in zip(runs, ceilings,
+                                                                               strict=True)]
+    return f"{float(np.median(ratios)):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _ratio(mine: dict[int, Any], other: dict[int, Any], conc: int) -> str:
