@@ -89,7 +89,7 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
     ):
         raise _bad(f"input {describe(spec)} is boolean: use true/false or 0/1", input=spec.name)
     elif target.kind == "f" and raw.dtype.kind == "f" and target.itemsize < raw.dtype.itemsize:
-        limit = np.finfo(target).max
+        limit = float(np.finfo(target).max)  # type: ignore[type-var]
         if not raw.size or (-limit <= raw.min() and raw.max() <= limit):  # nothing overflows
             return np.ascontiguousarray(raw, dtype=target)
         with np.errstate(over="ignore"):  # overflow is detected just below
