@@ -43,7 +43,12 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
+        given = length = None
+        for key, value in scope.get("headers", ()):  # one pass for the two we always need
+            if key == b"x-request-id":
+                given = value
+            elif key == b"content-length":
+                length = value
         text = given.decode("latin-1") if given else ""
         request_id = text if _REQUEST_ID_RE.match(text) else new_id()
         token = request_id_var.set(request_id)
@@ -51,25 +56,26 @@ class GuardMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
             await send(message)
 
         try:
-            error = self._check(scope)
+            error = self._check(scope, length)
             if error is not None:
                 response = error_response(error, v2=is_v2(scope.get("path", "")))
                 await response(scope, receive, send_with_id)
                 return
-            await self.app(scope, self._limited(receive), send_with_id)
+            # a declared length bounds the body (the HTTP parser stops there); only a
+            # chunked body is counted as it streams in
+            await self.app(scope, receive if length is not None else self._limited(receive),
+                           send_with_id)
         finally:
             request_id_var.reset(token)
 
-    def _check(self, scope: Scope) -> InferenceError | None:
+    def _check(self, scope: Scope, length: bytes | None) -> InferenceError | None:
         if self.api_keys and scope.get("path") not in OPEN_PATHS and not self._authorised(scope):
             return InferenceError("ERR_UNAUTHORIZED", "a valid API key is required: send "
                                   "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        length = _header(scope, b"content-length")
         if length is not None:
             try:
                 declared = int(length)
