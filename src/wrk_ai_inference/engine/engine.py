@@ -19,6 +19,7 @@ from typing import Any
 from ..capacity import CapacityTracker
 from ..config import Settings
 from ..errors import InferenceError
+from ..json_tensors import plain
 from ..logs import get_logger, new_id
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
@@ -97,7 +98,7 @@ class InferenceEngine:
             try:
                 assert entry.session is not None and entry.spec is not None
                 if entry.pipeline is not None and postprocess:
-                    feeds = entry.pipeline.inputs(entry.session.inputs, input_data,
+                    feeds = entry.pipeline.inputs(entry.session.inputs, plain(input_data),
                                                   entry.spec.max_batch_size or 256,
                                                   self.settings.max_string_bytes)
                 else:

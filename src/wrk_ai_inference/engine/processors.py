@@ -16,6 +16,7 @@ import numpy as np
 
 from ..datatypes import numpy_dtype
 from ..errors import InferenceError
+from ..json_tensors import JsonNumbers
 from ..models.spec import ModelSpec, TensorSpec
 from ..runtimes.base import Tensors
 
@@ -64,11 +65,14 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
     if isinstance(value, dict | str | bytes) or value is None:
         raise _bad(f"input {describe(spec)} must be a number or a nested list of numbers, "
                    f"got {type(value).__name__}", input=spec.name)
-    try:
-        raw = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise _bad(f"input {describe(spec)} is not a regular nested list of numbers "
-                   f"(ragged or mixed rows): {str(exc)[:120]}", input=spec.name) from exc
+    if isinstance(value, JsonNumbers):  # decoded from JSON as np.asarray would have
+        raw = value.array
+    else:
+        try:
+            raw = np.asarray(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _bad(f"input {describe(spec)} is not a regular nested list of numbers "
+                       f"(ragged or mixed rows): {str(exc)[:120]}", input=spec.name) from exc
     if raw.dtype.kind not in _NUMERIC_KINDS:
         raise _bad(f"input {describe(spec)} must hold only numbers (found {raw.dtype.kind!r}-kind "
                    "values such as strings, nulls or objects)", input=spec.name)
@@ -127,10 +131,11 @@ def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int,
             raise _bad(f"the model's inputs are {names}; missing {missing}, unknown {unknown[:10]}",
                        expected=names)
         values = input_data
-    elif isinstance(input_data, list) and len(inputs) == 1:
+    elif isinstance(input_data, list | JsonNumbers) and len(inputs) == 1:
         values = {names[0]: input_data}
     else:
-        shown = "a bare list" if isinstance(input_data, list) else type(input_data).__name__
+        shown = ("a bare list" if isinstance(input_data, list | JsonNumbers)
+                 else type(input_data).__name__)
         raise _bad(f"inputData must be an object {{name: nested list}} with the inputs {names}"
                    f" (a bare list only works for one-input models); got {shown}",
                    expected=names)

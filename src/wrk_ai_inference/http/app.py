@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, json_tensors
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..metrics import CONTENT_TYPE
@@ -37,7 +37,7 @@ async def inference_call(worker: InferenceWorker, model_id: str, body: bytes) ->
     """POST /api/inference/{modelId}, shared by the FastAPI route and the fast path."""
     try:
         try:
-            payload = orjson.loads(body)
+            payload = json_tensors.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InferenceError("ERR_INVALID_REQUEST", f"request body is not valid JSON: {exc}"
                                  ) from None

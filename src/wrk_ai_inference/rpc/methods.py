@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from .. import json_tensors
 from ..errors import HTTP_STATUS, InferenceError
 from ..logs import get_logger
 from ..worker import InferenceWorker
@@ -65,7 +66,7 @@ def error_reply(code: str, message: str | None = None) -> bytes:
 async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
     """Answer one RPC request; never raises."""
     try:
-        payload = orjson.loads(body) if body else None
+        payload = json_tensors.loads(body) if body else None
     except orjson.JSONDecodeError:
         return error_reply("ERR_FACS_NET_DATA_FORMAT")
     try:
