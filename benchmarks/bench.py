@@ -249,7 +249,7 @@ def main() -> int:
     parser.add_argument("--models", default="digits,mlp")
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="every server is measured this many times, in turn; tables show "
                              "medians (this machine's speed drifts by 10-30%% within minutes)")
     parser.add_argument("--servers",
