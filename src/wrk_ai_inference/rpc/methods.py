@@ -66,7 +66,10 @@ def error_reply(code: str, message: str | None = None) -> bytes:
 async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
     """Answer one RPC request; never raises."""
     try:
-        payload = json_tensors.loads(body) if body else None
+        # number arrays straight into numpy only where they feed a model; other
+        # methods (ping echoes its payload) keep plain JSON values
+        decode = json_tensors.loads if method == "runInference" else orjson.loads
+        payload = decode(body) if body else None
     except orjson.JSONDecodeError:
         return error_reply("ERR_FACS_NET_DATA_FORMAT")
     try:
