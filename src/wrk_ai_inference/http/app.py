@@ -26,7 +26,7 @@ from .disconnect import DisconnectWatch
 from .middleware import GuardMiddleware
 from .responses import JSON, error_response, is_v2
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
-from .v2 import INFER_PATH, v2_error, v2_infer, v2_router
+from .v2 import INFER_PATH, v2_infer, v2_router
 
 log = get_logger("http")
 
@@ -86,7 +86,7 @@ class InferenceFastPath:
             try:
                 body = await _read_body(receive)
             except InferenceError as exc:
-                response = v2_error(exc)
+                response = error_response(exc, v2=True)
             else:
                 headers = {k.decode("latin-1"): v.decode("latin-1")
                            for k, v in scope.get("headers", ())}

@@ -30,10 +30,6 @@ _STATES = {ModelState.LOADED: "READY", ModelState.LOADING: "LOADING",
            ModelState.FAILED: "UNAVAILABLE"}
 
 
-def v2_error(error: InferenceError) -> Response:
-    return error_response(error, v2=True)
-
-
 def _decompress(body: bytes, encoding: str | None) -> bytes:
     if not encoding or encoding == "identity":
         return body
@@ -83,7 +79,7 @@ async def v2_infer(worker: InferenceWorker, model: str, version: str | None, bod
         payload, out_headers = v2_codec.encode_response(model, result["version"], request,
                                                         result["outputs"])
     except InferenceError as exc:
-        return v2_error(exc)
+        return error_response(exc, v2=True)
     return Response(payload, headers=out_headers)
 
 
@@ -162,7 +158,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
             _check_version(worker, model, version)
             return _json({"model_stats": [_stats(worker, model)]})
         except InferenceError as exc:
-            return v2_error(exc)
+            return error_response(exc, v2=True)
 
     @router.get("/models/{model}/ready")
     @router.get("/models/{model}/versions/{version}/ready")
@@ -181,7 +177,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
             _check_version(worker, model, version)
             return _json(_metadata(worker, model))
         except InferenceError as exc:
-            return v2_error(exc)
+            return error_response(exc, v2=True)
 
     @router.post("/models/{model}/infer")
     @router.post("/models/{model}/versions/{version}/infer")
@@ -197,7 +193,8 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                return v2_error(InferenceError("ERR_INVALID_REQUEST", "body is not JSON"))
+                return error_response(InferenceError("ERR_INVALID_REQUEST", "body is not JSON"),
+                                      v2=True)
             only_ready = isinstance(parsed, dict) and parsed.get("ready") is True
         rows = []
         for meta in worker.models.list_models():
@@ -213,7 +210,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
         try:
             await action
         except InferenceError as exc:
-            return v2_error(exc)
+            return error_response(exc, v2=True)
         return Response(status_code=200)
 
     @router.post("/repository/models/{model}/load")
