@@ -190,11 +190,6 @@ class InferenceEngine:
             if overran:
                 self.overrunning -= 1
 
-        def direct_done(done: asyncio.Future[Tensors]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                self._ran(entry.id)
-            finished()
-
         if self.inline(session):
             # microseconds: cheaper than forming a batch or a hop to a thread and back;
             # such a run cannot overrun a deadline by more than its own few microseconds
@@ -204,6 +199,12 @@ class InferenceEngine:
             finally:
                 finished()
             return outputs, time.perf_counter() - run_started
+
+        def direct_done(done: asyncio.Future[Tensors]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._ran(entry.id)
+            finished()
+
         batcher = self.batcher(entry)
         handle: RunHandle | None = None
         if batcher is not None:
