@@ -4,8 +4,10 @@ failure cases (a runtime that raises or stalls on demand)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -78,6 +80,37 @@ async def test_lone_request_is_not_delayed_and_unbatchable_models_run_directly(
         assert time.perf_counter() - started < 0.1  # nobody else was coming: no 500 ms wait
         assert worker.engine.batcher(worker.models.entry("slow")) is None  # no batch dim
         await worker.run_inference("slow", slow_body(10)["inputData"])
+    finally:
+        await worker.stop()
+
+
+async def test_tiny_models_batch_under_load_and_run_a_lone_request_on_the_loop(
+        tmp_path: Path) -> None:
+    """digits runs in microseconds: alone it runs on the loop thread (a hop to a thread
+    would cost more), but concurrent requests still share runtime calls."""
+    worker = await started_worker(make_repo(tmp_path, {"digits": "digits"}),
+                                  preload=["digits"], maxConcurrentInferences=64)
+    try:
+        ran_on: list[str] = []
+        run = worker.engine._run
+
+        def spy(*args: Any) -> Any:
+            ran_on.append(threading.current_thread().name)
+            return run(*args)
+
+        worker.engine._run = spy  # type: ignore[method-assign]
+        await worker.run_inference("digits", [[1.0] * 64])
+        await worker.run_inference("digits", [[2.0] * 64])
+        assert ran_on[-1] == threading.main_thread().name, ran_on
+        assert worker.engine.inline(worker.models.entry("digits").session)  # type: ignore
+        batcher = worker.engine.batcher(worker.models.entry("digits"))
+        assert batcher is not None
+        rows_before, batches_before = batcher.rows, batcher.batches
+        results = await asyncio.gather(*(worker.run_inference("digits", [[float(i % 16)] * 64])
+                                         for i in range(40)))
+        assert all(r["success"] for r in results)
+        assert batcher.rows - rows_before == 40
+        assert batcher.batches - batches_before < 10, "40 concurrent requests ran one by one"
     finally:
         await worker.stop()
 

@@ -50,6 +50,7 @@ class Batcher:
     def __init__(self, model_id: str, session: ModelSession, max_batch: int, delay_s: float,
                  executor: Executor, parallel: int, on_the_way: Callable[[], int],
                  run: Callable[[ModelSession, Tensors, RunHandle], Tensors],
+                 inline: Callable[[], bool] = lambda: False,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.model_id = model_id
         self.session = session
@@ -58,6 +59,7 @@ class Batcher:
         self.executor = executor
         self._on_the_way = on_the_way
         self._run = run
+        self._inline = inline
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
@@ -171,8 +173,13 @@ class Batcher:
 
             for item in batch:
                 item.future.add_done_callback(gave_up)
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._run, self.session, feeds, handle)
+            if len(batch) == 1 and self._inline():
+                # a lone request for a model whose runs take microseconds: on the loop,
+                # as without batching; a hop to a thread would cost more than the run
+                outputs = self._run(self.session, feeds, handle)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._run, self.session, feeds, handle)
             # the next batch goes to the runtime before this one's answers are written:
             # otherwise the cores idle while the loop serialises a batch of responses
             free_slot()

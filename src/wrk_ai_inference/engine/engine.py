@@ -153,7 +153,7 @@ class InferenceEngine:
             made = Batcher(entry.id, session, spec.max_batch_size, spec.batch_delay_ms / 1000,
                            self.executor, self.batch_parallelism,
                            on_the_way=lambda: entry.in_flight - (made.inside if made else 0),
-                           run=self._run,
+                           run=self._run, inline=lambda: self.inline(session),
                            on_batch=lambda rows: self._executed(entry.id, rows))
         self._batchers[entry.id] = (session, made)
         return made
@@ -190,9 +190,12 @@ class InferenceEngine:
             if overran:
                 self.overrunning -= 1
 
-        if self.inline(session):
-            # microseconds: cheaper than forming a batch or a hop to a thread and back;
-            # such a run cannot overrun a deadline by more than its own few microseconds
+        batcher = self.batcher(entry)
+        if batcher is None and self.inline(session):
+            # microseconds: cheaper than a hop to a thread and back; such a run cannot
+            # overrun a deadline by more than its own few microseconds. With a batcher even
+            # tiny runs go through it: under load one call for many rows costs the loop far
+            # less than one call each, and a lone request still runs at once, on the loop.
             try:
                 outputs = self._run(session, feeds, _INLINE_RUN)
                 self._ran(entry.id)
@@ -205,7 +208,6 @@ class InferenceEngine:
                 self._ran(entry.id)
             finished()
 
-        batcher = self.batcher(entry)
         handle: RunHandle | None = None
         if batcher is not None:
             future = batcher.submit(feeds, finished)
