@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from wrk_ai_inference.rpc.client import RpcClient
 
@@ -27,12 +28,15 @@ from .helpers import (
 from .rack_helpers import Rack, local_testnet, orchestrate
 
 
-def test_client_disconnect_frees_its_slot_and_stops_its_run(tmp_path: Path) -> None:
+# served by the protocol's own route, and (a query string) by uvicorn and the ASGI app
+@pytest.mark.parametrize("path", ["/api/inference/slow", "/api/inference/slow?via=asgi"])
+def test_client_disconnect_frees_its_slot_and_stops_its_run(tmp_path: Path, path: str
+                                                             ) -> None:
     repo = make_repo(tmp_path / "repo", {"slow": "slow"})
     iterations = 20 * slow_iterations(1.0)  # twenty seconds of work if nobody stopped it
     with running_worker(repo, tmp_path / "w.log", preload=["slow"]) as w:
         body = json.dumps(slow_body(iterations)).encode()
-        request = (f"POST /api/inference/slow HTTP/1.1\r\nHost: x\r\n"
+        request = (f"POST {path} HTTP/1.1\r\nHost: x\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                    ).encode() + body
         with socket.create_connection(("127.0.0.1", w.port)) as sock:

@@ -26,6 +26,12 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 OPEN_PATHS = frozenset({"/health"})
 
 
+def request_id_for(given: bytes | None) -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    text = given.decode("latin-1") if given else ""
+    return text if _REQUEST_ID_RE.match(text) else new_id()
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -49,8 +55,7 @@ class GuardMiddleware:
                 given = value
             elif key == b"content-length":
                 length = value
-        text = given.decode("latin-1") if given else ""
-        request_id = text if _REQUEST_ID_RE.match(text) else new_id()
+        request_id = request_id_for(given)
         token = request_id_var.set(request_id)
         raw_id = request_id.encode()
 
@@ -60,7 +65,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            error = self._check(scope, length)
+            error = self.check(scope, length)
             if error is not None:
                 response = error_response(error, v2=is_v2(scope.get("path", "")))
                 await response(scope, receive, send_with_id)
@@ -72,7 +77,8 @@ class GuardMiddleware:
         finally:
             request_id_var.reset(token)
 
-    def _check(self, scope: Scope, length: bytes | None) -> InferenceError | None:
+    def check(self, scope: Scope, length: bytes | None) -> InferenceError | None:
+        """Why the request may not proceed (API key, declared size), or None."""
         if self.api_keys and scope.get("path") not in OPEN_PATHS and not self._authorised(scope):
             return InferenceError("ERR_UNAUTHORIZED", "a valid API key is required: send "
                                   "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")

@@ -18,6 +18,7 @@ from ..config import Settings
 from ..logs import get_logger
 from ..worker import InferenceWorker
 from .app import create_app
+from .protocol import inference_protocol
 
 log = get_logger("http")
 
@@ -52,7 +53,7 @@ def serve(settings: Settings) -> None:
     worker = InferenceWorker(settings)
     app = create_app(worker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, loop="auto", http="auto",
+                            access_log=False, loop="auto", http=inference_protocol(app, worker),
                             timeout_graceful_shutdown=5, server_header=False,
                             proxy_headers=False)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
