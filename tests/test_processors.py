@@ -41,6 +41,11 @@ def test_numbers_are_checked_not_coerced() -> None:
     refused(INTS, [1, 2.5], "whole numbers")
     refused(INTS, [1, 300], "[-128, 127]")
     refused(FLOATS, [[1e39, 0, 0, 0]], "too large for FP32")
+    refused(FLOATS, [[1e39, -1e39, 0, 0]], "too large for FP32")  # they cancel in a sum
+    refused(FLOATS, [[1e300, 1e300, 0, 0]], "too large for FP32")  # squares overflow
+    # the largest float32 and its neighbours that still round to it are not too large
+    edge = float(np.finfo(np.float32).max)
+    assert tensor_inputs(FLOATS, [[edge, -edge, 1e38, 0.5]], 100)["x"].dtype == np.float32
     refused(FLOATS, [[True, "1", 0, 0]], "only numbers")
     refused(FLOATS, [[0, 0, 0, 0], [0, 0, 0]], "ragged")
     assert tensor_inputs(FLOATS, [0, 1, 2, 3], 100)["x"].shape == (1, 4)  # batch axis added

@@ -40,8 +40,8 @@ _INLINE_RUN = RunHandle()
 
 def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
     """(timeout seconds, top-k, requested outputs) from the request's ``options``."""
-    if options is None:
-        options = {}
+    if options is None:  # most requests: the defaults, validated when settings loaded
+        return settings.inference_timeout / 1000.0, settings.default_top_k, None
     if not isinstance(options, dict):
         raise InferenceError("ERR_INVALID_REQUEST", "options must be an object")
     timeout_ms = options.get("timeout", settings.inference_timeout)

@@ -94,11 +94,12 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
         raise _bad(f"input {describe(spec)} is boolean: use true/false or 0/1", input=spec.name)
     elif target.kind == "f" and raw.dtype.kind == "f" and target.itemsize < raw.dtype.itemsize:
         limit = float(np.finfo(target).max)  # type: ignore[type-var]
-        if not raw.size or (-limit <= raw.min() and raw.max() <= limit):  # nothing overflows
+        # one reduction instead of min and max: if the sum of squares stays within
+        # limit**2, no value overflows (only a NaN or a huge sum gets the exact check)
+        if not raw.size or np.vdot(raw, raw) <= limit * limit:
             return np.ascontiguousarray(raw, dtype=target)
         with np.errstate(over="ignore"):  # overflow is detected just below
             arr = np.ascontiguousarray(raw, dtype=target)
-        # one cheap pass; the detailed one only when something overflowed
         if not np.isfinite(arr).all() and np.any(np.isinf(arr) & np.isfinite(raw)):
             raise _bad(f"input {describe(spec)} has values too large for {spec.datatype}",
                        input=spec.name)
