@@ -23,7 +23,7 @@ from ..json_tensors import plain
 from ..logs import get_logger, new_id
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
-from ..runtimes.base import ModelSession, RunHandle, Tensors
+from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
 from . import processors
 from .batcher import Batcher
 from .history import History
@@ -33,9 +33,6 @@ log = get_logger("engine")
 _MAX_TIMEOUT_MS = 3_600_000
 
 _MAX_TOP_K = 1000
-
-#: the handle of runs done on the loop: nothing can cancel them while they run
-_INLINE_RUN = RunHandle()
 
 
 def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
@@ -197,7 +194,7 @@ class InferenceEngine:
             # tiny runs go through it: under load one call for many rows costs the loop far
             # less than one call each, and a lone request still runs at once, on the loop.
             try:
-                outputs = self._run(session, feeds, _INLINE_RUN)
+                outputs = self._run(session, feeds, LOOP_RUN)
                 self._ran(entry.id)
             finally:
                 finished()

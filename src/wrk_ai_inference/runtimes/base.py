@@ -33,6 +33,10 @@ class RunHandle:
         self.cancelled = True
 
 
+#: the handle of runs done on the event loop: they end before anyone could cancel them
+LOOP_RUN = RunHandle()
+
+
 class ModelSession(ABC):
     """A loaded model: its tensor signature and a thread-safe ``run``."""
 
