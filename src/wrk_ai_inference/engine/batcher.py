@@ -7,6 +7,11 @@ way (admitted, not yet submitted); a lone request is dispatched at once, so
 batching costs nothing at low load. While every execution slot is busy,
 requests pile up and the next batch is naturally larger.
 
+Batches of a model whose runs take microseconds (``inlineRunMicros``) run on the
+event loop in the batcher's own task: a lone request then costs about one task
+switch more than without batching, and concurrent ones still share one runtime
+call. Longer batches run on the inference threads.
+
 Each request keeps its own deadline. A batch is stopped in the runtime only
 when every one of its requests has given up. A runtime error fails that batch
 alone, and says so. Requests with different non-batch shapes are never mixed.

@@ -2,7 +2,8 @@
 
 validate + preprocess (on the event loop, cheap, before taking a slot, so bad
 input never occupies capacity) -> admission (CapacityTracker) -> execute on a
-worker thread under a deadline that cancels the runtime's run -> postprocess
+worker thread under a deadline that cancels the runtime's run (or on the loop,
+for models whose runs take microseconds) -> postprocess
 -> record in history and metrics. The slot and the model pin are released when
 the run really ends, not when the client is answered, so a run that cannot be
 stopped still counts against capacity.
