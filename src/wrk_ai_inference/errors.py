@@ -64,6 +64,11 @@ class InferenceError(Exception):
     def __repr__(self) -> str:
         return f"InferenceError({self.code!r}, {self.message!r})"
 
+    @classmethod
+    def internal(cls, exc: BaseException) -> InferenceError:
+        """What a transport answers for a bug: the exception's type, never its text."""
+        return cls("ERR_INTERNAL", f"internal error: {type(exc).__name__}")
+
 
 class ConfigError(Exception):
     """Start-up configuration is wrong; the message names the key."""

@@ -145,8 +145,7 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return respond(request, InferenceError("ERR_INTERNAL", f"internal error: "
-                                               f"{type(exc).__name__}"))
+        return respond(request, InferenceError.internal(exc))
 
     @app.get("/health", responses=errors(503))
     async def health() -> Response:

@@ -26,6 +26,17 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 OPEN_PATHS = frozenset({"/health"})
 
 
+def id_and_length(headers: Any) -> tuple[bytes | None, bytes | None]:
+    """X-Request-Id and Content-Length from (lower-case name, value) pairs, in one pass."""
+    given = length = None
+    for key, value in headers:
+        if key == b"x-request-id":
+            given = value
+        elif key == b"content-length":
+            length = value
+    return given, length
+
+
 def request_id_for(given: bytes | None) -> str:
     """The caller's X-Request-Id when it is a sane token, else a new one."""
     text = given.decode("latin-1") if given else ""
@@ -49,12 +60,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = length = None
-        for key, value in scope.get("headers", ()):  # one pass for the two we always need
-            if key == b"x-request-id":
-                given = value
-            elif key == b"content-length":
-                length = value
+        given, length = id_and_length(scope.get("headers", ()))
         request_id = request_id_for(given)
         token = request_id_var.set(request_id)
         raw_id = request_id.encode()

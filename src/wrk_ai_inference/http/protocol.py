@@ -30,7 +30,7 @@ from ..errors import InferenceError
 from ..logs import get_logger, request_id_var
 from ..worker import InferenceWorker
 from .app import inference_call
-from .middleware import GuardMiddleware, request_id_for
+from .middleware import GuardMiddleware, id_and_length, request_id_for
 from .responses import error_response
 
 log = get_logger("http")
@@ -115,12 +115,7 @@ class InferenceProtocol(HttpToolsProtocol):
                 or self.parser.get_method() != b"POST" or b"?" in url or b"%" in url
                 or b"/" in url[len(_PREFIX):] or self.parser.should_upgrade()):
             return None
-        given = length = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"x-request-id":
-                given = value
+        given, length = id_and_length(self.headers)
         if length is None:
             return None  # chunked: the ASGI route counts its bytes as they come
         path = url.decode("ascii")
@@ -141,8 +136,7 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         except Exception as exc:  # inference_call answers InferenceError itself
             log.exception("unhandled error")
-            response = error_response(InferenceError(
-                "ERR_INTERNAL", f"internal error: {type(exc).__name__}"))
+            response = error_response(InferenceError.internal(exc))
         finally:
             request_id_var.reset(token)
         self._respond(fast, response)

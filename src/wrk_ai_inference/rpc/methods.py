@@ -87,7 +87,8 @@ async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
         return error_reply(exc.code, exc.message)
     except Exception as exc:
         log.exception("RPC handler failed", extra={"method": method})
-        return error_reply("ERR_INTERNAL", f"internal error: {type(exc).__name__}")
+        error = InferenceError.internal(exc)
+        return error_reply(error.code, error.message)
 
 
 def parse_reply(body: bytes) -> Any:
