@@ -7,8 +7,9 @@ way (admitted, not yet submitted); a lone request is dispatched at once, so
 batching costs nothing at low load. While every execution slot is busy,
 requests pile up and the next batch is naturally larger.
 
-Batches of a model whose runs take microseconds (``inlineRunMicros``) run on the
-event loop in the batcher's own task: a lone request then costs about one task
+Batches expected to take microseconds (the model's smoothed time per row times
+the batch's rows, under ``inlineRunMicros``) run on the event loop in the
+batcher's own task: a lone request then costs about one task
 switch more than without batching, and concurrent ones still share one runtime
 call. Longer batches run on the inference threads.
 
@@ -55,7 +56,7 @@ class Batcher:
     def __init__(self, model_id: str, session: ModelSession, max_batch: int, delay_s: float,
                  executor: Executor, parallel: int, on_the_way: Callable[[], int],
                  run: Callable[[ModelSession, Tensors, RunHandle], Tensors],
-                 inline: Callable[[], bool] = lambda: False,
+                 inline: Callable[[int], bool] = lambda rows: False,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.model_id = model_id
         self.session = session
@@ -152,10 +153,10 @@ class Batcher:
             if not batch:
                 self._slots.release()
                 continue
-            if self._inline():
-                # the model's runs, batches included, take microseconds: run here, on the
-                # loop, where a hop to a thread (or even to another task) costs more than
-                # the run (digits, c=64: +14%, 6 interleaved pairs)
+            if self._inline(sum(item.rows for item in batch)):
+                # this batch should take microseconds (by the model's time per row): run
+                # it here, on the loop, where a hop to a thread (or even to another task)
+                # costs more than the run (digits, c=64: +14%, 6 interleaved pairs)
                 await self._execute(batch, inline=True)
             else:
                 asyncio.get_running_loop().create_task(self._execute(batch))

@@ -151,13 +151,16 @@ class InferenceEngine:
             made = Batcher(entry.id, session, spec.max_batch_size, spec.batch_delay_ms / 1000,
                            self.executor, self.batch_parallelism,
                            on_the_way=lambda: entry.in_flight - (made.inside if made else 0),
-                           run=self._run, inline=lambda: self.inline(session),
+                           run=self._run, inline=lambda rows: self.inline(session, rows),
                            on_batch=lambda rows: self._executed(entry.id, rows))
         self._batchers[entry.id] = (session, made)
         return made
 
-    def inline(self, session: ModelSession) -> bool:
-        return session.run_seconds is not None and session.run_seconds < self._inline_s
+    def inline(self, session: ModelSession, rows: int = 1) -> bool:
+        """Whether a run of ``rows`` rows is expected to take under ``inlineRunMicros``."""
+        if rows == 1:
+            return session.run_seconds is not None and session.run_seconds < self._inline_s
+        return session.row_seconds is not None and session.row_seconds * rows < self._inline_s
 
     def _ran(self, model_id: str) -> None:
         self.executions[model_id] = self.executions.get(model_id, 0) + 1
@@ -260,6 +263,13 @@ class InferenceEngine:
             took = time.perf_counter() - started
             previous = session.run_seconds
             session.run_seconds = took if previous is None else 0.8 * previous + 0.2 * took
+            first = next(iter(feeds.values()), None)
+            rows = int(first.shape[0]) if first is not None and first.ndim else 1
+            if rows > 1:  # from batches only: a single run's fixed costs would dominate
+                previous = session.row_seconds
+                per_row = took / rows
+                session.row_seconds = (per_row if previous is None
+                                       else 0.8 * previous + 0.2 * per_row)
             return result
         except InferenceError:
             raise

@@ -42,8 +42,11 @@ class ModelSession(ABC):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    #: smoothed seconds per run, kept by the engine (it decides what may run inline)
+    #: smoothed seconds per run, and per row of runs of several rows, kept by the engine
+    #: (it decides what may run inline: a single run by the first, a batch by the second
+    #: times its rows; a batch runs on a thread until a batch has been timed)
     run_seconds: float | None = None
+    row_seconds: float | None = None
 
     def new_run(self) -> RunHandle:
         return RunHandle()
