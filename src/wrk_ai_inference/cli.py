@@ -81,10 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _tune_interpreter() -> None:
     """Two process-wide settings that the request path measurably depends on.
 
-    Long-lived objects made at start (modules, config) are frozen out of collection, and
-    the young generation is collected less often: a request makes many short-lived
-    objects, and frequent collections showed up as tail latency (p99 roughly halved for
-    digits).
+    Long-lived objects made at start (modules, config) are frozen out of collection.
+    The collection thresholds stay Python's: raising them (50,000 / 20 / 100) let
+    garbage pile up in the older generations, and the worker's memory grew 22% over a
+    5-minute `make soak` (0.3% with the defaults over 3 minutes); without them digits
+    at concurrency 64 is still 2.0x the naive server (3 interleaved rounds).
 
     The GIL switch interval drops from 5 ms to 1 ms: a runtime thread that finishes a
     batch needs the GIL for a moment to hand the outputs back and to start the next run,
@@ -95,7 +96,6 @@ def _tune_interpreter() -> None:
     import gc
 
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
     sys.setswitchinterval(0.001)
 
 
