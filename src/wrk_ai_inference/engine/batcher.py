@@ -153,15 +153,16 @@ class Batcher:
             if not batch:
                 self._slots.release()
                 continue
-            if self._inline(sum(item.rows for item in batch)):
+            rows = sum(item.rows for item in batch)
+            if self._inline(rows):
                 # this batch should take microseconds (by the model's time per row): run
                 # it here, on the loop, where a hop to a thread (or even to another task)
                 # costs more than the run (digits, c=64: +14%, 6 interleaved pairs)
-                await self._execute(batch, inline=True)
+                await self._execute(batch, rows, inline=True)
             else:
-                asyncio.get_running_loop().create_task(self._execute(batch))
+                asyncio.get_running_loop().create_task(self._execute(batch, rows))
 
-    async def _execute(self, batch: list[_Item], inline: bool = False) -> None:
+    async def _execute(self, batch: list[_Item], rows: int, inline: bool = False) -> None:
         self._running += 1
         slot_held = True
 
@@ -195,7 +196,6 @@ class Batcher:
                 # written: otherwise the cores idle while the loop writes a batch of answers
                 free_slot()
                 await asyncio.sleep(0)
-            rows = sum(item.rows for item in batch)
             self.batches += 1
             self.rows += rows
             if self._on_batch is not None:

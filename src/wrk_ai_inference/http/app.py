@@ -34,7 +34,8 @@ _STATUS_CODES = {404: "ERR_NOT_FOUND", 405: "ERR_METHOD_NOT_ALLOWED", 413: "ERR_
 
 
 async def inference_call(worker: InferenceWorker, model_id: str, body: bytes) -> Response:
-    """POST /api/inference/{modelId}, shared by the FastAPI route and the fast path."""
+    """POST /api/inference/{modelId}: the one handler behind the protocol-level route
+    (``protocol.py``), the ASGI fast path and the FastAPI route."""
     try:
         try:
             payload = json_tensors.loads(body)
@@ -52,12 +53,14 @@ async def inference_call(worker: InferenceWorker, model_id: str, body: bytes) ->
 
 
 class InferenceFastPath:
-    """Serves POST /api/inference/{modelId} without the framework's per-request layers.
+    """Serves the inference routes without the framework's per-request layers.
 
-    The route is the hot path of the worker; FastAPI's routing, dependency solving
-    and middleware stack cost several times what the inference itself does for
-    small models. Every other request, and the OpenAPI description of this one,
-    goes to the FastAPI app unchanged.
+    Plain ``POST /api/inference/{modelId}`` requests are answered earlier, by the
+    protocol (``protocol.py``); this serves the ones it hands on (query strings,
+    chunked bodies, pipelined requests...) and ``POST /v2/.../infer``, where
+    FastAPI's routing, dependency solving and middleware stack would cost several
+    times what the inference itself does for small models. Every other request, and
+    the OpenAPI description of these, goes to the FastAPI app unchanged.
     """
 
     PREFIX = "/api/inference/"
