@@ -88,8 +88,11 @@ async def test_tiny_models_batch_under_load_and_run_on_the_loop(tmp_path: Path) 
     """digits runs in microseconds: its runs stay on the loop thread (a hop to a thread
     would cost more), concurrent requests still share runtime calls, and a batch is
     judged by its rows: one expected to take long goes to a thread."""
+    # inlineRunMicros ten times the default: a digits run takes tens of microseconds, so
+    # the relations below hold on a machine several times slower (or busier) than this
     worker = await started_worker(make_repo(tmp_path, {"digits": "digits"}),
-                                  preload=["digits"], maxConcurrentInferences=64)
+                                  preload=["digits"], maxConcurrentInferences=64,
+                                  inlineRunMicros=3000)
     try:
         ran_on: list[str] = []
         run = worker.engine._run

@@ -142,7 +142,7 @@ MALFORMED = {
     "unknown input": (json.dumps(_json_input(name="pixels")).encode(), None, "unknown input"),
     "strings as FP32": (json.dumps(_json_input(data=["a"] * 64)).encode(), None,
                         "must be numbers"),
-    "not json": (b"{nope", None, "not JSON"),
+    "not json": (b"{nope", None, "not valid JSON"),
     "no inputs": (b'{"inputs": []}', None, "non-empty list"),
     "binary size lies": (*_binary(_json_input(parameters={"binary_data_size": 256}),
                                   b"\0" * 100), "past the end of the binary data"),

@@ -114,14 +114,20 @@ def _net_config(args: argparse.Namespace) -> Any:
 def _testnet(nodes: int) -> int:
     import os
 
-    from .rpc.bridge import NODE_DIR, node_binary
+    from .errors import InferenceError
+    from .rpc.bridge import node_binary, node_dir
 
     if nodes < 2:
         setup_logging()
         get_logger("cli").error("a testnet needs at least 2 nodes (one cannot announce)")
         return 2
-    node = node_binary()
-    os.execv(node, [node, str(NODE_DIR / "testnet.js"), str(nodes)])
+    try:
+        node, folder = node_binary(), node_dir()
+    except InferenceError as exc:
+        setup_logging()
+        get_logger("cli").error("cannot start the testnet", extra={"error": exc.message})
+        return 2
+    os.execv(node, [node, str(folder / "testnet.js"), str(nodes)])
 
 
 if __name__ == "__main__":

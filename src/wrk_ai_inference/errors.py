@@ -7,6 +7,7 @@ table here means a new code is added in exactly one place.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 HTTP_STATUS: dict[str, int] = {
@@ -72,3 +73,20 @@ class InferenceError(Exception):
 
 class ConfigError(Exception):
     """Start-up configuration is wrong; the message names the key."""
+
+
+#: An absolute path in a message: everything up to the last segment, which is kept.
+_PATH_RE = re.compile(r"(?<![\w./:])/(?:[^\s'\"/:,()]+/)+(?=[^\s'\"/:,()]*)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with absolute paths cut to their last segment: a client of a remote
+    worker has no business knowing the machine's layout."""
+    return _PATH_RE.sub("", text)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text for a message, without paths; the type's
+    name when the text is empty."""
+    lines = str(exc).strip().splitlines()
+    return without_paths(lines[0] if lines else type(exc).__name__)[:limit]

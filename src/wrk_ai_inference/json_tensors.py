@@ -9,10 +9,16 @@ The answer is always the one ``orjson.loads`` + ``np.asarray`` would give: int64
 every number is whole, float64 otherwise, the same shape. Anything else (strings,
 ragged or deeper nesting, booleans, numbers beyond 64 bits, duplicate keys, invalid
 JSON) takes the plain orjson path, so its errors read exactly as before.
+
+Bodies over ``LARGE_BYTES`` are decoded by ``loads_large`` on a worker thread (see
+``bodies.py``): simdjson parses them with the GIL released, and everything after that
+is done in pieces small enough that the event loop keeps its turn, with every value
+counted against an element budget before it is made.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from typing import Any
@@ -21,11 +27,20 @@ import numpy as np
 import orjson
 import simdjson
 
+from .errors import InferenceError
+
 #: Bodies larger than this take the orjson path: the parser keeps buffers as large as
 #: the largest document it has seen.
 MAX_FAST_BYTES = 4 << 20
 
 _INT64_LIMIT = 2.0**63
+
+#: Bodies above this size are decoded off the event loop, by ``loads_large``.
+LARGE_BYTES = 1 << 20
+
+#: A leaf array up to this long is copied in one call (which holds the GIL); longer
+#: ones in pieces of this size, so that the loop's thread gets the GIL in between.
+_PIECE = 1 << 16
 
 
 class JsonNumbers:
@@ -154,3 +169,158 @@ def _python(value: Any) -> Any:
     if isinstance(value, simdjson.Array):
         return value.as_list()
     return value
+
+
+def _over_budget(limit: int) -> InferenceError:
+    return InferenceError("ERR_INVALID_INPUT", f"the request holds more than "
+                          f"maxTensorElements ({limit}) values", {"limit": limit})
+
+
+class _Budget:
+    """Counts the values a large body holds, and stops the decoding once past ``limit``."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise _over_budget(self.limit)
+
+
+def loads_large(body: bytes, max_elements: int) -> Any:
+    """``loads`` for big bodies, on a worker thread: never holds the GIL for long.
+
+    Raises InferenceError: ERR_INVALID_REQUEST for a body simdjson cannot parse (no
+    orjson retry: it would hold the GIL for the whole body), ERR_INVALID_INPUT once
+    the body holds more than ``max_elements`` values.
+    """
+    try:
+        doc = simdjson.Parser().parse(body)  # a fresh parser: its buffers go with it
+    except (ValueError, RuntimeError) as exc:
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"request body is not valid JSON: {str(exc)[:200]}") from None
+    budget = _Budget(max_elements)
+    if not isinstance(doc, simdjson.Object):
+        return _walk(doc, budget)
+    out: dict[str, Any] = {}
+    for key in doc:
+        value = doc[key]
+        if key == "inputData" and isinstance(value, simdjson.Array):
+            out[key] = _numbers_large(value, budget)
+        elif key == "inputData" and isinstance(value, simdjson.Object):
+            out[key] = {name: _numbers_large(item, budget)
+                        if isinstance(item := value[name], simdjson.Array)
+                        else _walk(item, budget) for name in value}
+        else:
+            out[key] = _walk(value, budget)
+    return out
+
+
+def _walk(value: Any, budget: _Budget) -> Any:
+    """simdjson values to Python ones, in Python bytecode (so other threads get turns);
+    a long regular array of numbers anywhere becomes ``JsonNumbers``."""
+    budget.take(1)
+    if isinstance(value, simdjson.Array):
+        if len(value) > _PIECE and _shape_of(value) is not None:
+            return _numbers_large(value, budget)
+        budget.take(len(value))
+        return [_walk(item, budget) for item in value]
+    if isinstance(value, simdjson.Object):
+        return {key: _walk(value[key], budget) for key in value}
+    return value
+
+
+def _shape_of(value: simdjson.Array) -> tuple[int, ...] | None:
+    """The shape of a regular array of numbers, from its first elements; None otherwise."""
+    shape: list[int] = []
+    probe: Any = value
+    while isinstance(probe, simdjson.Array):
+        if len(probe) == 0:
+            return None
+        shape.append(len(probe))
+        probe = probe[0]
+    return tuple(shape) if type(probe) in (int, float) else None
+
+
+def _numbers_large(value: simdjson.Array, budget: _Budget) -> Any:
+    """A regular N-d array of numbers as ``JsonNumbers``; anything else walked as Python."""
+    shape = _shape_of(value)
+    if shape is None:
+        return _walk(value, budget)
+    budget.take(math.prod(shape))
+    leaves: list[simdjson.Array] = []
+    try:
+        _collect(value, shape, 0, leaves)
+    except _Ragged:
+        budget.take(-math.prod(shape))
+        return _walk(value, budget)
+    parts: list[np.ndarray] = []
+    for leaf in leaves:
+        part = _leaf(leaf)
+        if part is None:  # a string, bool, null or nested value among the numbers
+            budget.take(-math.prod(shape))
+            return _walk(value, budget)
+        parts.append(part)
+    floats = any(part.dtype.kind == "f" for part in parts)
+    out = np.empty(math.prod(shape), dtype=np.float64 if floats else np.int64)
+    width = shape[-1]
+    for i, part in enumerate(parts):
+        out[i * width:(i + 1) * width] = part
+    return JsonNumbers(out.reshape(shape))
+
+
+def _collect(value: simdjson.Array, shape: tuple[int, ...], depth: int,
+             leaves: list[simdjson.Array]) -> None:
+    """The innermost arrays, checking that every level has the shape's length."""
+    if len(value) != shape[depth]:
+        raise _Ragged
+    if depth == len(shape) - 1:
+        leaves.append(value)
+        return
+    for item in value:
+        if not isinstance(item, simdjson.Array):
+            raise _Ragged
+        _collect(item, shape, depth + 1, leaves)
+
+
+class _Ragged(Exception):
+    """Not a regular array: decoded as plain Python values instead."""
+
+
+def _leaf(value: simdjson.Array) -> np.ndarray | None:
+    """One innermost array as int64 or float64; None if it holds anything but numbers."""
+    if len(value) <= _PIECE:
+        return _leaf_piece(value)
+    pieces: list[np.ndarray] = []
+    items = iter(value)
+    while True:
+        chunk = list(itertools.islice(items, _PIECE))
+        if not chunk:
+            break
+        if not all(type(x) in (int, float) for x in chunk):
+            return None
+        pieces.append(np.asarray(chunk))
+    if any(p.dtype.kind not in "if" for p in pieces):
+        return None  # integers beyond 64 bits: numpy's answer needs the plain values
+    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _leaf_piece(value: simdjson.Array) -> np.ndarray | None:
+    ends: list[Any] = [value[0], value[len(value) - 1]]
+    if not all(type(x) in (int, float) for x in ends):
+        return None
+    try:
+        return np.frombuffer(value.as_buffer(of_type="i"), dtype=np.int64)
+    except (TypeError, ValueError):
+        pass
+    try:
+        flat = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if flat.size and float(np.abs(flat).max()) >= _INT64_LIMIT:
+        return None  # numpy's answer depends on the exact integers
+    return flat

@@ -143,10 +143,12 @@ class InferenceWorker:
         with self._admitted():
             return await self.engine.infer(model_id, inputs, options, postprocess=False)
 
-    async def load_model(self, model_id: str) -> dict[str, Any]:
+    async def load_model(self, model_id: str, overrides: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+        """``overrides``: ModelSpec fields to use instead of model.json's (v2's config)."""
         with self._admitted():
             try:
-                entry, already = await self.models.load(model_id)
+                entry, already = await self.models.load(model_id, overrides)
             except InferenceError as exc:
                 if exc.code == "ERR_MODEL_LOAD_FAILED" and self.models.known(model_id):
                     self.metrics.loads.labels(model_id, "failed").inc()

@@ -204,7 +204,11 @@ class Batcher:
         except InferenceError as exc:
             self._fail(batch, exc)
         except Exception as exc:
-            self._fail(batch, InferenceError("ERR_INFERENCE_FAILED", f"batch failed: {exc}"))
+            log.exception("batch failed unexpectedly", extra={"modelId": self.model_id,
+                                                              "requests": len(batch)})
+            error = InferenceError("ERR_INFERENCE_FAILED", "the batch failed unexpectedly")
+            error.__cause__ = exc
+            self._fail(batch, error)
         finally:
             free_slot()
             for item in batch:
@@ -231,7 +235,9 @@ class Batcher:
             if not item.future.done():
                 message = exc.message if size == 1 else \
                     f"{exc.message} (in a batch of {size} requests, which all failed)"
-                item.future.set_exception(InferenceError(exc.code, message, exc.details))
+                error = InferenceError(exc.code, message, exc.details)
+                error.__cause__ = exc.__cause__  # the detail, for the engine's log line
+                item.future.set_exception(error)
 
     async def close(self) -> None:
         self._task.cancel()

@@ -1,10 +1,11 @@
 """InferenceEngine: the whole life of one request.
 
-validate + preprocess (on the event loop, cheap, before taking a slot, so bad
-input never occupies capacity) -> admission (CapacityTracker) -> execute on a
-worker thread under a deadline that cancels the runtime's run (or on the loop,
-for models whose runs take microseconds) -> postprocess
--> record in history and metrics. The slot and the model pin are released when
+validate tensors (on the event loop, cheap, before taking a slot, so bad input
+never occupies capacity) -> admission (CapacityTracker) -> task preprocessing
+(image decoding, tokenising: on a worker thread, after admission, under the
+deadline) -> execute on a worker thread under a deadline that cancels the
+runtime's run (or on the loop, for models whose runs take microseconds)
+-> postprocess -> record in history and metrics. The slot and the model pin are released when
 the run really ends, not when the client is answered, so a run that cannot be
 stopped still counts against capacity.
 """
@@ -14,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..capacity import CapacityTracker
 from ..config import Settings
-from ..errors import InferenceError
+from ..errors import InferenceError, first_line
 from ..json_tensors import plain
-from ..logs import get_logger, new_id
+from ..logs import get_logger, new_id, request_id_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
 from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
@@ -58,6 +59,44 @@ def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[s
     return timeout_ms / 1000.0, top_k, outputs
 
 
+class _Hold:
+    """What a request holds before its run takes over: the model pin, then the slot.
+
+    Released once: by the request when it fails before its run, by the run when it ends,
+    or by a preprocessing thread still working when the deadline passed.
+    """
+
+    __slots__ = ("engine", "entry", "pinned", "slot")
+
+    def __init__(self, engine: InferenceEngine, entry: ModelEntry) -> None:
+        self.engine = engine
+        self.entry = entry
+        self.pinned = True
+        self.slot = False
+
+    def handed_over(self) -> None:
+        self.pinned = self.slot = False
+
+    def release(self) -> None:
+        if self.slot:
+            self.slot = False
+            self.engine.capacity.release()
+        if self.pinned:
+            self.pinned = False
+            self.engine.models.release(self.entry)
+
+    def release_when(self, work: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        """Leave the release to ``work``'s end (on the loop's thread)."""
+        pinned, slot = self.pinned, self.slot
+        self.handed_over()
+
+        def ended(_: Future[Any]) -> None:
+            self.pinned, self.slot = pinned, slot
+            self.release()
+
+        work.add_done_callback(lambda done: loop.call_soon_threadsafe(ended, done))
+
+
 class InferenceEngine:
     def __init__(self, settings: Settings, models: ModelManager, capacity: CapacityTracker,
                  history: History, metrics: Metrics) -> None:
@@ -92,32 +131,43 @@ class InferenceEngine:
             timeout_s, top_k, wanted = _parse_options(options, self.settings)
             deadline = started + timeout_s
             entry = await self.models.acquire(model_id)
-            pinned = True
+            hold = _Hold(self, entry)  # the pin now; the slot once admitted
             try:
                 assert entry.session is not None and entry.spec is not None
-                if entry.pipeline is not None and postprocess:
-                    feeds = entry.pipeline.inputs(entry.session.inputs, plain(input_data),
-                                                  entry.spec.max_batch_size or 256,
-                                                  self.settings.max_string_bytes)
-                else:
+                pipeline = entry.pipeline if postprocess else None
+                if pipeline is None:
+                    # tensors: cheap checks, before a slot, so bad input never takes one
                     feeds = processors.tensor_inputs(entry.session.inputs, input_data,
                                                      self.settings.max_tensor_elements,
                                                      self.settings.max_string_bytes)
-                queue_s = await self._admit(deadline)
-                pinned = False  # from here the run's end releases both slot and pin
+                    queue_s = await self._admit(deadline)
+                    hold.slot = True
+                else:
+                    # decoding images and tokenising cost CPU: they take a slot first
+                    queue_s = await self._admit(deadline)
+                    hold.slot = True
+                    feeds = await self._preprocess(entry, pipeline, input_data, deadline, hold)
+                hold.handed_over()  # from here the run's end releases both slot and pin
                 outputs, compute_s = await self._execute(entry, feeds, deadline)
             finally:
-                if pinned:
-                    self.models.release(entry)
+                hold.release()
             result = self._postprocess(entry, outputs, top_k, wanted, postprocess, feeds)
         except InferenceError as exc:
             self._record(model_id, exc.code, started, queue_s, compute_s)
+            if exc.code == "ERR_INFERENCE_FAILED" and exc.__cause__ is not None:
+                log.error("inference failed", extra={"modelId": model_id,
+                                                     "detail": first_line(exc.__cause__)})
+                raise InferenceError(exc.code, f"{exc.message} (request "
+                                     f"{request_id_var.get() or '-'}: the worker's log has "
+                                     "the details)", exc.details) from exc.__cause__
             raise
         except Exception as exc:
             self._record(model_id, "ERR_INFERENCE_FAILED", started, queue_s, compute_s)
             log.exception("inference failed unexpectedly", extra={"modelId": model_id})
             raise InferenceError("ERR_INFERENCE_FAILED",
-                                 f"inference failed: {type(exc).__name__}: {exc}") from exc
+                                 f"inference failed unexpectedly (request "
+                                 f"{request_id_var.get() or '-'}: the worker's log has the "
+                                 "details)") from exc
         elapsed = self._record(model_id, None, started, queue_s, compute_s)
         return {
             "modelId": model_id,
@@ -126,6 +176,35 @@ class InferenceEngine:
             "processingTime": round(elapsed * 1000, 3),
             "timestamp": int(time.time() * 1000),
         }
+
+    async def _preprocess(self, entry: ModelEntry, pipeline: Any, input_data: Any,
+                          deadline: float, hold: _Hold) -> Tensors:
+        """The task's preprocessing on an inference thread, under the request's deadline.
+
+        Pillow and the tokenizer hold the GIL for long stretches on big inputs; on the
+        loop they would stall every other request. A deadline that passes meanwhile
+        answers at once; the slot and pin stay taken until the thread is done.
+        """
+        assert entry.session is not None and entry.spec is not None
+        loop = asyncio.get_running_loop()
+        work = self.executor.submit(pipeline.inputs, entry.session.inputs, plain(input_data),
+                                    entry.spec.max_batch_size or 256,
+                                    self.settings.max_string_bytes)
+        waiter = asyncio.wrap_future(work)
+        timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
+                             waiter.cancel)
+        try:
+            feeds: Tensors = await waiter
+            return feeds
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not work.cancel():  # already running: it releases when it ends
+                hold.release_when(work, loop)
+            if task is None or task.cancelling() == 0:
+                raise self._timeout("while preprocessing the input") from None
+            raise
+        finally:
+            timer.cancel()
 
     async def _admit(self, deadline: float) -> float:
         remaining = deadline - time.perf_counter()
@@ -277,8 +356,10 @@ class InferenceEngine:
             if handle.cancelled:
                 raise InferenceError("ERR_INFERENCE_TIMEOUT", "run stopped at its deadline"
                                      ) from exc
-            raise InferenceError("ERR_INFERENCE_FAILED",
-                                 f"the runtime failed: {str(exc).splitlines()[0][:300]}") from exc
+            # the runtime's text names internals (node names, shapes, paths): it goes to
+            # the log (infer adds the request id), the client gets a stable message
+            raise InferenceError("ERR_INFERENCE_FAILED", "the runtime failed on this input"
+                                 ) from exc
 
     def _postprocess(self, entry: ModelEntry, outputs: Tensors, top_k: int,
                      wanted: list[str] | None, task: bool = True,

@@ -288,6 +288,16 @@ class TextEmbedding:
         return {"embeddings": pooled.astype(np.float32), "dimensions": int(pooled.shape[1])}
 
 
+#: Pixels an input image may have: a small model resizes everything to a few thousand,
+#: and a 15000x15000 PNG of a few hundred kilobytes would decode to 675 MB.
+_MAX_PIXELS = 64_000_000
+
+
+def _too_many_pixels(index: int, width: int, height: int) -> InferenceError:
+    return _bad(f"image {index} has too many pixels ({width}x{height}; at most "
+                f"{_MAX_PIXELS:,})", limit=_MAX_PIXELS)
+
+
 class ImageClassification:
     """``image-classification``: base64 PNG/JPEG bytes in (one string, or a list), decoded
     with Pillow, converted to ``mode``, resized to ``size`` [height, width], scaled and
@@ -319,10 +329,14 @@ class ImageClassification:
         try:
             raw = base64.b64decode(text, validate=True)
             with Image.open(io.BytesIO(raw)) as img:
-                if img.width * img.height > 64_000_000:
-                    raise _bad(f"image {index} has too many pixels")
+                if img.width * img.height > _MAX_PIXELS:
+                    raise _too_many_pixels(index, img.width, img.height)
                 pixels = img.convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
                 arr = np.asarray(pixels, dtype=np.float32)
+        except Image.DecompressionBombError:
+            # Pillow refuses images past twice its own pixel limit as it opens them
+            raise _bad(f"image {index} has too many pixels (at most {_MAX_PIXELS:,})",
+                       limit=_MAX_PIXELS) from None
         except (binascii.Error, ValueError) as exc:
             raise _bad(f"image {index} is not valid base64: {exc}") from None
         except (UnidentifiedImageError, OSError) as exc:

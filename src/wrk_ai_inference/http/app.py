@@ -11,18 +11,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, json_tensors
+from .. import __version__, bodies, json_tensors
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..metrics import CONTENT_TYPE
 from ..worker import InferenceWorker, WorkerState
 from .disconnect import DisconnectWatch
+from .docs import add_docs
 from .middleware import GuardMiddleware
 from .responses import JSON, error_response, is_v2
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
@@ -37,11 +37,8 @@ async def inference_call(worker: InferenceWorker, model_id: str, body: bytes) ->
     """POST /api/inference/{modelId}: the one handler behind the protocol-level route
     (``protocol.py``), the ASGI fast path and the FastAPI route."""
     try:
-        try:
-            payload = json_tensors.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InferenceError("ERR_INVALID_REQUEST", f"request body is not valid JSON: {exc}"
-                                 ) from None
+        payload = (bodies.loads_small(body) if len(body) <= json_tensors.LARGE_BYTES
+                   else await bodies.decode_json(body, worker.settings.max_tensor_elements))
         if not isinstance(payload, dict) or "inputData" not in payload:
             raise InferenceError("ERR_INVALID_REQUEST",
                                  'body must be an object {"inputData": ..., "options": {...}}')
@@ -124,7 +121,8 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
             await worker.stop()
 
     app = FastAPI(title="wrk-ai-inference", version=__version__, lifespan=lifespan,
-                  default_response_class=JSON, docs_url="/docs", redoc_url=None)
+                  default_response_class=JSON, docs_url=None, redoc_url=None)
+    add_docs(app)
 
     def respond(request: Request, error: InferenceError) -> Response:
         """Each protocol keeps its own error body: v2's under /v2, the seed's elsewhere."""

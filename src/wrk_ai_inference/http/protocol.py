@@ -16,13 +16,28 @@ While a request is served here it stands in for uvicorn's cycle
 keep-alive timer, pipelining queue, graceful shutdown and disconnect handling
 apply to it as to any other request. A client that disconnects cancels its
 request at once, freeing its slot.
+
+Every connection (either route) closes with a lingering close: a client that
+sends its whole body before reading (Python's urllib, most simple clients) would
+get a connection reset instead of the 413 it was sent if the socket closed with
+its body still arriving. So when a response is written before the request's body
+has fully arrived, the connection half-closes, reads and discards what the
+client still sends (at most ``LINGER_BYTES`` for ``LINGER_S``), and only then
+closes, as nginx does.
+
+A request the parser refuses (bytes beyond ASCII in the path, a broken request
+line) gets the worker's JSON error body, ERR_INVALID_REQUEST, like any other bad
+request, instead of uvicorn's plain-text 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from typing import Any
 
+import httptools
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -36,6 +51,30 @@ from .responses import error_response
 log = get_logger("http")
 
 _PREFIX = b"/api/inference/"
+#: What a lingering close reads and discards at most, and for how long.
+LINGER_BYTES = 1 << 30
+LINGER_S = 10.0
+
+
+class _LingeringTransport:
+    """The connection's transport, whose ``close()`` lingers while a body is arriving.
+
+    The hot methods are the real transport's bound methods, so writes cost nothing
+    more; anything else is looked up on the real transport.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: InferenceProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _NoEvent:
@@ -71,9 +110,65 @@ class InferenceProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._receiving: _FastRequest | None = None
+        self._real: asyncio.Transport | None = None
+        self._body_pending = False  # a request's body is still arriving
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_left = 0
+
+    # ---- the lingering close ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._real = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+
+    def _close(self) -> None:
+        real = self._real
+        assert real is not None
+        if self._linger is not None or real.is_closing():
+            return
+        if not self._body_pending:
+            real.close()
+            return
+        # The answer is written; let the client finish sending, so that it reads it.
+        self._linger = self.loop.call_later(LINGER_S, real.close)
+        self._linger_left = LINGER_BYTES
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if real.can_write_eof():
+                real.write_eof()
+        self.flow.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger is None:
+            super().data_received(data)
+            return
+        assert self._real is not None
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self._real.close()
+            return
+        try:  # the parser finds the body's end (on_message_complete closes then)
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._real.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser gave up on the request: answer in the JSON error shape and close."""
+        self._body_pending = False  # nothing more is read
+        # called from uvicorn's `except httptools.HttpParserError` in data_received
+        error = sys.exc_info()[1]
+        reason = ("the request path has bytes beyond ASCII: percent-escape them"
+                  if isinstance(error, httptools.HttpParserInvalidURLError)
+                  else "the request is not valid HTTP/1.1")
+        response = error_response(InferenceError("ERR_INVALID_REQUEST", reason))
+        parts: list[bytes | memoryview] = [STATUS_LINE[400]]
+        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"connection: close\r\n\r\n", response.body)
+        self.transport.write(b"".join(parts))
+        self.transport.close()
 
     # ---- parser callbacks -------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        self._body_pending = True
         fast = self._take()
         if fast is None:
             super().on_headers_complete()
@@ -82,12 +177,19 @@ class InferenceProtocol(HttpToolsProtocol):
         self.cycle = fast  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
+        if self._linger is not None:
+            return
         if self._receiving is None:
             super().on_body(body)
         else:
             self._receiving.body.append(body)
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
+        if self._linger is not None:
+            assert self._real is not None
+            self._real.close()
+            return
         fast = self._receiving
         if fast is None:
             super().on_message_complete()
@@ -99,6 +201,8 @@ class InferenceProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         fast = self.cycle if isinstance(self.cycle, _FastRequest) else None
         self._receiving = None
         super().connection_lost(exc)  # marks the current cycle disconnected

@@ -31,6 +31,9 @@ def error_response(error: InferenceError, v2: bool = False) -> JSON:
         headers["Retry-After"] = str(retry)
     if error.code == "ERR_UNAUTHORIZED":
         headers["WWW-Authenticate"] = "Bearer"
+    if error.code == "ERR_PAYLOAD_TOO_LARGE":
+        # the rest of the body is read and dropped, then the connection closes (protocol.py)
+        headers["Connection"] = "close"
     if v2:
         return JSON(error.to_v2_dict(), status_code=V2_STATUS[error.code], headers=headers)
     return JSON(error.to_dict(), status_code=error.http_status, headers=headers)

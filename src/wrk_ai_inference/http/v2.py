@@ -10,39 +10,23 @@ route); the other routes are ordinary FastAPI routes.
 from __future__ import annotations
 
 import re
-import zlib
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .. import __version__
+from .. import __version__, bodies
 from ..errors import InferenceError
 from ..models.manager import ModelState
 from ..worker import InferenceWorker, WorkerState
-from . import v2_codec
+from . import v2_codec, v2_config
 from .responses import error_response
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _STATES = {ModelState.LOADED: "READY", ModelState.LOADING: "LOADING",
            ModelState.UNLOADING: "UNLOADING", ModelState.AVAILABLE: "UNAVAILABLE",
            ModelState.FAILED: "UNAVAILABLE"}
-
-
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise InferenceError("ERR_INVALID_REQUEST", f"body is not valid {encoding}: {exc}"
-                             ) from None
-    raise InferenceError("ERR_INVALID_REQUEST", f"Content-Encoding {encoding!r} is not "
-                         "supported (gzip, deflate)")
 
 
 def _check_version(worker: InferenceWorker, model: str, version: str | None) -> None:
@@ -59,8 +43,11 @@ async def v2_infer(worker: InferenceWorker, model: str, version: str | None, bod
                    headers: dict[str, str]) -> Response:
     """POST /v2/models/{model}[/versions/{v}]/infer."""
     try:
-        body = _decompress(body, headers.get("content-encoding"))
-        header, binary = v2_codec.split_body(body, headers.get(v2_codec.HEADER))
+        body = await bodies.inflate(body, headers.get("content-encoding"),
+                                    worker.settings.max_request_bytes)
+        json_part, binary = v2_codec.split_body(body, headers.get(v2_codec.HEADER))
+        header = None if json_part is None else v2_codec.check_header(
+            await bodies.decode_json(json_part, worker.settings.max_tensor_elements))
         entry = worker.models.entry(model)
         _check_version(worker, model, version)
         if entry.session is None:
@@ -94,6 +81,36 @@ def _metadata(worker: InferenceWorker, model: str) -> dict[str, Any]:
             "platform": "onnx_onnxv1" if spec and spec.runtime.startswith("onnx")
             else str(meta.get("runtime")),
             "inputs": meta["inputs"], "outputs": meta.get("outputs") or []}
+
+
+def _config(worker: InferenceWorker, model: str) -> dict[str, Any]:
+    """Triton's model configuration of a loaded model, or one whose model.json declares
+    its inputs and outputs."""
+    entry = worker.models.entry(model)
+    if entry.session is not None:
+        inputs, outputs = entry.session.inputs, entry.session.outputs
+    else:
+        worker.models.get_model(model)  # reads model.json
+        spec = entry.spec
+        if spec is None or spec.inputs is None or spec.outputs is None:
+            raise InferenceError("ERR_MODEL_NOT_AVAILABLE", f"model '{model}' is not loaded and "
+                                 "its model.json does not declare its inputs and outputs")
+        inputs, outputs = spec.inputs, spec.outputs
+    return v2_config.model_config(entry, inputs, outputs)
+
+
+async def _load_parameters(body: bytes) -> Any:
+    """The ``parameters`` of a repository load request (None for an empty body)."""
+    if not body.strip():
+        return None
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InferenceError("ERR_INVALID_REQUEST", "the load request body is not JSON"
+                             ) from None
+    if not isinstance(request, dict):
+        raise InferenceError("ERR_INVALID_REQUEST", "the load request must be a JSON object")
+    return request.get("parameters")
 
 
 def _stats(worker: InferenceWorker, model: str) -> dict[str, Any]:
@@ -142,7 +159,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
     async def server_metadata() -> Response:
         return Response(orjson.dumps({"name": "wrk-ai-inference", "version": __version__,
                                       "extensions": ["binary_tensor_data", "model_repository",
-                                                     "statistics"]}),
+                                                     "model_configuration", "statistics"]}),
                         media_type="application/json")
 
     @router.get("/models/stats")
@@ -176,6 +193,15 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
         try:
             _check_version(worker, model, version)
             return _json(_metadata(worker, model))
+        except InferenceError as exc:
+            return error_response(exc, v2=True)
+
+    @router.get("/models/{model}/config")
+    @router.get("/models/{model}/versions/{version}/config")
+    async def model_config(model: str, version: str | None = None) -> Response:
+        try:
+            _check_version(worker, model, version)
+            return _json(_config(worker, model))
         except InferenceError as exc:
             return error_response(exc, v2=True)
 
@@ -214,8 +240,17 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
         return Response(status_code=200)
 
     @router.post("/repository/models/{model}/load")
-    async def load(model: str) -> Response:
-        return await repository_action(worker.load_model(model))
+    async def load(model: str, request: Request) -> Response:
+        try:
+            parameters = await _load_parameters(await request.body())
+            if parameters is None:
+                return await repository_action(worker.load_model(model))
+            # the override is checked against the model as it is: load it first
+            await worker.load_model(model)
+            changes = v2_config.overrides(model, parameters, _config(worker, model))
+        except InferenceError as exc:
+            return error_response(exc, v2=True)
+        return await repository_action(worker.load_model(model, changes))
 
     @router.post("/repository/models/{model}/unload")
     async def unload(model: str) -> Response:

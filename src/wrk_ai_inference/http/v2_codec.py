@@ -20,6 +20,7 @@ import orjson
 
 from ..datatypes import V2_TO_NUMPY
 from ..errors import InferenceError
+from ..json_tensors import JsonNumbers
 from ..models.spec import TensorSpec
 
 HEADER = "inference-header-content-length"
@@ -53,8 +54,8 @@ class InferRequest:
     all_binary: bool = False
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any] | None, bytes]:
-    """(JSON header, binary section); header None means a raw single-tensor request."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
+    """(JSON header bytes, binary section); header None means a raw single-tensor request."""
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -69,14 +70,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any] |
         if size == 0:
             return None, body
         json_part, binary = body[:size], body[size:]
-    try:
-        header = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InferenceError("ERR_INVALID_REQUEST", f"the request header is not JSON: {exc}"
-                             ) from None
+    return json_part, binary
+
+
+def check_header(header: Any) -> dict[str, Any]:
+    """The decoded JSON header, which must be an object."""
     if not isinstance(header, dict):
         raise InferenceError("ERR_INVALID_REQUEST", "the request must be a JSON object")
-    return header, binary
+    return header
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
@@ -153,9 +154,11 @@ def _decode_input(item: Any, model_inputs: dict[str, TensorSpec], binary: memory
     data = item["data"]
     try:
         if datatype == "BYTES":
+            if isinstance(data, JsonNumbers):
+                raise _bad(f"input '{name}': BYTES data must be strings")
             arr = np.array(data, dtype=object).reshape(-1)
         else:
-            raw = np.asarray(data)
+            raw = data.array if isinstance(data, JsonNumbers) else np.asarray(data)
             if raw.dtype.kind not in "biuf":
                 raise _bad(f"input '{name}': {datatype} data must be numbers")
             if datatype == "BOOL" and raw.dtype.kind != "b":

@@ -24,7 +24,7 @@ import psutil
 
 from ..config import Settings
 from ..engine.processors import load_pipeline
-from ..errors import InferenceError
+from ..errors import InferenceError, first_line
 from ..logs import get_logger
 from ..runtimes import get_runtime
 from ..runtimes.base import ModelSession
@@ -59,6 +59,8 @@ class ModelEntry:
     load_ms: float | None = None
     last_used: float | None = None
     in_flight: int = 0
+    #: ModelSpec fields a load request changed (v2's config override), applied on load
+    overrides: dict[str, Any] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     load_task: asyncio.Task[ModelEntry] | None = None
 
@@ -114,6 +116,10 @@ class ModelManager:
         self._load_lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
         self._process = psutil.Process()
+        # Loads under way, each holding its place in the cache (count, and the memory
+        # its artifact will take) from the moment it passed the room check.
+        self._reserved: dict[str, int] = {}
+        self._load_ended = asyncio.Event()
 
     # ---- queries -----------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -162,6 +168,10 @@ class ModelManager:
     def loaded_ids(self) -> list[str]:
         return list(self._lru)
 
+    def serving_ids(self) -> list[str]:
+        """Loaded models that admit requests (not being unloaded): what a worker announces."""
+        return [i for i, e in self._lru.items() if e.state is ModelState.LOADED]
+
     def memory_used(self) -> int:
         return sum(e.memory_bytes for e in self._lru.values())
 
@@ -197,9 +207,18 @@ class ModelManager:
             entry.idle.set()
 
     # ---- load / unload ------------------------------------------------------------
-    async def load(self, model_id: str) -> tuple[ModelEntry, bool]:
-        """Load once; concurrent callers share the same load. Returns (entry, was_loaded)."""
+    async def load(self, model_id: str, overrides: dict[str, Any] | None = None
+                   ) -> tuple[ModelEntry, bool]:
+        """Load once; concurrent callers share the same load. Returns (entry, was_loaded).
+
+        ``overrides`` (ModelSpec fields) replace model.json's values from this load on;
+        a loaded model whose overrides change is unloaded and loaded again."""
         entry = self.entry(model_id)
+        if overrides is not None and overrides != entry.overrides:
+            entry.overrides = dict(overrides)
+            if entry.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING):
+                await self.unload(model_id)
+                entry = self.entry(model_id)
         if entry.state is ModelState.LOADED:
             self._lru.move_to_end(model_id)
             return entry, True
@@ -218,6 +237,8 @@ class ModelManager:
         started = time.perf_counter()
         try:
             spec = read_spec(entry.id, self.repository.model_dir(entry.id) / MANIFEST)
+            if entry.overrides:
+                spec = spec.model_copy(update=entry.overrides)
             artifact = self.repository.artifact_path(entry.id, spec.file)
             if not artifact.is_file():
                 raise InferenceError(
@@ -234,7 +255,7 @@ class ModelManager:
                     f"model '{entry.id}': its artifact alone ({entry.artifact_bytes} bytes) is "
                     f"larger than memoryLimit ({self.settings.memory_limit} bytes)",
                 )
-            self._make_room(entry, entry.artifact_bytes)
+            await self._reserve(entry, entry.artifact_bytes)
             labels = self._labels(entry.id, spec)
             pipeline = await asyncio.to_thread(load_pipeline, spec,
                                                self.repository.model_dir(entry.id), labels)
@@ -244,15 +265,18 @@ class ModelManager:
             self._fail(entry, exc.message)
             raise
         except Exception as exc:
-            self._fail(entry, f"model '{entry.id}': {type(exc).__name__}: {exc}")
+            log.exception("model load failed unexpectedly", extra={"modelId": entry.id})
+            self._fail(entry, f"model '{entry.id}': {type(exc).__name__}: {first_line(exc)}")
             raise InferenceError("ERR_MODEL_LOAD_FAILED", entry.error or "") from exc
+        else:
+            entry.session, entry.labels, entry.pipeline = session, labels, pipeline
+            entry.memory_bytes = max(grown, entry.artifact_bytes)
+            entry.state, entry.loaded_at = ModelState.LOADED, time.time()
+            entry.load_ms = (time.perf_counter() - started) * 1000
+            self._lru[entry.id] = entry  # its place moves from the reservations to the LRU
         finally:
             entry.load_task = None
-        entry.session, entry.labels, entry.pipeline = session, labels, pipeline
-        entry.memory_bytes = max(grown, entry.artifact_bytes)
-        entry.state, entry.loaded_at = ModelState.LOADED, time.time()
-        entry.load_ms = (time.perf_counter() - started) * 1000
-        self._lru[entry.id] = entry
+            self._unreserve(entry)
         self._enforce_memory(keep=entry)
         log.info("model loaded", extra={"modelId": entry.id, "memoryBytes": entry.memory_bytes,
                                         "loadMs": round(entry.load_ms, 1)})
@@ -286,7 +310,8 @@ class ModelManager:
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except OSError as exc:
             raise InferenceError(
-                "ERR_MODEL_LOAD_FAILED", f"model '{model_id}': labels file unreadable: {exc}"
+                "ERR_MODEL_LOAD_FAILED",
+                f"model '{model_id}': labels file unreadable: {first_line(exc)}"
             ) from exc
 
     def _fail(self, entry: ModelEntry, message: str) -> None:
@@ -300,19 +325,41 @@ class ModelManager:
                 return candidate
         return None
 
+    async def _reserve(self, entry: ModelEntry, expected_bytes: int) -> None:
+        """Take a place in the cache for a load, before it starts: concurrent loads of
+        different models each see the others' places, so the count bound holds after
+        every load. Waits while other loads hold the places it needs."""
+        while True:
+            try:
+                self._make_room(entry, expected_bytes)
+            except InferenceError:
+                if not self._reserved:
+                    raise
+                await self._load_ended.wait()  # a load under way may leave room
+                continue
+            self._reserved[entry.id] = expected_bytes
+            return
+
+    def _unreserve(self, entry: ModelEntry) -> None:
+        if self._reserved.pop(entry.id, None) is not None:
+            ended, self._load_ended = self._load_ended, asyncio.Event()
+            ended.set()
+
     def _make_room(self, incoming: ModelEntry, expected_bytes: int) -> None:
-        """Evict idle models, oldest first, until one more fits by count and by memory."""
+        """Evict idle models, oldest first, until one more fits by count and by memory,
+        counting the places that loads under way hold."""
         limit = self.settings.memory_limit
-        while (len(self._lru) >= self.settings.model_cache_size
-               or self.memory_used() + expected_bytes > limit):
+        while (len(self._lru) + len(self._reserved) >= self.settings.model_cache_size
+               or self.memory_used() + sum(self._reserved.values()) + expected_bytes > limit):
             victim = self._evictable(incoming)
             if victim is None:
-                if len(self._lru) >= self.settings.model_cache_size:
+                if len(self._lru) + len(self._reserved) >= self.settings.model_cache_size:
                     raise InferenceError(
                         "ERR_CAPACITY_EXCEEDED",
                         f"cannot load '{incoming.id}': the model cache is full "
-                        f"({len(self._lru)}/{self.settings.model_cache_size}) and every loaded "
-                        "model is serving requests; retry when one is idle",
+                        f"({len(self._lru) + len(self._reserved)}/"
+                        f"{self.settings.model_cache_size}, loads under way included) and "
+                        "every loaded model is serving requests; retry when one is idle",
                         {"retryAfter": 1},
                     )
                 break  # memory is an estimate here; _enforce_memory checks the real figure

@@ -16,6 +16,14 @@ from .spec import MODEL_ID_RE, check_model_id
 MANIFEST = "model.json"
 
 
+def unknown_model(model_id: str) -> InferenceError:
+    """ERR_MODEL_NOT_FOUND with Triton's wording, which tools built on tritonclient match;
+    never the repository's path, which is the machine's business."""
+    return InferenceError("ERR_MODEL_NOT_FOUND",
+                          f"Request for unknown model: '{model_id}' is not found in the model "
+                          "repository", {"modelId": model_id})
+
+
 class ModelRepository(Protocol):
     def list_ids(self) -> list[str]: ...
 
@@ -42,11 +50,7 @@ class LocalRepository:
         check_model_id(model_id)
         candidate = (self.root / model_id).resolve()
         if candidate.parent != self.root or not (candidate / MANIFEST).is_file():
-            raise InferenceError(
-                "ERR_MODEL_NOT_FOUND",
-                f"model '{model_id}' is not in the repository {self.root}",
-                {"modelId": model_id},
-            )
+            raise unknown_model(model_id)
         return candidate
 
     def artifact_path(self, model_id: str, file: str) -> Path:

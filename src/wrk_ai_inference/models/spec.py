@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..datatypes import V2_TO_NUMPY
-from ..errors import InferenceError
+from ..errors import InferenceError, first_line
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TASKS = ("tensor", "classification")
@@ -97,7 +97,8 @@ def read_spec(model_id: str, path: Path) -> ModelSpec:
         raw = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InferenceError(
-            "ERR_MODEL_LOAD_FAILED", f"model '{model_id}': model.json is unreadable: {exc}"
+            "ERR_MODEL_LOAD_FAILED",
+            f"model '{model_id}': model.json is unreadable: {first_line(exc)}",
         ) from exc
     try:
         return ModelSpec.model_validate(raw)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,23 +24,81 @@ from typing import Any
 from ..errors import InferenceError
 from ..logs import get_logger
 from . import framing
+from .framing import error_reply
 
 log = get_logger("rpc.bridge")
 
 NODE_DIR = Path(__file__).parent / "node"
-BRIDGE_JS = NODE_DIR / "bridge.js"
+#: The files the bridge needs beside its node_modules (shipped as package data).
+_NODE_FILES = ("bridge.js", "frames.js", "testnet.js", "package.json", "package-lock.json")
 
 CallHandler = Callable[[str, bytes, str], Awaitable[bytes]]
+
+
+def _installed(folder: Path) -> bool:
+    return (folder / "node_modules" / "hyperdht").is_dir()
+
+
+def node_cache_dir() -> Path:
+    """Where an installed package keeps the bridge's npm packages: a user-writable
+    cache, one folder per version of the bridge's files (so an upgrade reinstalls)."""
+    digest = hashlib.sha256()
+    for name in _NODE_FILES:
+        digest.update((NODE_DIR / name).read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "wrk-ai-inference" / f"node-{digest.hexdigest()[:16]}"
+
+
+def node_dir() -> Path:
+    """The folder to run the bridge from, with its npm packages installed.
+
+    A checkout has them beside the scripts (``make setup`` runs ``npm ci`` there). An
+    installed package does not: on first use the scripts are copied into
+    ``node_cache_dir()`` and ``npm ci`` installs the exact versions of the committed
+    package-lock.json there, once.
+    """
+    if _installed(NODE_DIR):
+        return NODE_DIR
+    cache = node_cache_dir()
+    if _installed(cache):
+        return cache
+    npm = shutil.which("npm")
+    command = f"mkdir -p {cache} && cp {' '.join(str(NODE_DIR / n) for n in _NODE_FILES)} " \
+              f"{cache} && cd {cache} && npm ci --omit=dev"
+    if npm is None:
+        raise InferenceError("ERR_RPC_UNAVAILABLE", "rack mode needs Node.js 20 and npm on "
+                             f"PATH to install the bridge's packages; or run: {command}")
+    log.info("installing the Node bridge's packages (first use)",
+             extra={"folder": str(cache), "command": "npm ci --omit=dev"})
+    staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=_made(cache.parent)))
+    try:
+        for name in _NODE_FILES:
+            shutil.copy2(NODE_DIR / name, staging / name)
+        done = subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund",
+                               "--loglevel=error"], cwd=staging, capture_output=True,
+                              text=True, timeout=600, check=False)
+        if done.returncode != 0 or not _installed(staging):
+            raise InferenceError("ERR_RPC_UNAVAILABLE", "npm ci failed for the Node bridge "
+                                 f"({done.stderr.strip()[-300:]}); run: {command}")
+        with contextlib.suppress(OSError):  # another process may have finished first
+            staging.rename(cache)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _installed(cache):
+        raise InferenceError("ERR_RPC_UNAVAILABLE", f"the Node bridge's packages are not in "
+                             f"{cache}; run: {command}")
+    return cache
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def node_binary() -> str:
     node = shutil.which("node")
     if node is None:
         raise InferenceError("ERR_RPC_UNAVAILABLE", "rack mode needs Node.js 20 on PATH")
-    if not (NODE_DIR / "node_modules" / "hyperdht").is_dir():
-        raise InferenceError("ERR_RPC_UNAVAILABLE",
-                             f"the bridge's npm packages are missing: run `make setup` "
-                             f"(npm ci in {NODE_DIR})")
     return node
 
 
@@ -73,8 +135,9 @@ class NodeBridge:
         return self.info
 
     async def _spawn(self, timeout: float) -> dict[str, Any]:
+        folder = await asyncio.to_thread(node_dir)
         self._proc = await asyncio.create_subprocess_exec(
-            node_binary(), str(BRIDGE_JS), cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE,
+            node_binary(), str(folder / "bridge.js"), cwd=folder, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=None, limit=framing.MAX_FRAME,
         )
         self._generation += 1
@@ -132,8 +195,16 @@ class NodeBridge:
             log.log(level, msg, extra={"bridge": header})
 
     async def _answer(self, header: dict[str, Any], body: bytes, generation: int) -> None:
+        """Exactly one reply per call, whatever the handler does: a caller must never be
+        left to its own time-out."""
         assert self._on_call is not None
-        reply = await self._on_call(str(header.get("method")), body, str(header.get("peer")))
+        try:
+            reply = await self._on_call(str(header.get("method")), body,
+                                        str(header.get("peer")))
+        except Exception as exc:
+            log.exception("RPC call handler failed", extra={"method": header.get("method")})
+            error = InferenceError.internal(exc)
+            reply = error_reply(error.code, error.message)
         if generation != self._generation:
             self.lost_calls += 1  # the bridge that asked has died; its client saw the error
             return

@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 
-from .. import json_tensors
+from .. import bodies, json_tensors
 from ..errors import HTTP_STATUS, InferenceError
-from ..logs import get_logger
+from ..logs import get_logger, new_id, request_id_var
 from ..worker import InferenceWorker
+from .framing import ERR_PREFIX, error_reply
 
 log = get_logger("rpc")
 
-ERR_PREFIX = "[HRPC_ERR]="
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 Handler = Callable[[InferenceWorker, dict[str, Any]], Awaitable[Any]]
@@ -59,19 +59,38 @@ METHODS: dict[str, Handler] = {
 }
 
 
-def error_reply(code: str, message: str | None = None) -> bytes:
-    return orjson.dumps(ERR_PREFIX + (f"{code}: {message}" if message else code))
+async def _decode(worker: InferenceWorker, method: str, body: bytes) -> Any:
+    """Number arrays straight into numpy only where they feed a model; other methods
+    (ping echoes its payload) keep plain JSON values. Big bodies are decoded off the
+    loop (``bodies.py``)."""
+    if method == "runInference":
+        if len(body) <= json_tensors.LARGE_BYTES:
+            return json_tensors.loads(body)
+        return await bodies.decode_json(body, worker.settings.max_tensor_elements)
+    if len(body) <= json_tensors.LARGE_BYTES:
+        return orjson.loads(body)
+    return await bodies.off_loop(orjson.loads, body)
 
 
 async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
-    """Answer one RPC request; never raises."""
+    """Answer one RPC request; never raises. Each call gets a request id for its log lines
+    (and for the messages that point a caller at the log)."""
+    token = request_id_var.set(new_id())
     try:
-        # number arrays straight into numpy only where they feed a model; other
-        # methods (ping echoes its payload) keep plain JSON values
-        decode = json_tensors.loads if method == "runInference" else orjson.loads
-        payload = decode(body) if body else None
+        return await _dispatch(worker, method, body)
+    finally:
+        request_id_var.reset(token)
+
+
+async def _dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
+    try:
+        payload = await _decode(worker, method, body) if body else None
     except orjson.JSONDecodeError:
         return error_reply("ERR_FACS_NET_DATA_FORMAT")
+    except InferenceError as exc:
+        if exc.code == "ERR_INVALID_REQUEST":  # not JSON
+            return error_reply("ERR_FACS_NET_DATA_FORMAT")
+        return error_reply(exc.code, exc.message)
     try:
         if method == "ping":
             return orjson.dumps(await worker.ping(payload), option=_OPTS)

@@ -4,6 +4,8 @@ Keys come from seeds persisted under ``<storeDir>/<rack>/`` (mode 0600), so the
 public key survives restarts. Topics: ``ai-inference`` while running and
 ``ai-inference:<modelId>`` for each loaded model, announced on load and
 re-announced every ``announceInterval``, withdrawn on unload and shutdown.
+The status file says ``state`` (starting, ready, draining, stopped), so a
+supervisor can tell a stopped worker's leftover file from a live one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ..logs import get_logger
 from ..models.manager import ModelState
 from ..worker import InferenceWorker
 from .bridge import NodeBridge
-from .methods import METHODS, dispatch, error_reply
+from .framing import error_reply
+from .methods import METHODS, dispatch
 from .netconfig import NetConfig
 
 log = get_logger("rpc.server")
@@ -70,6 +73,8 @@ class RackWorker:
         self._topic_lock = asyncio.Lock()
         self._topic_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: what the status file says: starting, ready, draining, stopped
+        self.state = "starting"
 
     async def _on_call(self, method: str, body: bytes, peer: str) -> bytes:
         if len(body) > self.settings.max_request_bytes:
@@ -83,11 +88,12 @@ class RackWorker:
 
     async def start(self) -> None:
         info = await self.bridge.start()
+        self._write_status()  # starting: the key is known, the models are not loaded yet
         self.worker.models.add_listener(self._on_model_change)
         await self.worker.start()
         await self.worker.wait_ready()
-        await self._set_topics({TOPIC, *(model_topic(m) for m in self.worker.models.loaded_ids())})
-        self._write_status()
+        self.state = "ready"
+        await self._set_topics()
         log.info("rack worker ready", extra={"rack": self.rack, "env": self.env,
                                              "rpcPublicKey": info["publicKey"],
                                              "topics": sorted(self.topics)})
@@ -95,17 +101,21 @@ class RackWorker:
     def _on_model_change(self, model_id: str, state: ModelState) -> None:
         if self.worker.state.value not in ("ready", "starting"):
             return
-        wanted = set(self.topics)
-        if state is ModelState.LOADED:
-            wanted.add(model_topic(model_id))
-        else:
-            wanted.discard(model_topic(model_id))
-        if wanted != self.topics:
-            self._topic_task = asyncio.get_running_loop().create_task(self._set_topics(wanted))
+        self._topic_task = asyncio.get_running_loop().create_task(self._set_topics())
 
-    async def _set_topics(self, wanted: set[str]) -> None:
-        """Announce what is new, withdraw what is gone; serialised so updates keep order."""
+    def _wanted(self) -> set[str]:
+        return {TOPIC, *(model_topic(m) for m in self.worker.models.serving_ids())}
+
+    async def _set_topics(self, wanted: set[str] | None = None) -> None:
+        """Announce what is new, withdraw what is gone; serialised so updates keep order.
+
+        ``wanted`` None means what the manager serves at the moment this update runs
+        (under the lock), never what it served when the change was reported: with an
+        eviction and a load in one tick, a set computed earlier would bring a
+        withdrawn model's topic back."""
         async with self._topic_lock:
+            if wanted is None:
+                wanted = self._wanted() if self.state == "ready" else set()
             add, remove = sorted(wanted - self.topics), sorted(self.topics - wanted)
             self.topics = set(wanted)
             try:
@@ -127,7 +137,7 @@ class RackWorker:
     def _write_status(self) -> None:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         status: dict[str, Any] = {
-            "rack": self.rack, "env": self.env,
+            "rack": self.rack, "env": self.env, "state": self.state,
             "rpcPublicKey": self.bridge.info.get("publicKey"),
             "rpcClientKey": self.bridge.info.get("clientKey"),
             "topics": sorted(self.topics), "pid": os.getpid(), "bridgePid": self.bridge.pid,
@@ -139,10 +149,14 @@ class RackWorker:
 
     async def stop(self) -> None:
         """Drain admitted calls, withdraw topics, close the DHT, stop the core."""
+        self.state = "draining"
+        self._write_status()
         await self.worker.drain(self.settings.shutdown_grace_period / 1000.0)
         await self._set_topics(set())
         await self.bridge.close()
         await self.worker.stop()
+        self.state = "stopped"
+        self._write_status()
         log.info("rack worker stopped", extra={"rack": self.rack})
 
     async def run_until_signalled(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import onnxruntime as ort
 
 from ..datatypes import ONNX_TO_V2
-from ..errors import InferenceError
+from ..errors import InferenceError, first_line
 from ..models.spec import ModelSpec, TensorSpec
 from .base import ModelSession, RunHandle, Tensors
 
@@ -127,6 +127,6 @@ class OnnxRuntime:
             raise InferenceError(
                 "ERR_MODEL_LOAD_FAILED",
                 f"model '{model}': onnxruntime could not load {artifact.name}: "
-                f"{str(exc).splitlines()[0][:300]}",
+                f"{first_line(exc)}",
             ) from exc
         return OnnxSession(session, spec, model)

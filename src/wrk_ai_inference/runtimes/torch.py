@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InferenceError
+from ..errors import InferenceError, first_line
 from ..models.spec import ModelSpec, TensorSpec
 from .base import ModelSession, RunHandle, Tensors
 
@@ -94,6 +94,6 @@ class TorchRuntime:
         except Exception as exc:  # torch raises many unrelated types for bad files
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model}': torch could not load {artifact.name}: "
-                                 f"{str(exc).splitlines()[0][:300] if str(exc) else exc!r}"
+                                 f"{first_line(exc)}"
                                  ) from exc
         return TorchSession(module, torch, device, list(spec.inputs), list(spec.outputs))

@@ -6,6 +6,7 @@
  * moves bytes, announces topics and keeps the DHT node alive.
  *
  * Frames, both directions: u32be total | u32be headerLength | header (JSON) | body (raw bytes)
+ * (read by frames.js, which copies each frame once however it is chunked)
  * where total = 4 + headerLength + bodyLength.
  *
  * Python -> bridge headers:
@@ -35,6 +36,7 @@
 
 const DHT = require('hyperdht')
 const RPC = require('@hyperswarm/rpc')
+const { FrameReader } = require('./frames')
 
 const EMPTY = Buffer.alloc(0)
 const calls = new Map()
@@ -213,22 +215,13 @@ async function handle (header, body) {
   }
 }
 
-let buffered = EMPTY
-process.stdin.on('data', (chunk) => {
-  buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk
-  while (buffered.length >= 4) {
-    const total = buffered.readUInt32BE(0)
-    if (buffered.length < 4 + total) break
-    const headLength = buffered.readUInt32BE(4)
-    const header = JSON.parse(buffered.subarray(8, 8 + headLength).toString('utf-8'))
-    const body = buffered.subarray(8 + headLength, 4 + total)
-    buffered = buffered.subarray(4 + total)
-    handle(header, Buffer.from(body)).catch((err) => {
-      log('error', 'bridge command failed', { command: header.t, error: err.stack || String(err) })
-      if (header.t === 'init') process.exit(1)
-    })
-  }
+const reader = new FrameReader((header, body) => {
+  handle(header, Buffer.from(body)).catch((err) => {
+    log('error', 'bridge command failed', { command: header.t, error: err.stack || String(err) })
+    if (header.t === 'init') process.exit(1)
+  })
 })
+process.stdin.on('data', (chunk) => reader.push(chunk))
 process.stdin.on('end', close)
 process.on('SIGTERM', close)
 process.on('SIGINT', () => {}) // the worker decides when we stop
