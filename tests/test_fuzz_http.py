@@ -8,8 +8,15 @@ worker of its own, since the fuzzer also loads and unloads models.
 
 from __future__ import annotations
 
+import gzip
+import json
+import random
+import urllib.error
+import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -84,6 +91,79 @@ def test_fuzz_api(fuzz_worker: Worker, mode: GenerationMode, model_id: str | Non
             run()
         except Unsatisfiable:
             assert mode is GenerationMode.NEGATIVE  # nothing invalid to send, e.g. GET /health
+
+
+_EXPECTED = {  # what each kind of compressed or oversized body must get, and nothing else
+    "valid": {200}, "bomb": {413}, "cut": {400}, "garbage": {400}, "unknown-encoding": {400},
+    "oversized": {413}, "oversized-chunked": {413}, "mislabelled": {400},
+}
+
+
+def _compressed_case(rng: random.Random, encoding: str) -> tuple[str, bytes, dict[str, str]]:
+    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                           "data": [float(rng.randrange(17)) for _ in range(64)]}]}
+    plain = json.dumps(request).encode()
+
+    def pack(data: bytes) -> bytes:
+        return gzip.compress(data, rng.randrange(1, 10)) if encoding == "gzip" else \
+            zlib.compress(data, rng.randrange(1, 10))
+
+    kind = rng.choice(["valid", "bomb", "cut", "garbage", "unknown-encoding", "mislabelled"])
+    headers = {"content-encoding": encoding}
+    if kind == "valid":
+        body = pack(plain)
+    elif kind == "bomb":  # inflates far past maxRequestBytes (1 MB here)
+        body = pack(b'{"inputs": [' + b" " * rng.choice([2 << 20, 16 << 20, 256 << 20]) + b"]}")
+    elif kind == "cut":
+        packed = pack(plain)
+        body = packed[: rng.randrange(1, len(packed) - 1)]
+    elif kind == "garbage":
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+    elif kind == "mislabelled":  # plain JSON claiming to be compressed
+        body = plain
+    else:
+        body, headers = pack(plain), {"content-encoding": rng.choice(["br", "zstd", "lzma"])}
+    return kind, body, headers
+
+
+def _urllib_status(url: str, body: Any, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        json.loads(exc.read())  # an error body in JSON, never a reset connection
+        return int(exc.code)
+
+
+def test_fuzz_compressed_and_oversized_bodies(fuzz_worker: Worker) -> None:
+    """gzip and deflate bodies (valid, bombs, cut, garbage), and bodies over the limit sent
+    by a client that writes the whole body before reading (urllib), chunked or not."""
+    rng = random.Random(20261201)
+    counts: Counter[tuple[str, int]] = Counter()
+    for _ in range(60):
+        encoding = rng.choice(["gzip", "deflate"])
+        kind, body, headers = _compressed_case(rng, encoding)
+        status = _urllib_status(fuzz_worker.url + "/v2/models/digits/infer", body, headers)
+        counts[(kind, status)] += 1
+        assert status in _EXPECTED[kind], (kind, encoding, status)
+    big = b'{"inputData": [' + b"1," * 600_000 + b"1]}"  # 1.2 MB, over maxRequestBytes
+    paths = ["/api/inference/digits", "/v2/models/digits/infer", "/api/models/digits/load",
+             "/api/capacity"]
+    for _ in range(12):
+        path = rng.choice(paths)
+        chunked = rng.random() < 0.5
+        body: Any = iter([big[i:i + 65536] for i in range(0, len(big), 65536)]) \
+            if chunked else big[: rng.randrange(1_000_001, len(big))]
+        kind = "oversized-chunked" if chunked else "oversized"
+        status = _urllib_status(fuzz_worker.url + path, body, {})
+        counts[(kind, status)] += 1
+        assert status in _EXPECTED[kind] or (path == "/api/capacity" and status == 405), \
+            (kind, path, status)
+    print(f"fuzz: {sum(counts.values())} compressed/oversized HTTP cases, "  # noqa: T201
+          f"outcomes {dict(sorted(counts.items()))}")
+    assert {kind for kind, _ in counts} >= {"valid", "bomb", "cut", "garbage", "oversized"}
 
 
 def test_fuzz_left_the_worker_correct(fuzz_worker: Worker) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,8 @@ import orjson
 import pytest
 
 from wrk_ai_inference.errors import HTTP_STATUS
+from wrk_ai_inference.rpc import framing
+from wrk_ai_inference.rpc.bridge import NodeBridge
 from wrk_ai_inference.rpc.client import RpcClient
 from wrk_ai_inference.rpc.methods import METHODS
 
@@ -22,6 +25,8 @@ from .helpers import DIGIT_ZERO, make_repo
 from .rack_helpers import Rack, local_testnet, running_rack
 
 CASES = 1200
+#: payload sizes past the rack's maxRequestBytes (2 MB)
+OVERSIZED = (2_000_001, 3_000_000, 8_000_000)
 METHOD_NAMES = [*METHODS, "ping"]
 
 
@@ -103,6 +108,8 @@ async def _fuzz(key: str, bootstrap: list[str]) -> tuple[Counter[str], list[str]
         cases = [(rng.choice(METHOD_NAMES), _payload(rng)) for _ in range(CASES)]
         cases.append(("runInference", b'{"modelId": "digits", "inputData": [' +
                       b"1," * 1_200_000 + b"1]}"))  # over maxRequestBytes
+        for size in OVERSIZED:  # over maxRequestBytes, JSON or not, on any method
+            cases.append((rng.choice(METHOD_NAMES), rng.choice([b"[", b"{", b" "]) * size))
         await asyncio.gather(*(one(m, b) for m, b in cases))
     return seen, problems
 
@@ -112,9 +119,10 @@ async def test_rpc_fuzz_finds_nothing_undocumented(fuzz_rack: tuple[Rack, list[s
     seen, problems = await _fuzz(rack.key, bootstrap)
     total = sum(seen.values())
     print(f"fuzz: {total} RPC cases, outcomes {dict(seen.most_common())}")  # noqa: T201
-    assert total == CASES + 1
+    assert total == CASES + 1 + len(OVERSIZED)
     assert not problems, problems[:5]
-    assert seen["ERR_PAYLOAD_TOO_LARGE"] >= 1 and seen["ERR_FACS_NET_DATA_FORMAT"] >= 50
+    assert seen["ERR_PAYLOAD_TOO_LARGE"] >= 1 + len(OVERSIZED)
+    assert seen["ERR_FACS_NET_DATA_FORMAT"] >= 50
     assert "ERR_INTERNAL" not in rack.logs()
     async with RpcClient(bootstrap) as client:  # still correct afterwards
         result = await client.request(rack.key, "runInference",
@@ -122,3 +130,36 @@ async def test_rpc_fuzz_finds_nothing_undocumented(fuzz_rack: tuple[Rack, list[s
         assert result["result"]["predictions"][0][0]["label"] == "0"
         health = await client.request(rack.key, "getHealth")
         assert health["status"] == "healthy" and health["capacity"]["currentLoad"] == 0
+
+
+class _FakeProcess:
+    """A bridge process whose stdout carries the bytes a test gives it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.stdout = asyncio.StreamReader()
+        self.stdout.feed_data(data)
+        self.stdout.feed_eof()
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+@pytest.mark.parametrize("frame", [
+    struct.pack(">I", 2) + b"xx",  # total shorter than the header length field
+    struct.pack(">I", (256 << 20) + 1),  # past the frame limit
+    struct.pack(">II", 12, 8) + b"not json",  # header that is not JSON
+    struct.pack(">II", 8, 400) + b"{}{}",  # header length past the frame
+    struct.pack(">II", 6, 2) + b"[]",  # a header that is not an object
+])
+async def test_malformed_frames_from_the_bridge_restart_it(frame: bytes) -> None:
+    """Bad frames on the stdio channel are never read as calls: the bridge is killed (the
+    supervisor starts a fresh one), and a good frame before them was still delivered."""
+    calls: list[dict[str, Any]] = []
+    bridge = NodeBridge({}, on_call=None)
+    bridge._dispatch = lambda header, body, generation: calls.append(header)  # type: ignore[method-assign]
+    good = framing.encode({"t": "log", "msg": "fine"})
+    proc = _FakeProcess(good + frame)
+    await bridge._read(proc, 1)  # type: ignore[arg-type]
+    assert calls == [{"t": "log", "msg": "fine"}]
+    assert proc.killed

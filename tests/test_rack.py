@@ -259,13 +259,16 @@ def test_sigterm_withdraws_topics_and_exits_zero(bootstrap: list[str], tmp_path:
     repo = make_repo(tmp_path / "repo", {"digits": "digits"})
     r = Rack(tmp_path, "rack-term", bootstrap, repo, preload=["digits"])
     try:
-        r.wait_ready()
+        status = r.wait_ready()
+        assert status["state"] == "ready" and status["pid"] == r.proc.pid
         [before] = orchestrate(bootstrap, None, [{"lookup": "ai-inference:digits"}])
         key = r.key
         assert key in before["result"]
     finally:
         code = r.stop()
     assert code == 0, r.logs()
+    # the file a stopped worker leaves says so: supervisors can tell it from a live one
+    assert r.status()["state"] == "stopped" and r.status()["topics"] == []
     # other workers on this testnet may announce the topic too; this one must be gone
     after = orchestrate(bootstrap, None, [{"lookup": "ai-inference:digits"},
                                           {"lookup": "ai-inference"}])

@@ -199,3 +199,59 @@ def test_raw_binary_request(v2_worker: Worker) -> None:
     logits = np.frombuffer(response.content[json_len:], dtype="<f4").reshape(
         head["outputs"][0]["shape"])
     assert logits.shape == (1, 10)
+
+
+def test_unknown_models_use_tritons_wording(client: tc.InferenceServerClient) -> None:
+    for call in (lambda: client.get_model_metadata("no-such-model"),
+                 lambda: client.get_model_config("no-such-model"),
+                 lambda: client.load_model("no-such-model")):
+        with pytest.raises(InferenceServerException) as err:
+            call()
+        assert "Request for unknown model: 'no-such-model' is not found" in str(err.value)
+        assert "ERR_MODEL_NOT_FOUND" in str(err.value) and "/tmp" not in str(err.value)
+
+
+def test_model_config_in_tritons_shape(client: tc.InferenceServerClient) -> None:
+    config = client.get_model_config("digits")
+    assert config["name"] == "digits" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+    assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] >= 0
+    assert client.get_model_config("digits", model_version="1.0.0") == config
+    upper = client.get_model_config("upper")  # no batch axis: Triton's max_batch_size 0
+    assert upper["max_batch_size"] == 0
+    assert upper["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]
+
+
+def test_load_config_overrides_are_applied_or_refused(client: tc.InferenceServerClient,
+                                                      v2_worker: Worker) -> None:
+    before = client.get_model_config("mlp")
+    client.load_model("mlp", config=json.dumps(before))  # its own config back: accepted
+    changed = {**before, "max_batch_size": 8,
+               "dynamic_batching": {"max_queue_delay_microseconds": 5000}}
+    client.load_model("mlp", config=json.dumps(changed))
+    after = client.get_model_config("mlp")
+    assert after["max_batch_size"] == 8
+    assert after["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+    assert client.is_model_ready("mlp")
+    x = tc.InferInput("input", [2, 1024], "FP32")
+    x.set_data_from_numpy(np.ones((2, 1024), np.float32))
+    assert client.infer("mlp", [x]).as_numpy("output").shape == (2, 1000)
+    for bad in ({"instance_group": [{"count": 2, "kind": "KIND_GPU"}]},
+                {"max_batch_size": -1}, {"platform": "tensorrt_plan"},
+                {"dynamic_batching": {"preferred_batch_size": [4]}},
+                {"input": [{"name": "input", "data_type": "TYPE_FP16", "dims": [64]}]}):
+        with pytest.raises(InferenceServerException) as err:
+            client.load_model("mlp", config=json.dumps(bad))
+        assert "failed to load" in str(err.value), bad
+        assert err.value.status() == "400", bad
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("mlp", config="{not json")
+    assert "failed to load" in str(err.value)
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("mlp", config=json.dumps(before), files={"file:1/model.onnx": b"x"})
+    assert "failed to load" in str(err.value)
+    assert client.get_model_config("mlp")["max_batch_size"] == 8  # refusals changed nothing
+    client.load_model("mlp", config=json.dumps(before))
+    assert client.get_model_config("mlp")["max_batch_size"] == before["max_batch_size"]

@@ -65,6 +65,10 @@ class InferenceError(Exception):
     def __repr__(self) -> str:
         return f"InferenceError({self.code!r}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles whole (code, message, details): it crosses into helper processes."""
+        return (type(self), (self.code, self.message, self.details))
+
     @classmethod
     def internal(cls, exc: BaseException) -> InferenceError:
         """What a transport answers for a bug: the exception's type, never its text."""

@@ -10,15 +10,12 @@ every number is whole, float64 otherwise, the same shape. Anything else (strings
 ragged or deeper nesting, booleans, numbers beyond 64 bits, duplicate keys, invalid
 JSON) takes the plain orjson path, so its errors read exactly as before.
 
-Bodies over ``LARGE_BYTES`` are decoded by ``loads_large`` on a worker thread (see
-``bodies.py``): simdjson parses them with the GIL released, and everything after that
-is done in pieces small enough that the event loop keeps its turn, with every value
-counted against an element budget before it is made.
+Bodies over ``LARGE_BYTES`` are decoded by ``loads_large`` in a helper process (see
+``bodies.py``), with every value counted against an element budget before it is made.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from typing import Any
@@ -38,9 +35,8 @@ _INT64_LIMIT = 2.0**63
 #: Bodies above this size are decoded off the event loop, by ``loads_large``.
 LARGE_BYTES = 1 << 20
 
-#: A leaf array up to this long is copied in one call (which holds the GIL); longer
-#: ones in pieces of this size, so that the loop's thread gets the GIL in between.
-_PIECE = 1 << 16
+#: Arrays longer than this anywhere in a large body become ``JsonNumbers`` when regular.
+_LONG = 1 << 12
 
 
 class JsonNumbers:
@@ -90,6 +86,17 @@ def plain(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def arrays(value: Any) -> Any:
+    """``JsonNumbers`` anywhere in ``value`` as plain numpy arrays (orjson writes those)."""
+    if isinstance(value, JsonNumbers):
+        return value.array
+    if isinstance(value, dict):
+        return {k: arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [arrays(v) for v in value]
     return value
 
 
@@ -176,27 +183,45 @@ def _over_budget(limit: int) -> InferenceError:
                           f"maxTensorElements ({limit}) values", {"limit": limit})
 
 
-class _Budget:
-    """Counts the values a large body holds, and stops the decoding once past ``limit``."""
+#: Values a large body may hold outside regular arrays of numbers: each becomes a Python
+#: object that must travel back from the decoding process and be rebuilt there, which
+#: holds the GIL; regular arrays travel as raw memory. Ragged number lists are refused by
+#: validation anyway, and strings for text or image models are far fewer.
+MAX_PLAIN_VALUES = 1 << 18
 
-    __slots__ = ("left", "limit")
+
+class _Budget:
+    """Counts the values a large body holds, and stops the decoding once past ``limit``
+    (or past ``MAX_PLAIN_VALUES`` values outside regular arrays of numbers)."""
+
+    __slots__ = ("left", "limit", "plain_left")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.left = limit
+        self.plain_left = MAX_PLAIN_VALUES
 
     def take(self, count: int) -> None:
         self.left -= count
         if self.left < 0:
             raise _over_budget(self.limit)
 
+    def plain(self) -> None:
+        self.take(1)
+        self.plain_left -= 1
+        if self.plain_left < 0:
+            raise InferenceError(
+                "ERR_INVALID_INPUT", f"a request body over {LARGE_BYTES} bytes may hold at "
+                f"most {MAX_PLAIN_VALUES} values outside regular arrays of numbers",
+                {"limit": MAX_PLAIN_VALUES})
+
 
 def loads_large(body: bytes, max_elements: int) -> Any:
-    """``loads`` for big bodies, on a worker thread: never holds the GIL for long.
+    """``loads`` for big bodies (in a helper process: the parse holds the GIL throughout).
 
-    Raises InferenceError: ERR_INVALID_REQUEST for a body simdjson cannot parse (no
-    orjson retry: it would hold the GIL for the whole body), ERR_INVALID_INPUT once
-    the body holds more than ``max_elements`` values.
+    Raises InferenceError: ERR_INVALID_REQUEST for a body simdjson cannot parse,
+    ERR_INVALID_INPUT as soon as the body holds more than ``max_elements`` values (each
+    array's length is known before its values are made).
     """
     try:
         doc = simdjson.Parser().parse(body)  # a fresh parser: its buffers go with it
@@ -221,17 +246,25 @@ def loads_large(body: bytes, max_elements: int) -> Any:
 
 
 def _walk(value: Any, budget: _Budget) -> Any:
-    """simdjson values to Python ones, in Python bytecode (so other threads get turns);
-    a long regular array of numbers anywhere becomes ``JsonNumbers``."""
-    budget.take(1)
+    """simdjson values to Python ones, each counted; a long regular array of numbers
+    anywhere becomes ``JsonNumbers``."""
     if isinstance(value, simdjson.Array):
-        if len(value) > _PIECE and _shape_of(value) is not None:
+        if len(value) > _LONG and _shape_of(value) is not None:
             return _numbers_large(value, budget)
+        budget.plain()
         budget.take(len(value))
         return [_walk(item, budget) for item in value]
+    budget.plain()
     if isinstance(value, simdjson.Object):
         return {key: _walk(value[key], budget) for key in value}
     return value
+
+
+def _walk_array(value: simdjson.Array, budget: _Budget) -> list[Any]:
+    """An array that is not a regular array of numbers, walked value by value."""
+    budget.plain()
+    budget.take(len(value))
+    return [_walk(item, budget) for item in value]
 
 
 def _shape_of(value: simdjson.Array) -> tuple[int, ...] | None:
@@ -250,20 +283,20 @@ def _numbers_large(value: simdjson.Array, budget: _Budget) -> Any:
     """A regular N-d array of numbers as ``JsonNumbers``; anything else walked as Python."""
     shape = _shape_of(value)
     if shape is None:
-        return _walk(value, budget)
+        return _walk_array(value, budget)
     budget.take(math.prod(shape))
     leaves: list[simdjson.Array] = []
     try:
         _collect(value, shape, 0, leaves)
     except _Ragged:
         budget.take(-math.prod(shape))
-        return _walk(value, budget)
+        return _walk_array(value, budget)
     parts: list[np.ndarray] = []
     for leaf in leaves:
         part = _leaf(leaf)
         if part is None:  # a string, bool, null or nested value among the numbers
             budget.take(-math.prod(shape))
-            return _walk(value, budget)
+            return _walk_array(value, budget)
         parts.append(part)
     floats = any(part.dtype.kind == "f" for part in parts)
     out = np.empty(math.prod(shape), dtype=np.float64 if floats else np.int64)
@@ -293,23 +326,6 @@ class _Ragged(Exception):
 
 def _leaf(value: simdjson.Array) -> np.ndarray | None:
     """One innermost array as int64 or float64; None if it holds anything but numbers."""
-    if len(value) <= _PIECE:
-        return _leaf_piece(value)
-    pieces: list[np.ndarray] = []
-    items = iter(value)
-    while True:
-        chunk = list(itertools.islice(items, _PIECE))
-        if not chunk:
-            break
-        if not all(type(x) in (int, float) for x in chunk):
-            return None
-        pieces.append(np.asarray(chunk))
-    if any(p.dtype.kind not in "if" for p in pieces):
-        return None  # integers beyond 64 bits: numpy's answer needs the plain values
-    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-
-
-def _leaf_piece(value: simdjson.Array) -> np.ndarray | None:
     ends: list[Any] = [value[0], value[len(value) - 1]]
     if not all(type(x) in (int, float) for x in ends):
         return None

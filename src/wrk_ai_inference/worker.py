@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from . import __version__
+from . import __version__, bodies
 from .capacity import CapacityTracker
 from .config import Settings
 from .engine.engine import InferenceEngine
@@ -123,6 +123,7 @@ class InferenceWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.engine.shutdown()
+        bodies.shutdown()
         log.info("worker stopped")
 
     def _admitted(self) -> _InFlight:

@@ -73,6 +73,7 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
         except (ValueError, TypeError, OverflowError) as exc:
             raise _bad(f"input {describe(spec)} is not a regular nested list of numbers "
                        f"(ragged or mixed rows): {str(exc)[:120]}", input=spec.name) from exc
+    _check_shape(spec, raw)  # before any conversion: a wrong shape costs nothing to refuse
     if raw.dtype.kind not in _NUMERIC_KINDS:
         raise _bad(f"input {describe(spec)} must hold only numbers (found {raw.dtype.kind!r}-kind "
                    "values such as strings, nulls or objects)", input=spec.name)

@@ -33,11 +33,14 @@ log = get_logger("http")
 _STATUS_CODES = {404: "ERR_NOT_FOUND", 405: "ERR_METHOD_NOT_ALLOWED", 413: "ERR_PAYLOAD_TOO_LARGE"}
 
 
-async def inference_call(worker: InferenceWorker, model_id: str, body: bytes) -> Response:
+async def inference_call(worker: InferenceWorker, model_id: str, body: bodies.Body
+                         ) -> Response:
     """POST /api/inference/{modelId}: the one handler behind the protocol-level route
-    (``protocol.py``), the ASGI fast path and the FastAPI route."""
+    (``protocol.py``), the ASGI fast path and the FastAPI route. ``body`` may be the
+    chunks it arrived in: a big one is never joined on the loop."""
     try:
-        payload = (bodies.loads_small(body) if len(body) <= json_tensors.LARGE_BYTES
+        payload = (bodies.loads_small(body) if isinstance(body, bytes)
+                   and len(body) <= json_tensors.LARGE_BYTES
                    else await bodies.decode_json(body, worker.settings.max_tensor_elements))
         if not isinstance(payload, dict) or "inputData" not in payload:
             raise InferenceError("ERR_INVALID_REQUEST",
@@ -76,12 +79,13 @@ class InferenceFastPath:
         if (path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX):]
                 and len(path) > len(self.PREFIX)):
             try:
-                body = await _read_body(receive)
+                chunks = await _read_chunks(receive)
             except InferenceError as exc:
                 response = error_response(exc)
             else:
                 response = await self.disconnects.run(
-                    inference_call(self.worker, path[len(self.PREFIX):], body), receive)
+                    inference_call(self.worker, path[len(self.PREFIX):],
+                                   chunks[0] if len(chunks) == 1 else chunks), receive)
         elif (match := INFER_PATH.match(path)) is not None:
             try:
                 body = await _read_body(receive)
@@ -101,6 +105,10 @@ class InferenceFastPath:
 
 
 async def _read_body(receive: Any) -> bytes:
+    return bodies.joined(await _read_chunks(receive))
+
+
+async def _read_chunks(receive: Any) -> list[bytes]:
     chunks = []
     while True:
         message = await receive()
@@ -108,7 +116,7 @@ async def _read_body(receive: Any) -> bytes:
             raise InferenceError("ERR_INVALID_REQUEST", "client disconnected")
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks
 
 
 def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:

@@ -232,7 +232,9 @@ class InferenceProtocol(HttpToolsProtocol):
     async def _serve(self, fast: _FastRequest) -> None:
         token = request_id_var.set(fast.request_id)
         try:
-            response = await inference_call(self.worker, fast.model_id, b"".join(fast.body))
+            body = fast.body
+            response = await inference_call(self.worker, fast.model_id,
+                                            body[0] if len(body) == 1 else body)
         except asyncio.CancelledError:
             if not fast.disconnected:
                 raise

@@ -69,7 +69,8 @@ async def _decode(worker: InferenceWorker, method: str, body: bytes) -> Any:
         return await bodies.decode_json(body, worker.settings.max_tensor_elements)
     if len(body) <= json_tensors.LARGE_BYTES:
         return orjson.loads(body)
-    return await bodies.off_loop(orjson.loads, body)
+    payload = await bodies.decode_json(body, worker.settings.max_tensor_elements)
+    return json_tensors.arrays(payload)
 
 
 async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
