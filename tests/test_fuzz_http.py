@@ -159,8 +159,11 @@ def test_fuzz_compressed_and_oversized_bodies(fuzz_worker: Worker) -> None:
         kind = "oversized-chunked" if chunked else "oversized"
         status = _urllib_status(fuzz_worker.url + path, body, {})
         counts[(kind, status)] += 1
-        assert status in _EXPECTED[kind] or (path == "/api/capacity" and status == 405), \
-            (kind, path, status)
+        # routes that take no body never read a chunked one: they answer as without it,
+        # and the lingering close drops the rest; a declared length over the cap is a 413
+        takes_no_body = path in ("/api/models/digits/load", "/api/capacity")
+        assert status in _EXPECTED[kind] or (path == "/api/capacity" and status == 405) or \
+            (takes_no_body and chunked and status == 200), (kind, path, status)
     print(f"fuzz: {sum(counts.values())} compressed/oversized HTTP cases, "  # noqa: T201
           f"outcomes {dict(sorted(counts.items()))}")
     assert {kind for kind, _ in counts} >= {"valid", "bomb", "cut", "garbage", "oversized"}

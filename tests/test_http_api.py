@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -9,7 +12,7 @@ from httpx import Client
 
 from wrk_ai_inference.examples import digits_split
 
-from .helpers import EXAMPLES, Worker
+from .helpers import EXAMPLES, ROOT, Worker, free_port
 
 ERROR_KEYS = {"success", "error", "message", "details"}
 
@@ -197,3 +200,55 @@ def test_request_id_is_echoed(client: Client) -> None:
     r = client.get("/api/capacity", headers={"X-Request-Id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert len(client.get("/api/capacity").headers["x-request-id"]) == 32
+
+
+def test_docs_need_nothing_from_the_internet(worker: Worker) -> None:
+    """/docs names only assets the worker serves itself (air-gapped hosts get a page)."""
+    import re
+
+    page = httpx.get(worker.url + "/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"|url: *[\'"]([^\'"]+)', page.text)
+    found = [u for pair in urls for u in pair if u]
+    assert found and all(u.startswith("/") for u in found), found
+    for url in found:
+        asset = httpx.get(worker.url + url)
+        assert asset.status_code == 200, url
+    js = httpx.get(worker.url + "/docs/assets/swagger-ui-bundle.js")
+    assert len(js.content) > 500_000 and "SwaggerUIBundle" in js.text
+
+
+def test_docs_render_in_a_real_browser_with_the_network_cut_off(tmp_path: Path) -> None:
+    """Headless Chromium and the worker in a network namespace of their own (loopback
+    only): the page renders the API's operations from the worker's own assets."""
+    import shutil
+    import subprocess
+    import sys
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or shutil.which("unshare") is None:
+        pytest.skip("needs Chromium (Debian's chromium package) and unshare")
+    port = free_port()
+    script = f"""
+set -e
+ip link set lo up 2>/dev/null || true
+{sys.executable} -m wrk_ai_inference.cli http --port {port} --model-repository {EXAMPLES} \\
+    --preload digits > {tmp_path}/w.log 2>&1 &
+trap "kill $! 2>/dev/null" EXIT
+{sys.executable} -c "
+import time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=1); break
+    except Exception: time.sleep(0.1)
+"
+{chromium} --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \\
+    --user-data-dir={tmp_path}/profile --virtual-time-budget=15000 \\
+    --dump-dom http://127.0.0.1:{port}/docs 2>/dev/null
+"""
+    done = subprocess.run(["unshare", "--net", "bash", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert "opblock" in dom and "/api/inference/{modelId}" in dom, dom[-2000:]
+    assert "/v2/models/{model}/infer" in dom

@@ -26,6 +26,7 @@ NODE_FILES = ("bridge.js", "frames.js", "testnet.js", "package.json", "package-l
 
 
 def _wheel(out: Path) -> Path:
+    out.mkdir(parents=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--no-build-isolation", "--wheel-dir", str(out), str(ROOT)],
                    check=True, timeout=300, cwd=out)

@@ -219,9 +219,21 @@ def test_model_config_in_tritons_shape(client: tc.InferenceServerClient) -> None
     assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] >= 0
     assert client.get_model_config("digits", model_version="1.0.0") == config
-    upper = client.get_model_config("upper")  # no batch axis: Triton's max_batch_size 0
-    assert upper["max_batch_size"] == 0
-    assert upper["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]
+    upper = client.get_model_config("upper")  # one string per row: [1] reshaped to []
+    assert upper["max_batch_size"] == 32
+    assert upper["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [1],
+                               "reshape": {"shape": []}}]
+    with pytest.raises(InferenceServerException) as cold:  # cold, no declared inputs
+        client.get_model_config("slow")
+    assert cold.value.status() == "503"
+    client.load_model("slow")
+    try:  # maxBatchSize 0: Triton's "no batching", dims with the batch axis
+        slow = client.get_model_config("slow")
+        assert slow["max_batch_size"] == 0 and "dynamic_batching" not in slow
+        assert {t["name"]: t["dims"] for t in slow["input"]} == {"x": [-1, 256],
+                                                                  "iterations": [1]}
+    finally:
+        client.unload_model("slow")
 
 
 def test_load_config_overrides_are_applied_or_refused(client: tc.InferenceServerClient,

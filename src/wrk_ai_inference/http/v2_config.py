@@ -46,8 +46,15 @@ def model_config(entry: ModelEntry, inputs: list[TensorSpec], outputs: list[Tens
     batching = batches(inputs, outputs, spec.max_batch_size)
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-        return [{"name": t.name, "data_type": _TYPES.get(t.datatype, t.datatype),
-                 "dims": t.shape[1:] if batching else t.shape} for t in specs]
+        out = []
+        for t in specs:
+            item: dict[str, Any] = {"name": t.name,
+                                    "data_type": _TYPES.get(t.datatype, t.datatype),
+                                    "dims": t.shape[1:] if batching else t.shape}
+            if not item["dims"]:  # one value per batch row: Triton's [1] reshaped to []
+                item["dims"], item["reshape"] = [1], {"shape": []}
+            out.append(item)
+        return out
 
     config: dict[str, Any] = {
         "name": entry.id, "platform": platform, "backend": backend,

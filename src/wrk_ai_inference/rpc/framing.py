@@ -26,7 +26,11 @@ def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
 def decode(frame: bytes) -> tuple[dict[str, Any], bytes]:
     """``frame`` is everything after the total-length prefix."""
     (head_len,) = _U32.unpack_from(frame, 0)
+    if 4 + head_len > len(frame):
+        raise ValueError(f"frame header of {head_len} bytes is past the frame's end")
     header = orjson.loads(frame[4 : 4 + head_len])
+    if not isinstance(header, dict):
+        raise ValueError("frame header is not a JSON object")
     return header, frame[4 + head_len :]
 
 
