@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import site
 import subprocess
@@ -26,9 +27,17 @@ NODE_FILES = ("bridge.js", "frames.js", "testnet.js", "package.json", "package-l
 
 
 def _wheel(out: Path) -> Path:
-    out.mkdir(parents=True)
+    """Built from a copy of the checkout's files (setuptools writes build/ and egg-info
+    beside the sources it builds)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.split("\n")
+    source = out / "source"
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(out), str(ROOT)],
+                    "--no-build-isolation", "--wheel-dir", str(out), str(source)],
                    check=True, timeout=300, cwd=out)
     [wheel] = out.glob("wrk_ai_inference-*.whl")
     return wheel

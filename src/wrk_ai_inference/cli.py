@@ -82,16 +82,13 @@ def _tune_interpreter() -> None:
     """Two process-wide settings that the request path measurably depends on.
 
     Long-lived objects made at start (modules, config) are frozen out of collection.
-    The collection thresholds stay Python's: raising them (50,000 / 20 / 100) let
-    garbage pile up in the older generations, and the worker's memory grew 22% over a
-    5-minute `make soak` (0.3% with the defaults over 3 minutes); without them digits
-    at concurrency 64 is still 2.0x the naive server (3 interleaved rounds).
+    The collection thresholds stay Python's: raising them let garbage pile up in the
+    older generations, and the worker's memory grew under `make soak`.
 
-    The GIL switch interval drops from 5 ms to 1 ms: a runtime thread that finishes a
+    The GIL switch interval is shorter than Python's: a runtime thread that finishes a
     batch needs the GIL for a moment to hand the outputs back and to start the next run,
-    and under load the event loop holds it until the interval forces a switch. With 5 ms
-    the runtime sat idle ~5 ms between batches (72% of the time busy on the MLP at
-    concurrency 64); with 1 ms, 89%, and ~10% more requests per second.
+    and under load the event loop holds it until the interval forces a switch, so the
+    runtime would sit idle between batches. docs/performance.md has the measurements.
     """
     import gc
 

@@ -66,7 +66,7 @@ class RequestCollector(Collector):
     only when scraped.
 
     prometheus-client's Counter and Histogram take a lock per increment: four of them
-    per request cost ~10 us of event-loop time, a tenth of a small model's request. Every
+    per request cost a noticeable share of a small model's request. Every
     request is recorded on the event loop thread, so plain integers are safe here.
     """
 

@@ -157,7 +157,7 @@ class Batcher:
             if self._inline(rows):
                 # this batch should take microseconds (by the model's time per row): run
                 # it here, on the loop, where a hop to a thread (or even to another task)
-                # costs more than the run (digits, c=64: +14%, 6 interleaved pairs)
+                # costs more than the run (docs/performance.md)
                 await self._execute(batch, rows, inline=True)
             else:
                 asyncio.get_running_loop().create_task(self._execute(batch, rows))
@@ -216,7 +216,7 @@ class Batcher:
 
     @staticmethod
     def _answer(batch: list[_Item], outputs: Tensors) -> None:
-        """Each request gets its own rows as views (slices: np.split cost ~10 us a batch)."""
+        """Each request gets its own rows as views (slices: cheaper than np.split)."""
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)

@@ -309,7 +309,7 @@ class InferenceEngine:
             loop.run_in_executor(self.executor, self._run, session, feeds, handle
                                  ).add_done_callback(direct_done)
         # The deadline cancels the request's own future; the run (or the batch) goes on
-        # until it ends or nobody waits for it. A timer costs ~5 us less than wait_for +
+        # until it ends or nobody waits for it. A timer costs less than wait_for +
         # shield on every request.
         timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                              waiter.cancel)

@@ -179,7 +179,7 @@ def _looks_like_probabilities(scores: np.ndarray) -> bool:
 
 #: Outputs up to this many scores are classified in plain Python: on the request path
 #: each numpy call costs microseconds, more than the arithmetic on a few classes
-#: (measured: ~40 -> ~15 us for one row of 10 classes).
+#: (docs/performance.md).
 _SMALL_SCORES = 64
 
 

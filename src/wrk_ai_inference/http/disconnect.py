@@ -3,7 +3,7 @@
 Watching a request means a pending ``receive()`` on it (after the body, only the
 disconnect message can come). Most requests end in well under 50 ms, so only those
 still running after ``after_s`` get a watcher. One timer serves all requests: a
-per-request timer costs about 10 us of loop time, which is a tenth of a small
+per-request timer costs loop time, a noticeable share of a small
 model's whole request.
 """
 
