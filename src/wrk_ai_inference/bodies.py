@@ -65,6 +65,19 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICENESS)
 
 
+_reniced: set[int] = set()
+
+
+def _lower_children(pool: ProcessPoolExecutor) -> None:
+    """Lower a newly spawned decoding process at once, not after its imports (the
+    initializer does it only once the interpreter and numpy are up)."""
+    for pid in list(getattr(pool, "_processes", None) or ()):
+        if pid not in _reniced:
+            _reniced.add(pid)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, _NICENESS)
+
+
 def _decoding_processes() -> ProcessPoolExecutor:
     """Started on the first big body (spawned: forking a process with threads is unsafe)."""
     global _processes
@@ -83,10 +96,12 @@ async def off_loop(fn: Callable[..., T], body: Body, *args: Any) -> T:
     loop = asyncio.get_running_loop()
     path = await loop.run_in_executor(_decoders(), _spill, body)
     try:
-        work = _decoding_processes().submit(_decode_in_child, path, fn, args)
+        pool = _decoding_processes()
+        work = pool.submit(_decode_in_child, path, fn, args)
     except BaseException:
         _unlink(path)
         raise
+    _lower_children(pool)
     try:
         value = await asyncio.wrap_future(work)
     except asyncio.CancelledError:  # its arrays arrive (or came) for nobody: remove them
