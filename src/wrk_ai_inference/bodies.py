@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
@@ -33,8 +33,6 @@ from .errors import InferenceError
 from .logs import get_logger
 
 log = get_logger("bodies")
-
-T = TypeVar("T")
 
 #: Threads that inflate and processes that decode big bodies: two of each, so one huge
 #: body cannot hold up the next, and few enough that hostile bodies cannot take every core.
@@ -69,8 +67,8 @@ _reniced: set[int] = set()
 
 
 def _lower_children(pool: ProcessPoolExecutor) -> None:
-    """Lower a newly spawned decoding process at once, not after its imports (the
-    initializer does it only once the interpreter and numpy are up)."""
+    """Lower each newly spawned decoding process at once, before its imports are done
+    (an initializer would run only once the interpreter and numpy are up)."""
     for pid in list(getattr(pool, "_processes", None) or ()):
         if pid not in _reniced:
             _reniced.add(pid)
@@ -83,21 +81,20 @@ def _decoding_processes() -> ProcessPoolExecutor:
     global _processes
     if _processes is None:
         _processes = ProcessPoolExecutor(max_workers=_DECODERS,
-                                         mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_lower_priority)
+                                         mp_context=multiprocessing.get_context("spawn"))
     return _processes
 
 
-async def off_loop(fn: Callable[..., T], body: Body, *args: Any) -> T:
-    """``fn(body, *args)`` in a decoding process, the body and any large arrays in the
-    answer passed through files in memory (``_spill``): pickling them through a pipe
-    holds the GIL for tens of milliseconds per 50 MB on this side."""
+async def _decode_large(body: Body, max_elements: int) -> Any:
+    """``json_tensors.loads_large`` in a decoding process, the body and any large arrays
+    in the answer passed through files in memory (``_spill``): pickling them through a
+    pipe holds the GIL for tens of milliseconds per 50 MB on this side."""
     global _processes
     loop = asyncio.get_running_loop()
     path = await loop.run_in_executor(_decoders(), _spill, body)
     try:
         pool = _decoding_processes()
-        work = pool.submit(_decode_in_child, path, fn, args)
+        work = pool.submit(_decode_in_child, path, max_elements)
     except BaseException:
         _unlink(path)
         raise
@@ -114,10 +111,7 @@ async def off_loop(fn: Callable[..., T], body: Body, *args: Any) -> T:
             broken.shutdown(wait=False, cancel_futures=True)
         raise InferenceError("ERR_INTERNAL", "decoding the request body failed; the worker's "
                              "log has the details") from None
-    mapped: T = await loop.run_in_executor(
-        _decoders(), _map_values, value,
-        lambda v: _map_spilled(v) if isinstance(v, _Spilled) else v)
-    return mapped
+    return await loop.run_in_executor(_decoders(), _map_values, value, _map_spilled)
 
 
 def _spill_dir() -> str:
@@ -159,14 +153,15 @@ class _Spilled:
 _SPILL_BYTES = 1 << 19
 
 
-def _decode_in_child(path: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _decode_in_child(path: str, max_elements: int) -> Any:
     """In a decoding process: read and remove the body's file, decode, spill big arrays."""
     try:
         with open(path, "rb") as fh:
             body = fh.read()
     finally:
         _unlink(path)
-    return _map_values(fn(body, *args), _spill_array)
+    return json_tensors.map_numbers(json_tensors.loads_large(body, max_elements),
+                                    _spill_array)
 
 
 def _spill_array(numbers: json_tensors.JsonNumbers) -> Any:
@@ -177,7 +172,9 @@ def _spill_array(numbers: json_tensors.JsonNumbers) -> Any:
     return _Spilled(_spill(raw.data), array.shape, array.dtype.str)
 
 
-def _map_spilled(spilled: _Spilled) -> json_tensors.JsonNumbers:
+def _map_spilled(spilled: Any) -> Any:
+    if not isinstance(spilled, _Spilled):  # a small array, pickled whole
+        return spilled
     dtype = np.dtype(spilled.dtype)
     fd = os.open(spilled.path, os.O_RDONLY)
     try:
@@ -192,20 +189,13 @@ def _map_spilled(spilled: _Spilled) -> json_tensors.JsonNumbers:
 
 
 def _map_values(value: Any, change: Callable[[Any], Any]) -> Any:
-    """``value`` with each JsonNumbers (or _Spilled) replaced by ``change`` of it."""
-    if isinstance(value, json_tensors.JsonNumbers | _Spilled):
-        return change(value)
-    if isinstance(value, dict):
-        return {k: _map_values(v, change) for k, v in value.items()}
-    if isinstance(value, list) and any(isinstance(v, dict | list | _Spilled) for v in value):
-        return [_map_values(v, change) for v in value]
-    return value
+    """``value`` with each JsonNumbers or _Spilled replaced by ``change`` of it."""
+    return json_tensors.map_numbers(value, change, (json_tensors.JsonNumbers, _Spilled))
 
 
 def _discard(done: Future[Any]) -> None:
     if not done.cancelled() and done.exception() is None:
-        _map_values(done.result(),
-                    lambda v: _unlink(v.path) if isinstance(v, _Spilled) else v)
+        _map_values(done.result(), lambda v: _unlink(v.path) if isinstance(v, _Spilled) else v)
 
 
 def shutdown() -> None:
@@ -238,6 +228,11 @@ def joined(chunks: list[bytes]) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def collapsed(chunks: list[bytes]) -> Body:
+    """The chunks a body arrived in, as bytes when there is one (the common case)."""
+    return chunks[0] if len(chunks) == 1 else chunks
+
+
 def size_of(body: Body) -> int:
     return len(body) if isinstance(body, bytes) else sum(len(c) for c in body)
 
@@ -248,8 +243,8 @@ async def decode_json(body: Body, max_elements: int) -> Any:
     ``json_tensors.LARGE_BYTES`` are decoded off the loop and counted against
     ``max_elements`` while they are decoded; their chunks are never joined here."""
     if size_of(body) <= json_tensors.LARGE_BYTES:
-        return loads_small(body if isinstance(body, bytes) else b"".join(body))
-    return await off_loop(json_tensors.loads_large, body, max_elements)
+        return loads_small(body if isinstance(body, bytes) else joined(body))
+    return await _decode_large(body, max_elements)
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,15 +90,22 @@ def plain(value: Any) -> Any:
     return value
 
 
+def map_numbers(value: Any, change: Callable[[Any], Any],
+                kinds: tuple[type, ...] = (JsonNumbers,)) -> Any:
+    """``value`` with every leaf of ``kinds`` (``JsonNumbers`` by default) anywhere in its
+    dicts and lists replaced by ``change(leaf)``; lists of plain values are kept as they are."""
+    if isinstance(value, kinds):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: map_numbers(v, change, kinds) for k, v in value.items()}
+    if isinstance(value, list) and any(isinstance(v, (dict, list, *kinds)) for v in value):
+        return [map_numbers(v, change, kinds) for v in value]
+    return value
+
+
 def arrays(value: Any) -> Any:
     """``JsonNumbers`` anywhere in ``value`` as plain numpy arrays (orjson writes those)."""
-    if isinstance(value, JsonNumbers):
-        return value.array
-    if isinstance(value, dict):
-        return {k: arrays(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [arrays(v) for v in value]
-    return value
+    return map_numbers(value, lambda numbers: numbers.array)
 
 
 def _fast(body: bytes) -> dict[str, Any]:

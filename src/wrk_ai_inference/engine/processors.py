@@ -56,12 +56,14 @@ def _strings(spec: TensorSpec, value: Any, max_bytes: int) -> np.ndarray:
 
 
 def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray:
+    """The input as a typed array of the shape the model takes (a batch axis added to a
+    lone sample), its shape checked once, before any conversion of numbers."""
     if spec.datatype == "BYTES":
-        return _strings(spec, value, max_string_bytes)
+        return _check_shape(spec, _strings(spec, value, max_string_bytes))
     if isinstance(value, np.ndarray):  # already typed (binary v2 tensors): no copy
         if value.dtype != numpy_dtype(spec.datatype):
             raise _bad(f"input {describe(spec)} got {value.dtype} data", input=spec.name)
-        return value
+        return _check_shape(spec, value)
     if isinstance(value, dict | str | bytes) or value is None:
         raise _bad(f"input {describe(spec)} must be a number or a nested list of numbers, "
                    f"got {type(value).__name__}", input=spec.name)
@@ -73,7 +75,7 @@ def _to_array(spec: TensorSpec, value: Any, max_string_bytes: int) -> np.ndarray
         except (ValueError, TypeError, OverflowError) as exc:
             raise _bad(f"input {describe(spec)} is not a regular nested list of numbers "
                        f"(ragged or mixed rows): {str(exc)[:120]}", input=spec.name) from exc
-    _check_shape(spec, raw)  # before any conversion: a wrong shape costs nothing to refuse
+    raw = _check_shape(spec, raw)  # before any conversion: a wrong shape costs nothing
     if raw.dtype.kind not in _NUMERIC_KINDS:
         raise _bad(f"input {describe(spec)} must hold only numbers (found {raw.dtype.kind!r}-kind "
                    "values such as strings, nulls or objects)", input=spec.name)
@@ -144,7 +146,7 @@ def tensor_inputs(inputs: list[TensorSpec], input_data: Any, max_elements: int,
     feeds: Tensors = {}
     total = 0
     for spec in inputs:
-        arr = _check_shape(spec, _to_array(spec, values[spec.name], max_string_bytes))
+        arr = _to_array(spec, values[spec.name], max_string_bytes)
         total += arr.size
         if total > max_elements:
             raise _bad(f"the inputs hold more than maxTensorElements ({max_elements}) elements",

@@ -85,7 +85,7 @@ class InferenceFastPath:
             else:
                 response = await self.disconnects.run(
                     inference_call(self.worker, path[len(self.PREFIX):],
-                                   chunks[0] if len(chunks) == 1 else chunks), receive)
+                                   bodies.collapsed(chunks)), receive)
         elif (match := INFER_PATH.match(path)) is not None:
             try:
                 body = await _read_body(receive)

@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..bodies import too_large
 from ..errors import InferenceError
 from ..logs import new_id, request_id_var
 from .responses import error_response, is_v2
@@ -110,9 +111,7 @@ class GuardMiddleware:
         return ok
 
     def _too_large(self) -> InferenceError:
-        return InferenceError("ERR_PAYLOAD_TOO_LARGE",
-                              f"request body exceeds maxRequestBytes ({self.max_body} bytes)",
-                              {"limit": self.max_body})
+        return too_large(self.max_body)
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

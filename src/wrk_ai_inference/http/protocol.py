@@ -41,6 +41,7 @@ import httptools
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .. import bodies
 from ..errors import InferenceError
 from ..logs import get_logger, request_id_var
 from ..worker import InferenceWorker
@@ -158,12 +159,7 @@ class InferenceProtocol(HttpToolsProtocol):
         reason = ("the request path has bytes beyond ASCII: percent-escape them"
                   if isinstance(error, httptools.HttpParserInvalidURLError)
                   else "the request is not valid HTTP/1.1")
-        response = error_response(InferenceError("ERR_INVALID_REQUEST", reason))
-        parts: list[bytes | memoryview] = [STATUS_LINE[400]]
-        for name, value in (*self.server_state.default_headers, *response.raw_headers):
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"connection: close\r\n\r\n", response.body)
-        self.transport.write(b"".join(parts))
+        self._write(error_response(InferenceError("ERR_INVALID_REQUEST", reason)), None, False)
         self.transport.close()
 
     # ---- parser callbacks -------------------------------------------------------------
@@ -232,9 +228,8 @@ class InferenceProtocol(HttpToolsProtocol):
     async def _serve(self, fast: _FastRequest) -> None:
         token = request_id_var.set(fast.request_id)
         try:
-            body = fast.body
             response = await inference_call(self.worker, fast.model_id,
-                                            body[0] if len(body) == 1 else body)
+                                            bodies.collapsed(fast.body))
         except asyncio.CancelledError:
             if not fast.disconnected:
                 raise
@@ -250,18 +245,23 @@ class InferenceProtocol(HttpToolsProtocol):
     def _respond(self, fast: _FastRequest, response: Response) -> None:
         if fast.disconnected or self.transport.is_closing():
             return
-        parts: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
-        for name, value in (*self.server_state.default_headers, *response.raw_headers):
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"x-request-id: ", fast.request_id.encode(), b"\r\n")
-        if not fast.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", response.body)
-        self.transport.write(b"".join(parts))
+        self._write(response, fast.request_id, fast.keep_alive)
         fast.response_complete = True
         if not fast.keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+    def _write(self, response: Response, request_id: str | None, keep_alive: bool) -> None:
+        """The response in one socket write: status line, headers, body."""
+        parts: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
+        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+            parts += (name, b": ", value, b"\r\n")
+        if request_id is not None:
+            parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", response.body)
+        self.transport.write(b"".join(parts))
 
 
 def inference_protocol(app: Any, worker: InferenceWorker) -> type[InferenceProtocol]:

@@ -10,6 +10,7 @@ route); the other routes are ordinary FastAPI routes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -171,11 +172,8 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
     @router.get("/models/{model}/stats")
     @router.get("/models/{model}/versions/{version}/stats")
     async def model_stats(model: str, version: str | None = None) -> Response:
-        try:
-            _check_version(worker, model, version)
-            return _json({"model_stats": [_stats(worker, model)]})
-        except InferenceError as exc:
-            return error_response(exc, v2=True)
+        return _describe(worker, model, version,
+                         lambda: {"model_stats": [_stats(worker, model)]})
 
     @router.get("/models/{model}/ready")
     @router.get("/models/{model}/versions/{version}/ready")
@@ -190,20 +188,12 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
     @router.get("/models/{model}")
     @router.get("/models/{model}/versions/{version}")
     async def model_metadata(model: str, version: str | None = None) -> Response:
-        try:
-            _check_version(worker, model, version)
-            return _json(_metadata(worker, model))
-        except InferenceError as exc:
-            return error_response(exc, v2=True)
+        return _describe(worker, model, version, lambda: _metadata(worker, model))
 
     @router.get("/models/{model}/config")
     @router.get("/models/{model}/versions/{version}/config")
     async def model_config(model: str, version: str | None = None) -> Response:
-        try:
-            _check_version(worker, model, version)
-            return _json(_config(worker, model))
-        except InferenceError as exc:
-            return error_response(exc, v2=True)
+        return _describe(worker, model, version, lambda: _config(worker, model))
 
     @router.post("/models/{model}/infer")
     @router.post("/models/{model}/versions/{version}/infer")
@@ -257,6 +247,16 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
         return await repository_action(worker.unload_model(model))
 
     return router
+
+
+def _describe(worker: InferenceWorker, model: str, version: str | None,
+              describe: Callable[[], Any]) -> Response:
+    """A route that describes one model (and version): its JSON, or the v2 error."""
+    try:
+        _check_version(worker, model, version)
+        return _json(describe())
+    except InferenceError as exc:
+        return error_response(exc, v2=True)
 
 
 def _json(value: Any) -> Response:
