@@ -96,3 +96,18 @@ def test_invalid_json_raises_orjsons_error(body: bytes) -> None:
     with pytest.raises(orjson.JSONDecodeError) as theirs:
         orjson.loads(body)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_large_bodies_count_each_value_once() -> None:
+    """The budget is maxTensorElements values: an irregular array of n values plus the
+    array itself fits a budget of n + 1, and not n."""
+    from wrk_ai_inference.errors import InferenceError
+    from wrk_ai_inference.json_tensors import loads_large
+
+    values = 5000
+    body = b'{"inputData": [' + b'"a",' * (values - 1) + b'"a"]}'  # not numbers: walked
+    assert len(loads_large(body, values + 1)["inputData"]) == values
+    with pytest.raises(InferenceError, match="maxTensorElements"):
+        loads_large(body, values)
+    regular = b'{"inputData": [' + b"1," * (values - 1) + b"1]}"  # numbers: counted whole
+    assert loads_large(regular, values)["inputData"].array.size == values

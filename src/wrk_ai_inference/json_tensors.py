@@ -259,9 +259,7 @@ def _walk(value: Any, budget: _Budget) -> Any:
     if isinstance(value, simdjson.Array):
         if len(value) > _LONG and _shape_of(value) is not None:
             return _numbers_large(value, budget)
-        budget.plain()
-        budget.take(len(value))
-        return [_walk(item, budget) for item in value]
+        return _walk_array(value, budget)
     budget.plain()
     if isinstance(value, simdjson.Object):
         return {key: _walk(value[key], budget) for key in value}
@@ -269,9 +267,9 @@ def _walk(value: Any, budget: _Budget) -> Any:
 
 
 def _walk_array(value: simdjson.Array, budget: _Budget) -> list[Any]:
-    """An array that is not a regular array of numbers, walked value by value."""
+    """An array that is not a regular array of numbers, walked value by value (each
+    value counts itself, the array once)."""
     budget.plain()
-    budget.take(len(value))
     return [_walk(item, budget) for item in value]
 
 
