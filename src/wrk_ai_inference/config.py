@@ -58,7 +58,7 @@ class Settings(BaseModel):
     memory_limit: int = Field(parse_size("2GB"), alias="memoryLimit", description="bytes")
     health_check_interval: int = Field(10_000, alias="healthCheckInterval", ge=100)
     supported_model_types: list[str] = Field(
-        default_factory=lambda: ["onnx", "pytorch"], alias="supportedModelTypes"
+        default_factory=lambda: ["onnx", "pytorch", "llama"], alias="supportedModelTypes"
     )
     gpu_enabled: bool = Field(False, alias="gpuEnabled")
     model_repository: str = Field("examples/models", alias="modelRepository")

@@ -62,6 +62,15 @@ class InferenceError(Exception):
     def to_v2_dict(self) -> dict[str, Any]:
         return {"error": f"{self.code}: {self.message}"}
 
+    def to_openai_dict(self) -> dict[str, Any]:
+        """OpenAI's error body; ``code`` keeps the worker's code, ``type`` is OpenAI's."""
+        status = self.http_status
+        kind = ("authentication_error" if status == 401 else "rate_limit_error"
+                if status == 429 else "server_error" if status >= 500
+                else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind,
+                          "param": self.details.get("param"), "code": self.code}}
+
     def __repr__(self) -> str:
         return f"InferenceError({self.code!r}, {self.message!r})"
 

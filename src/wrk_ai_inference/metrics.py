@@ -126,6 +126,21 @@ class Metrics:
                                   ["model"], registry=r)
         self.loads = Counter("wrk_model_loads", "Model loads by outcome", ["model", "outcome"],
                              registry=r)
+        self.ttft = Histogram("wrk_llm_time_to_first_token_seconds", "From a generation's "
+                              "arrival to its first text", ["model"], buckets=_BUCKETS,
+                              registry=r)
+        self.prompt_tokens = Counter("wrk_llm_prompt_tokens", "Prompt tokens evaluated",
+                                     ["model"], registry=r)
+        self.generated_tokens = Counter("wrk_llm_generated_tokens", "Tokens generated",
+                                        ["model"], registry=r)
+        self.decode_rate = Histogram("wrk_llm_tokens_per_second", "Decoding speed of each "
+                                     "generation after its first token", ["model"],
+                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+                                     registry=r)
+        self.sequences_running = Gauge("wrk_llm_sequences_running", "Generations running "
+                                       "now", registry=r)
+        self.sequences_waiting = Gauge("wrk_llm_sequences_waiting", "Generations waiting for "
+                                       "their model's thread", registry=r)
 
     def request_done(self, model: str, outcome: str, total_s: float, queue_s: float,
                      compute_s: float) -> None:
@@ -136,6 +151,11 @@ class Metrics:
     def bind_gauges(self, running: Callable[[], float], queued: Callable[[], float]) -> None:
         self.running.set_function(running)
         self.queued.set_function(queued)
+
+    def bind_sequences(self, running: Callable[[], float], waiting: Callable[[], float]
+                       ) -> None:
+        self.sequences_running.set_function(running)
+        self.sequences_waiting.set_function(waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

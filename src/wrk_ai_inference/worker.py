@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncGenerator
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +26,7 @@ from .logs import get_logger
 from .metrics import Metrics
 from .models.manager import ModelManager, ModelState
 from .models.spec import check_model_id
+from .runtimes.llama import LlamaSession
 
 log = get_logger("worker")
 
@@ -138,6 +140,27 @@ class InferenceWorker:
             result = await self.engine.infer(model_id, input_data, options)
         return {"success": True, **result}
 
+    async def stream_inference(self, model_id: str, input_data: Any, options: Any = None
+                               ) -> AsyncGenerator[dict[str, Any], None]:
+        """A generation's events (``InferenceEngine.infer_stream``), admitted like any
+        call: the worker counts it in flight until its last event."""
+        with self._admitted():
+            async with contextlib.aclosing(self.engine.infer_stream(model_id, input_data,
+                                                                    options)) as events:
+                async for event in events:
+                    yield event
+
+    async def cancel(self, inference_id: Any) -> dict[str, Any]:
+        """Stop a running generation from another call; it answers with its text so far
+        and ``finishReason: "cancelled"``."""
+        if not isinstance(inference_id, str) or not inference_id:
+            raise InferenceError("ERR_INVALID_REQUEST", "inferenceId (a string) is required")
+        if self.engine.cancel(inference_id):
+            return {"success": True, "cancelled": True}
+        return {"success": True, "cancelled": False,
+                "message": f"no generation with inferenceId {inference_id!r} is running "
+                           "(it may have ended already)"}
+
     async def run_tensors(self, model_id: str, inputs: dict[str, Any], options: Any = None
                           ) -> dict[str, Any]:
         """Inference returning raw output arrays (for tensor protocols such as v2)."""
@@ -177,6 +200,9 @@ class InferenceWorker:
             "availableModels": self.models.loaded_ids(),
             "state": self.state.value,
         }
+        sequences = self._sequences()
+        if sequences:
+            result["sequences"] = sequences
         if model_id is not None:
             check_model_id(model_id)
             exists = self.models.exists(model_id)
@@ -184,6 +210,17 @@ class InferenceWorker:
             result["modelLoaded"] = loaded
             result["modelAvailable"] = loaded or (exists and self.settings.auto_load)
         return result
+
+    def _sequences(self) -> dict[str, dict[str, int]]:
+        """Each loaded language model's sequence slots: what it runs, what waits for it."""
+        out = {}
+        for model_id in self.models.loaded_ids():
+            entry = self.models.entry(model_id)
+            session = entry.session
+            if isinstance(session, LlamaSession) and entry.spec is not None:
+                out[model_id] = {"slots": entry.spec.parallel, "running": session.running,
+                                 "waiting": session.waiting}
+        return out
 
     async def get_available_models(self) -> dict[str, Any]:
         return {"models": self.models.loaded_ids()}

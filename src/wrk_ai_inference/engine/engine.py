@@ -13,9 +13,13 @@ stopped still counts against capacity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import time
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from ..capacity import CapacityTracker
@@ -26,7 +30,10 @@ from ..logs import get_logger, new_id, request_id_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
 from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
-from . import processors
+from ..runtimes.llama import LlamaSession
+from ..tasks import Limits, Task
+from ..tasks.tensor import select_outputs, tensor_inputs
+from ..tasks.text_generation import Collector, TextGeneration
 from .batcher import Batcher
 from .history import History
 
@@ -57,6 +64,47 @@ def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[s
                                 or not all(isinstance(o, str) for o in outputs)):
         raise InferenceError("ERR_INVALID_REQUEST", "options.outputs must be a list of names")
     return timeout_ms / 1000.0, top_k, outputs
+
+
+_INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[str, Any]]:
+    """(timeout seconds, inference id, the task's options) of a generation request."""
+    if options is None:
+        return settings.inference_timeout / 1000.0, new_id(), {}
+    if not isinstance(options, dict):
+        raise InferenceError("ERR_INVALID_REQUEST", "options must be an object")
+    timeout_ms = options.get("timeout", settings.inference_timeout)
+    if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float)
+            or not 0 < timeout_ms <= _MAX_TIMEOUT_MS):
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"options.timeout must be milliseconds in (0, {_MAX_TIMEOUT_MS}]")
+    inference_id = options.get("inferenceId")
+    if inference_id is None:
+        inference_id = new_id()
+    elif not isinstance(inference_id, str) or not _INFERENCE_ID_RE.match(inference_id):
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             "options.inferenceId must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    return timeout_ms / 1000.0, inference_id, options
+
+
+def _stop(job: Any, reason: str) -> None:
+    if job.stop_reason is None:
+        job.stop_reason = reason
+
+
+@dataclass
+class Tokens:
+    """Token counts of one generation, for usage and metrics."""
+
+    prompt: int = 0
+    completion: int = 0
+    first_s: float | None = None
+
+    def usage(self) -> dict[str, int]:
+        return {"promptTokens": self.prompt, "completionTokens": self.completion,
+                "totalTokens": self.prompt + self.completion}
 
 
 class _Hold:
@@ -120,64 +168,242 @@ class InferenceEngine:
             1, min(self.threads, (os.cpu_count() or 1) // intra))
         self.overrunning = 0
         metrics.overrunning.set_function(lambda: self.overrunning)
+        self._generations: dict[str, Any] = {}  # running generations by inference id
+        metrics.bind_sequences(lambda: self.sequences()[0], lambda: self.sequences()[1])
 
     async def infer(self, model_id: str, input_data: Any, options: Any = None,
                     postprocess: bool = True) -> dict[str, Any]:
-        """One request. ``postprocess=False`` returns the raw output tensors only (the v2
-        protocol asks for tensors, not for the task's answer)."""
+        """One request, one answer. ``postprocess=False`` returns the raw output tensors
+        only (the v2 protocol asks for tensors, not for the task's answer). A model whose
+        task streams (text generation) answers with its whole stream collected."""
         started = time.perf_counter()
-        queue_s = compute_s = 0.0
         try:
-            timeout_s, top_k, wanted = _parse_options(options, self.settings)
-            deadline = started + timeout_s
             entry = await self.models.acquire(model_id)
-            hold = _Hold(self, entry)  # the pin now; the slot once admitted
+        except InferenceError as exc:
+            self._record(model_id, exc.code, started, 0.0, 0.0)
+            raise
+        task = entry.pipeline
+        if postprocess and task is not None and task.streams:
+            collected = Collector()
+            async with contextlib.aclosing(self._stream(entry, input_data, options,
+                                                        started)) as events:
+                async for event in events:
+                    collected.add(event)
+            return self._envelope(model_id, collected.inference_id, collected.result(),
+                                  started)
+        return await self._infer_tensors(entry, input_data, options, postprocess, started)
+
+    def _envelope(self, model_id: str, inference_id: str, result: Any, started: float
+                  ) -> dict[str, Any]:
+        return {
+            "modelId": model_id,
+            "inferenceId": inference_id,
+            "result": result,
+            "processingTime": round((time.perf_counter() - started) * 1000, 3),
+            "timestamp": int(time.time() * 1000),
+        }
+
+    async def _infer_tensors(self, entry: ModelEntry, input_data: Any, options: Any,
+                             postprocess: bool, started: float) -> dict[str, Any]:
+        model_id = entry.id
+        queue_s = compute_s = 0.0
+        hold = _Hold(self, entry)  # the pin now; the slot once admitted
+        try:
             try:
+                timeout_s, top_k, wanted = _parse_options(options, self.settings)
+                deadline = started + timeout_s
                 assert entry.session is not None and entry.spec is not None
-                pipeline = entry.pipeline if postprocess else None
-                if pipeline is None:
-                    # tensors: cheap checks, before a slot, so bad input never takes one
-                    feeds = processors.tensor_inputs(entry.session.inputs, input_data,
-                                                     self.settings.max_tensor_elements,
-                                                     self.settings.max_string_bytes)
+                task = entry.pipeline if postprocess else None
+                if task is None or not task.costly:
+                    # cheap checks, before a slot, so bad input never takes one
+                    feeds = (task.inputs(entry.session.inputs, input_data, self._limits(entry))
+                             if task is not None else
+                             tensor_inputs(entry.session.inputs, input_data,
+                                           self.settings.max_tensor_elements,
+                                           self.settings.max_string_bytes))
                     queue_s = await self._admit(deadline)
                     hold.slot = True
                 else:
                     # decoding images and tokenising cost CPU: they take a slot first
                     queue_s = await self._admit(deadline)
                     hold.slot = True
-                    feeds = await self._preprocess(entry, pipeline, input_data, deadline, hold)
+                    feeds = await self._preprocess(entry, task, input_data, deadline, hold)
                 hold.handed_over()  # from here the run's end releases both slot and pin
                 outputs, compute_s = await self._execute(entry, feeds, deadline)
             finally:
                 hold.release()
-            result = self._postprocess(entry, outputs, top_k, wanted, postprocess, feeds)
+            if task is None:
+                result: dict[str, Any] = {"outputs": select_outputs(outputs, wanted),
+                                          "version": entry.spec.version}
+            else:
+                result = task.outputs(outputs, feeds, top_k, wanted)
         except InferenceError as exc:
             self._record(model_id, exc.code, started, queue_s, compute_s)
-            if exc.code == "ERR_INFERENCE_FAILED" and exc.__cause__ is not None:
-                log.error("inference failed", extra={"modelId": model_id,
-                                                     "detail": first_line(exc.__cause__)})
-                raise InferenceError(exc.code, f"{exc.message} (request "
-                                     f"{request_id_var.get() or '-'}: the worker's log has "
-                                     "the details)", exc.details) from exc.__cause__
-            raise
+            raise self._with_request_id(model_id, exc) from exc.__cause__
         except Exception as exc:
             self._record(model_id, "ERR_INFERENCE_FAILED", started, queue_s, compute_s)
-            log.exception("inference failed unexpectedly", extra={"modelId": model_id})
-            raise InferenceError("ERR_INFERENCE_FAILED",
-                                 f"inference failed unexpectedly (request "
-                                 f"{request_id_var.get() or '-'}: the worker's log has the "
-                                 "details)") from exc
-        elapsed = self._record(model_id, None, started, queue_s, compute_s)
-        return {
-            "modelId": model_id,
-            "inferenceId": new_id(),
-            "result": result,
-            "processingTime": round(elapsed * 1000, 3),
-            "timestamp": int(time.time() * 1000),
-        }
+            raise self._unexpected(model_id) from exc
+        self._record(model_id, None, started, queue_s, compute_s)
+        return self._envelope(model_id, new_id(), result, started)
 
-    async def _preprocess(self, entry: ModelEntry, pipeline: Any, input_data: Any,
+    def _with_request_id(self, model_id: str, exc: InferenceError) -> InferenceError:
+        """A runtime failure's details go to the log; the client gets a stable message
+        that names the request, so the two can be matched."""
+        if exc.code != "ERR_INFERENCE_FAILED" or exc.__cause__ is None:
+            return exc
+        log.error("inference failed", extra={"modelId": model_id,
+                                             "detail": first_line(exc.__cause__)})
+        return InferenceError(exc.code, f"{exc.message} (request {request_id_var.get() or '-'}"
+                              ": the worker's log has the details)", exc.details)
+
+    def _unexpected(self, model_id: str) -> InferenceError:
+        log.exception("inference failed unexpectedly", extra={"modelId": model_id})
+        return InferenceError("ERR_INFERENCE_FAILED",
+                              f"inference failed unexpectedly (request "
+                              f"{request_id_var.get() or '-'}: the worker's log has the "
+                              "details)")
+
+    def _limits(self, entry: ModelEntry) -> Limits:
+        assert entry.spec is not None
+        return Limits(entry.spec.max_batch_size or 256, self.settings.max_tensor_elements,
+                      self.settings.max_string_bytes)
+
+    # ---- streams (text generation) ------------------------------------------------
+    async def infer_stream(self, model_id: str, input_data: Any, options: Any = None
+                           ) -> AsyncGenerator[dict[str, Any], None]:
+        """One request whose answer is a stream of events (``start``, ``delta``,
+        ``finish`` per choice, ``end``), under the same admission, deadline, history and
+        metrics as ``infer``. The slot is held until the model's thread is done; closing
+        the iterator early (a client gone) stops the generation within a token."""
+        started = time.perf_counter()
+        try:
+            entry = await self.models.acquire(model_id)
+        except InferenceError as exc:
+            self._record(model_id, exc.code, started, 0.0, 0.0)
+            raise
+        async with contextlib.aclosing(self._stream(entry, input_data, options,
+                                                    started)) as events:
+            async for event in events:
+                yield event
+
+    def cancel(self, inference_id: str) -> bool:
+        """Stop the running generation ``inference_id``; False when none has that id."""
+        job = self._generations.get(inference_id)
+        if job is None:
+            return False
+        job.stop_reason = job.stop_reason or "cancelled"
+        return True
+
+    async def _stream(self, entry: ModelEntry, input_data: Any, options: Any, started: float
+                      ) -> AsyncGenerator[dict[str, Any], None]:
+        model_id = entry.id
+        hold = _Hold(self, entry)
+        queue_s = 0.0
+        job: Any = None
+        ended = False
+        timer: asyncio.TimerHandle | None = None
+        code: str | None = "ERR_INFERENCE_FAILED"
+        tokens = Tokens()
+        try:
+            timeout_s, inference_id, task_options = _stream_options(options, self.settings)
+            deadline = started + timeout_s
+            task, session = entry.pipeline, entry.session
+            if task is None or not task.streams or not isinstance(session, LlamaSession):
+                raise InferenceError("ERR_INVALID_REQUEST",
+                                     f"model '{model_id}' does not generate text; its task is "
+                                     f"'{task.name if task else '?'}'")
+            assert isinstance(task, TextGeneration)
+            request = task.request(plain(input_data), plain(task_options))
+            if inference_id in self._generations:
+                raise InferenceError("ERR_INVALID_REQUEST",
+                                     f"a generation with inferenceId {inference_id!r} is "
+                                     "already running")
+            queue_s = await self._admit(deadline)
+            hold.slot = True
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+            def on_event(event: tuple[Any, ...]) -> None:
+                if event[0] in ("end", "error"):  # the thread is done with it: free at once
+                    hold.release()
+                    if self._generations.get(inference_id) is job:
+                        del self._generations[inference_id]
+                events.put_nowait(event)
+
+            job = task.generation(request,
+                                  lambda event: loop.call_soon_threadsafe(on_event, event))
+            self._generations[inference_id] = job
+            timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
+                                 _stop, job, "deadline")
+            session.submit(job)
+            yield {"type": "start", "inferenceId": inference_id, "chat": request.chat,
+                   "n": request.sampling.n}
+            while True:
+                kind, *rest = await events.get()
+                if kind == "error":
+                    ended = True
+                    raise rest[0]
+                if kind == "prompt":
+                    tokens.prompt = rest[0]
+                elif kind == "delta":
+                    if tokens.first_s is None:
+                        tokens.first_s = time.perf_counter()
+                        self.metrics.ttft.labels(model_id).observe(tokens.first_s - started)
+                    yield {"type": "delta", "index": rest[0], "text": rest[1],
+                           "logprob": rest[2]}
+                elif kind == "finish":
+                    if rest[1] == "deadline":
+                        continue  # answered below, once the thread is done
+                    tokens.completion += rest[2]
+                    yield {"type": "finish", "index": rest[0], "finishReason": rest[1]}
+                else:  # end
+                    ended = True
+                    if rest[0] == "deadline":
+                        raise self._timeout("while generating")
+                    code = None
+                    yield {"type": "end", "finishReason": rest[0], "usage": tokens.usage()}
+                    return
+        except InferenceError as exc:
+            code = exc.code
+            raise self._with_request_id(model_id, exc) from exc.__cause__
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "ERR_CANCELLED"
+            raise
+        except Exception as exc:
+            raise self._unexpected(model_id) from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if job is None:
+                hold.release()
+            elif not ended:
+                _stop(job, "disconnected")  # the thread frees the slot when it stops
+            self._record_generation(model_id, code, started, queue_s, tokens)
+
+    def _record_generation(self, model_id: str, code: str | None, started: float,
+                           queue_s: float, tokens: Tokens) -> None:
+        now = time.perf_counter()
+        if code == "ERR_CANCELLED":  # the client went away: not a failure of the worker
+            code = None
+        self._record(model_id, code, started, queue_s, now - started - queue_s)
+        if tokens.prompt or tokens.completion:
+            self.metrics.prompt_tokens.labels(model_id).inc(tokens.prompt)
+            self.metrics.generated_tokens.labels(model_id).inc(tokens.completion)
+        if tokens.first_s is not None and tokens.completion > 1 and now > tokens.first_s:
+            self.metrics.decode_rate.labels(model_id).observe(
+                (tokens.completion - 1) / (now - tokens.first_s))
+
+    def sequences(self) -> tuple[int, int]:
+        """(running, waiting) generations over every loaded language model."""
+        running = waiting = 0
+        for model_id in self.models.loaded_ids():
+            session = self.models.entry(model_id).session
+            if isinstance(session, LlamaSession):
+                running += session.running
+                waiting += session.waiting
+        return running, waiting
+
+    async def _preprocess(self, entry: ModelEntry, task: Task, input_data: Any,
                           deadline: float, hold: _Hold) -> Tensors:
         """The task's preprocessing on an inference thread, under the request's deadline.
 
@@ -187,9 +413,8 @@ class InferenceEngine:
         """
         assert entry.session is not None and entry.spec is not None
         loop = asyncio.get_running_loop()
-        work = self.executor.submit(pipeline.inputs, entry.session.inputs, plain(input_data),
-                                    entry.spec.max_batch_size or 256,
-                                    self.settings.max_string_bytes)
+        work = self.executor.submit(task.inputs, entry.session.inputs, plain(input_data),
+                                    self._limits(entry))
         waiter = asyncio.wrap_future(work)
         timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                              waiter.cancel)
@@ -197,10 +422,10 @@ class InferenceEngine:
             feeds: Tensors = await waiter
             return feeds
         except asyncio.CancelledError:
-            task = asyncio.current_task()
+            current = asyncio.current_task()
             if not work.cancel():  # already running: it releases when it ends
                 hold.release_when(work, loop)
-            if task is None or task.cancelling() == 0:
+            if current is None or current.cancelling() == 0:
                 raise self._timeout("while preprocessing the input") from None
             raise
         finally:
@@ -360,27 +585,6 @@ class InferenceEngine:
             # the log (infer adds the request id), the client gets a stable message
             raise InferenceError("ERR_INFERENCE_FAILED", "the runtime failed on this input"
                                  ) from exc
-
-    def _postprocess(self, entry: ModelEntry, outputs: Tensors, top_k: int,
-                     wanted: list[str] | None, task: bool = True,
-                     feeds: Tensors | None = None) -> dict[str, Any]:
-        assert entry.spec is not None
-        if task and entry.pipeline is not None and feeds is not None:
-            result: dict[str, Any] = entry.pipeline.outputs(outputs, feeds, top_k)
-            return result
-        if wanted is not None:
-            unknown = [w for w in wanted if w not in outputs]
-            if unknown:
-                raise InferenceError("ERR_INVALID_REQUEST",
-                                     f"options.outputs names {unknown}, not outputs of the model "
-                                     f"({list(outputs)})")
-        shown = outputs if wanted is None else {k: outputs[k] for k in wanted}
-        if not task:
-            return {"outputs": shown, "version": entry.spec.version}
-        result = {"outputs": {k: processors.jsonable(v) for k, v in shown.items()}}
-        if entry.spec.task == "classification":
-            result.update(processors.classify(outputs, entry.spec, entry.labels, top_k))
-        return result
 
     def _record(self, model_id: Any, code: str | None, started: float, queue_s: float,
                 compute_s: float) -> float:

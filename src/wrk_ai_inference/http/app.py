@@ -24,7 +24,8 @@ from ..worker import InferenceWorker, WorkerState
 from .disconnect import DisconnectWatch
 from .docs import add_docs
 from .middleware import GuardMiddleware
-from .responses import JSON, error_response, is_v2
+from .openai import openai_router
+from .responses import JSON, error_response, protocol_of
 from .schemas import INFERENCE_REQUEST_SCHEMA, errors
 from .v2 import INFER_PATH, v2_infer, v2_router
 
@@ -90,7 +91,7 @@ class InferenceFastPath:
             try:
                 body = await _read_body(receive)
             except InferenceError as exc:
-                response = error_response(exc, v2=True)
+                response = error_response(exc, protocol="v2")
             else:
                 headers = {k.decode("latin-1"): v.decode("latin-1")
                            for k, v in scope.get("headers", ())}
@@ -134,7 +135,7 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
 
     def respond(request: Request, error: InferenceError) -> Response:
         """Each protocol keeps its own error body: v2's under /v2, the seed's elsewhere."""
-        return error_response(error, v2=is_v2(request.url.path))
+        return error_response(error, protocol_of(request.url.path))
 
     @app.exception_handler(InferenceError)
     async def _inference_error(request: Request, exc: InferenceError) -> Response:
@@ -197,5 +198,6 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
         return Response(worker.metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(v2_router(worker))
+    app.include_router(openai_router(worker))
     return GuardMiddleware(InferenceFastPath(app, worker), worker.settings.api_keys,
                            worker.settings.max_request_bytes)

@@ -14,7 +14,7 @@ from typing import Any
 from ..bodies import too_large
 from ..errors import InferenceError
 from ..logs import new_id, request_id_var
-from .responses import error_response, is_v2
+from .responses import error_response, protocol_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,7 +74,7 @@ class GuardMiddleware:
         try:
             error = self.check(scope, length)
             if error is not None:
-                response = error_response(error, v2=is_v2(scope.get("path", "")))
+                response = error_response(error, protocol_of(scope.get("path", "")))
                 await response(scope, receive, send_with_id)
                 return
             # a declared length bounds the body (the HTTP parser stops there); only a

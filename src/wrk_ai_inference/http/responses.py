@@ -1,8 +1,10 @@
 """Response bodies shared by every HTTP route and the guard middleware.
 
-Errors have two shapes: the seed API's ``{"success": false, "error", "message",
-"details"}`` and the Open Inference Protocol's ``{"error": "ERR_...: message"}`` (under
-/v2), each with its own status table from ``errors``; both are rendered here only.
+Errors have three shapes: the seed API's ``{"success": false, "error", "message",
+"details"}``, the Open Inference Protocol's ``{"error": "ERR_...: message"}`` (under
+/v2, with its own status table from ``errors``) and OpenAI's ``{"error": {"message",
+"type", "param", "code"}}`` (under /v1, with the seed API's statuses); all are rendered
+here only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class JSON(Response):
         return orjson.dumps(content, option=_ORJSON_OPTS)
 
 
-def error_response(error: InferenceError, v2: bool = False) -> JSON:
+def error_response(error: InferenceError, protocol: str = "seed") -> JSON:
     headers = {}
     retry = error.details.get("retryAfter")
     if retry is not None:
@@ -34,10 +36,17 @@ def error_response(error: InferenceError, v2: bool = False) -> JSON:
     if error.code == "ERR_PAYLOAD_TOO_LARGE":
         # the rest of the body is read and dropped, then the connection closes (protocol.py)
         headers["Connection"] = "close"
-    if v2:
+    if protocol == "v2":
         return JSON(error.to_v2_dict(), status_code=V2_STATUS[error.code], headers=headers)
+    if protocol == "openai":
+        return JSON(error.to_openai_dict(), status_code=error.http_status, headers=headers)
     return JSON(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
-def is_v2(path: str) -> bool:
-    return path.startswith("/v2")
+def protocol_of(path: str) -> str:
+    """Which protocol's error shape a path answers in."""
+    if path.startswith("/v2"):
+        return "v2"
+    if path.startswith("/v1"):
+        return "openai"
+    return "seed"

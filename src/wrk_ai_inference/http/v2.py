@@ -67,7 +67,7 @@ async def v2_infer(worker: InferenceWorker, model: str, version: str | None, bod
         payload, out_headers = v2_codec.encode_response(model, result["version"], request,
                                                         result["outputs"])
     except InferenceError as exc:
-        return error_response(exc, v2=True)
+        return error_response(exc, protocol="v2")
     return Response(payload, headers=out_headers)
 
 
@@ -210,7 +210,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
                 return error_response(InferenceError("ERR_INVALID_REQUEST", "body is not JSON"),
-                                      v2=True)
+                                      protocol="v2")
             only_ready = isinstance(parsed, dict) and parsed.get("ready") is True
         rows = []
         for meta in worker.models.list_models():
@@ -226,7 +226,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
         try:
             await action
         except InferenceError as exc:
-            return error_response(exc, v2=True)
+            return error_response(exc, protocol="v2")
         return Response(status_code=200)
 
     @router.post("/repository/models/{model}/load")
@@ -239,7 +239,7 @@ def v2_router(worker: InferenceWorker) -> APIRouter:
             await worker.load_model(model)
             changes = v2_config.overrides(model, parameters, _config(worker, model))
         except InferenceError as exc:
-            return error_response(exc, v2=True)
+            return error_response(exc, protocol="v2")
         return await repository_action(worker.load_model(model, changes))
 
     @router.post("/repository/models/{model}/unload")
@@ -256,7 +256,7 @@ def _describe(worker: InferenceWorker, model: str, version: str | None,
         _check_version(worker, model, version)
         return _json(describe())
     except InferenceError as exc:
-        return error_response(exc, v2=True)
+        return error_response(exc, protocol="v2")
 
 
 def _json(value: Any) -> Response:

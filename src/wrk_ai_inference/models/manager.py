@@ -23,11 +23,11 @@ from typing import Any
 import psutil
 
 from ..config import Settings
-from ..engine.processors import load_pipeline
 from ..errors import InferenceError, first_line
 from ..logs import get_logger
 from ..runtimes import get_runtime
 from ..runtimes.base import ModelSession
+from ..tasks import Task, load_task
 from .repository import MANIFEST, LocalRepository
 from .spec import ModelSpec, check_model_id, read_spec
 
@@ -51,7 +51,7 @@ class ModelEntry:
     spec: ModelSpec | None = None
     session: ModelSession | None = None
     labels: list[str] | None = None
-    pipeline: Any = None  # the task's pre/postprocessing resources (a tokenizer, ...)
+    pipeline: Task | None = None  # the task and its resources (a tokenizer, ...)
     error: str | None = None
     memory_bytes: int = 0
     artifact_bytes: int = 0
@@ -257,10 +257,8 @@ class ModelManager:
                 )
             await self._reserve(entry, entry.artifact_bytes)
             labels = self._labels(entry.id, spec)
-            pipeline = await asyncio.to_thread(load_pipeline, spec,
-                                               self.repository.model_dir(entry.id), labels)
-            session, grown = await asyncio.to_thread(self._load_blocking, runtime, artifact, spec,
-                                                     entry.id)
+            session, pipeline, grown = await asyncio.to_thread(
+                self._load_blocking, runtime, artifact, spec, entry.id, labels)
         except InferenceError as exc:
             self._fail(entry, exc.message)
             raise
@@ -283,8 +281,8 @@ class ModelManager:
         self._notify(entry.id, entry.state)
         return entry
 
-    def _load_blocking(self, runtime: Any, artifact: Path, spec: ModelSpec, model_id: str
-                       ) -> tuple[ModelSession, int]:
+    def _load_blocking(self, runtime: Any, artifact: Path, spec: ModelSpec, model_id: str,
+                       labels: list[str] | None) -> tuple[ModelSession, Task, int]:
         with self._load_lock:
             if spec.sha256 is not None:
                 actual = _sha256(artifact)
@@ -296,11 +294,17 @@ class ModelManager:
                     )
             before = self._process.memory_info().rss
             session: ModelSession = runtime.load(artifact, spec, model_id)
-            if spec.warmup:
-                from ..engine.warmup import warm_up
+            try:
+                task = load_task(spec, self.repository.model_dir(model_id), labels, session,
+                                 model_id)
+                if spec.warmup:
+                    from ..engine.warmup import warm_up
 
-                warm_up(session)
-            return session, max(0, self._process.memory_info().rss - before)
+                    warm_up(session)
+            except BaseException:
+                session.close()
+                raise
+            return session, task, max(0, self._process.memory_info().rss - before)
 
     def _labels(self, model_id: str, spec: ModelSpec) -> list[str] | None:
         if spec.labels is None or isinstance(spec.labels, list):

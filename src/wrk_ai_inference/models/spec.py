@@ -61,6 +61,19 @@ class TensorSpec(BaseModel):
         return bool(self.shape) and self.shape[0] == -1
 
 
+class Sampling(BaseModel):
+    """A language model's default sampling; each request may override every field."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    temperature: float = Field(0.8, ge=0, le=2)
+    top_p: float = Field(0.95, alias="topP", gt=0, le=1)
+    top_k: int = Field(40, alias="topK", ge=0)
+    min_p: float = Field(0.05, alias="minP", ge=0, le=1)
+    repeat_penalty: float = Field(1.0, alias="repeatPenalty", gt=0)
+    max_tokens: int | None = Field(None, alias="maxTokens", ge=1)
+
+
 class ModelSpec(BaseModel):
     """The parsed model.json of one model directory."""
 
@@ -70,7 +83,7 @@ class ModelSpec(BaseModel):
     file: str
     version: str = "1"
     task: Literal["tensor", "classification", "text-embedding",
-                  "image-classification"] = "tensor"
+                  "image-classification", "text-generation"] = "tensor"
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     labels: list[str] | str | None = None
@@ -81,6 +94,15 @@ class ModelSpec(BaseModel):
     warmup: bool = False
     preprocess: dict[str, Any] = Field(default_factory=dict)
     postprocess: dict[str, Any] = Field(default_factory=dict)
+    # ---- language models (runtime llama, task text-generation) ----
+    context_length: int = Field(2048, alias="contextLength", ge=16, le=1 << 20,
+                                description="tokens of prompt and answer together")
+    parallel: int = Field(1, ge=1, le=256, description="sequences generated at once")
+    threads: int = Field(0, ge=0, le=1024, description="llama.cpp threads; 0 = usable cores")
+    chat_template: str | None = Field(None, alias="chatTemplate",
+                                      description="Jinja chat template; default: the GGUF's")
+    stop: list[str] = Field(default_factory=list, description="always-on stop strings")
+    sampling: Sampling = Field(default_factory=lambda: Sampling.model_validate({}))
 
     @field_validator("file")
     @classmethod

@@ -56,6 +56,7 @@ METHODS: dict[str, Handler] = {
     "listModels": lambda w, p: w.list_models(),
     "getModel": lambda w, p: w.get_model(_model_id(p)),
     "getStats": lambda w, p: w.get_stats(),
+    "cancel": lambda w, p: w.cancel(p.get("inferenceId")),
 }
 
 

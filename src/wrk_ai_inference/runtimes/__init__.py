@@ -12,7 +12,8 @@ from .base import Runtime
 
 #: model.json "runtime" value -> the config's supportedModelTypes name.
 RUNTIME_TYPES = {"onnx": "onnx", "onnxruntime": "onnx", "torch": "pytorch",
-                 "pytorch": "pytorch", "torchscript": "pytorch"}
+                 "pytorch": "pytorch", "torchscript": "pytorch", "llama": "llama",
+                 "llama.cpp": "llama", "gguf": "llama"}
 
 
 def get_runtime(name: str, supported: list[str], intra_threads: int, inter_threads: int,
@@ -24,6 +25,10 @@ def get_runtime(name: str, supported: list[str], intra_threads: int, inter_threa
             f"runtime {name!r} is not supported by this worker "
             f"(supported: {', '.join(k for k in RUNTIME_TYPES if RUNTIME_TYPES[k] in supported)})",
         )
+    if kind == "llama":
+        from .llama import LlamaRuntime
+
+        return LlamaRuntime()
     if kind == "pytorch":
         from .torch import TorchRuntime
 

@@ -1,0 +1,359 @@
+"""The OpenAI API under /v1, as the ``openai`` client calls it, on the same core.
+
+Each route translates an OpenAI request into one worker call (``run_inference`` or
+``stream_inference``) and the worker's answer into OpenAI's shapes, nothing more:
+validation, admission, deadlines and cancellation live in the engine and the
+``text-generation`` task. A field this worker does not implement is refused with a
+400 naming it, never ignored. ``stream: true`` answers with server-sent events
+ending in ``data: [DONE]``; a client that goes away stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .. import bodies, json_tensors
+from ..errors import InferenceError
+from ..worker import InferenceWorker
+from .disconnect import DisconnectWatch
+from .responses import JSON, error_response
+
+#: Fields every generation request may carry besides the sampling options, which
+#: go to the task as they are (it refuses the ones it does not know).
+_COMMON = {"model", "stream", "stream_options", "user"}
+_SAMPLING = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+             "repeat_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
+             "logprobs", "top_logprobs", "n", "response_format"}
+_CHAT_FIELDS = _COMMON | _SAMPLING | {"messages"}
+_COMPLETION_FIELDS = (_COMMON | (_SAMPLING - {"max_completion_tokens", "top_logprobs"})
+                      | {"prompt", "echo", "suffix", "best_of"})
+
+
+def _invalid(message: str, param: str | None = None) -> InferenceError:
+    return InferenceError("ERR_INVALID_REQUEST", message, {"param": param} if param else None)
+
+
+async def _json_body(request: Request, worker: InferenceWorker) -> dict[str, Any]:
+    body = await request.body()
+    payload = (bodies.loads_small(body) if len(body) <= json_tensors.LARGE_BYTES
+               else await bodies.decode_json(body, worker.settings.max_tensor_elements))
+    payload = json_tensors.plain(payload)
+    if not isinstance(payload, dict):
+        raise _invalid("the body must be a JSON object")
+    return payload
+
+
+def _model(payload: dict[str, Any]) -> str:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model (a string) is required", "model")
+    return model
+
+
+def _options(payload: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    unknown = sorted(set(payload) - allowed)
+    if unknown:
+        raise _invalid(f"fields this worker does not support: {unknown}", unknown[0])
+    stream_options = payload.get("stream_options")
+    if stream_options is not None and (not isinstance(stream_options, dict)
+                                       or set(stream_options) - {"include_usage"}):
+        raise _invalid("stream_options may only hold include_usage", "stream_options")
+    return {k: v for k, v in payload.items() if k in _SAMPLING and v is not None}
+
+
+def _stream_flag(payload: dict[str, Any]) -> tuple[bool, bool]:
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _invalid("stream must be true or false", "stream")
+    usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    return stream, usage
+
+
+def _usage(usage: dict[str, int]) -> dict[str, int]:
+    return {"prompt_tokens": usage.get("promptTokens", 0),
+            "completion_tokens": usage.get("completionTokens", 0),
+            "total_tokens": usage.get("totalTokens", 0)}
+
+
+def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    return {"content": [{"token": e["token"], "logprob": e["logprob"],
+                         "bytes": list(e["token"].encode("utf-8")),
+                         "top_logprobs": [{"token": t, "logprob": lp,
+                                           "bytes": list(t.encode("utf-8"))}
+                                          for t, lp in e.get("top", [])]}
+                        for e in entries], "refusal": None}
+
+
+def _text_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0
+                   ) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [dict(e.get("top", [])) or None for e in entries],
+            "text_offset": offsets}
+
+
+def _sse(value: Any) -> bytes:
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+class _Shapes:
+    """What differs between chat and plain completions: ids, objects, choice shapes."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat, self.model = chat, model
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def ident(self, inference_id: str) -> str:
+        return ("chatcmpl-" if self.chat else "cmpl-") + inference_id
+
+    def choice(self, choice: dict[str, Any]) -> dict[str, Any]:
+        logprobs = choice.get("logprobs")
+        if self.chat:
+            return {"index": choice["index"],
+                    "message": {"role": "assistant", "content": choice["text"]},
+                    "logprobs": _chat_logprobs(logprobs),
+                    "finish_reason": choice["finishReason"]}
+        return {"index": choice["index"], "text": choice["text"],
+                "logprobs": _text_logprobs(logprobs), "finish_reason": choice["finishReason"]}
+
+    def chunk(self, inference_id: str, choices: list[dict[str, Any]],
+              usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.ident(inference_id),
+                                "object": self.object + (".chunk" if self.chat else ""),
+                                "created": self.created, "model": self.model,
+                                "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    def delta(self, event: dict[str, Any], offsets: dict[int, int]) -> dict[str, Any]:
+        index, logprob = event["index"], event["logprob"]
+        entries = [logprob] if logprob is not None else None
+        if self.chat:
+            return {"index": index, "delta": {"content": event["text"]},
+                    "logprobs": _chat_logprobs(entries), "finish_reason": None}
+        offset = offsets.get(index, 0)
+        offsets[index] = offset + len(event["text"])
+        return {"index": index, "text": event["text"],
+                "logprobs": _text_logprobs(entries, offset), "finish_reason": None}
+
+    def finish(self, index: int, reason: str) -> dict[str, Any]:
+        if self.chat:
+            return {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+
+
+class EventStream(Response):
+    """An SSE response whose generation stops when the client goes away: a watcher on
+    ``receive`` cancels the task that streams, which closes the worker's stream."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        # not Response.__init__: it would declare a Content-Length for an empty body
+        self.chunks = chunks
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            async with contextlib.aclosing(self.chunks) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+        except OSError:
+            pass  # the connection broke mid-write: the stream is closed above
+        finally:
+            watcher.cancel()
+
+
+async def _first_event(events: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any]:
+    """The stream's ``start`` event: errors before it (bad input, a full worker) still get
+    a proper status code rather than a 200 with an error inside the stream."""
+    try:
+        return await events.__anext__()
+    except BaseException:
+        await events.aclose()
+        raise
+
+
+def openai_router(worker: InferenceWorker) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["OpenAI API"])
+    disconnects = DisconnectWatch()
+
+    def fail(exc: InferenceError) -> Response:
+        return error_response(exc, "openai")
+
+    async def generate(request: Request, chat: bool) -> Response:
+        try:
+            payload = await _json_body(request, worker)
+            model = _model(payload)
+            options = _options(payload, _CHAT_FIELDS if chat else _COMPLETION_FIELDS)
+            if chat:
+                input_data: dict[str, Any] = {"messages": payload.get("messages")}
+            else:
+                input_data = {"prompt": _prompt(payload)}
+            stream, include_usage = _stream_flag(payload)
+            shapes = _Shapes(chat, model)
+            if not stream:
+                answer = await disconnects.run(
+                    worker.run_inference(model, input_data, options), request.receive)
+                if answer is None:  # the client left
+                    return Response(status_code=499)
+                result = answer["result"]
+                return JSON({"id": shapes.ident(answer["inferenceId"]),
+                             "object": shapes.object, "created": shapes.created,
+                             "model": model,
+                             "choices": [shapes.choice(c) for c in result["choices"]],
+                             "usage": _usage(result["usage"]), "system_fingerprint": None})
+            events = worker.stream_inference(model, input_data, options)
+            start = await _first_event(events)
+        except InferenceError as exc:
+            return fail(exc)
+        return EventStream(_sse_chunks(shapes, start, events, include_usage))
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, chat=True)
+
+    @router.post("/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, chat=False)
+
+    @router.post("/embeddings")
+    async def embeddings(request: Request) -> Response:
+        try:
+            payload = await _json_body(request, worker)
+            model = _model(payload)
+            unknown = sorted(set(payload) - {"model", "input", "encoding_format", "user"})
+            if unknown:
+                raise _invalid(f"fields this worker does not support: {unknown}", unknown[0])
+            if payload.get("encoding_format", "float") != "float":
+                raise _invalid("encoding_format must be 'float'", "encoding_format")
+            texts = payload.get("input")
+            if isinstance(texts, str):
+                texts = [texts]
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str)
+                                                                   for t in texts):
+                raise _invalid("input must be a string or a list of strings", "input")
+            entry = worker.models.entry(model)
+            if entry.spec is not None and entry.spec.task != "text-embedding":
+                raise _invalid(f"model '{model}' is a {entry.spec.task} model, not "
+                               "text-embedding", "model")
+            answer = await worker.run_inference(model, texts)
+        except InferenceError as exc:
+            return fail(exc)
+        result = answer["result"]
+        if "embeddings" not in result:
+            return fail(_invalid(f"model '{model}' does not make embeddings", "model"))
+        vectors = result["embeddings"].tolist()
+        return JSON({"object": "list", "model": model,
+                     "data": [{"object": "embedding", "index": i, "embedding": v}
+                              for i, v in enumerate(vectors)],
+                     "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    def describe(meta: dict[str, Any]) -> dict[str, Any]:
+        loaded = meta.get("loadedAt")
+        return {"id": meta["id"], "object": "model",
+                "created": int(loaded / 1000) if loaded else 0, "owned_by": "wrk-ai-inference"}
+
+    @router.get("/models")
+    async def models() -> Response:
+        listed = worker.models.list_models()
+        return JSON({"object": "list", "data": [describe(m) for m in listed
+                                                if m.get("state") != "failed"]})
+
+    @router.get("/models/{model}")
+    async def model(model: str) -> Response:
+        try:
+            return JSON(describe(worker.models.get_model(model)))
+        except InferenceError as exc:
+            return fail(exc)
+
+    return router
+
+
+def _prompt(payload: dict[str, Any]) -> str:
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise _invalid("prompt must be a non-empty string (one prompt per request)", "prompt")
+    if payload.get("echo"):
+        raise _invalid("echo is not supported", "echo")
+    if payload.get("suffix") is not None:
+        raise _invalid("suffix is not supported", "suffix")
+    if payload.get("best_of") not in (None, 1):
+        raise _invalid("best_of is not supported (use n)", "best_of")
+    return prompt
+
+
+async def _sse_chunks(shapes: _Shapes, start: dict[str, Any],
+                      events: AsyncGenerator[dict[str, Any], None], include_usage: bool
+                      ) -> AsyncGenerator[bytes, None]:
+    """The worker's events as OpenAI's chunks; an error after the start is sent as an
+    ``error`` event (the status line has gone out already)."""
+    inference_id = start["inferenceId"]
+    chunk: Callable[..., dict[str, Any]] = lambda choices, usage=None: shapes.chunk(  # noqa: E731
+        inference_id, choices, usage)
+    offsets: dict[int, int] = {}
+    pending: set[int] = set(range(start["n"]))
+    async with contextlib.aclosing(events):
+        if shapes.chat:
+            yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                               "logprobs": None, "finish_reason": None}
+                              for i in range(start["n"])]))
+        try:
+            async for event in events:
+                kind = event["type"]
+                if kind == "delta":
+                    yield _sse(chunk([shapes.delta(event, offsets)]))
+                elif kind == "finish":
+                    pending.discard(event["index"])
+                    yield _sse(chunk([shapes.finish(event["index"], event["finishReason"])]))
+                elif kind == "end":
+                    for index in sorted(pending):
+                        yield _sse(chunk([shapes.finish(index, event["finishReason"] or "stop")]))
+                    if include_usage:
+                        yield _sse(chunk([], _usage(event["usage"])))
+        except InferenceError as exc:
+            yield _sse(exc.to_openai_dict())
+    yield b"data: [DONE]\n\n"

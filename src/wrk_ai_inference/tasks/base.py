@@ -1,0 +1,48 @@
+"""The contract every task keeps with the engine.
+
+A task turns a request's ``inputData`` into the model's feeds and the model's
+outputs into the answer a client wants; a streaming task (text generation)
+produces events instead (``tasks.text_generation``). Tasks are registered by
+name in ``tasks/__init__.py``, as runtimes are in ``runtimes/__init__.py``; the
+engine knows only this contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import InferenceError
+from ..models.spec import TensorSpec
+from ..runtimes.base import Tensors
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: items per request, elements, bytes per string."""
+
+    max_items: int
+    max_elements: int
+    max_string_bytes: int
+
+
+def bad(message: str, **details: Any) -> InferenceError:
+    return InferenceError("ERR_INVALID_INPUT", message, details)
+
+
+class Task:
+    """A tensor task: ``inputs`` then the run then ``outputs``."""
+
+    name: ClassVar[str]
+    #: preprocessing costs CPU (tokenising, decoding images): the engine runs it on a
+    #: thread after admission; cheap checks run on the loop before a slot is taken
+    costly: ClassVar[bool] = False
+    #: the task answers with a stream of events (``infer_stream``), not one run
+    streams: ClassVar[bool] = False
+
+    def inputs(self, model_inputs: list[TensorSpec], data: Any, limits: Limits) -> Tensors:
+        raise NotImplementedError
+
+    def outputs(self, outputs: Tensors, feeds: Tensors, top_k: int,
+                wanted: list[str] | None = None) -> dict[str, Any]:
+        raise NotImplementedError

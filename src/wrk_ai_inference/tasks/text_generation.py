@@ -1,0 +1,286 @@
+"""Task ``text-generation``: a prompt or chat messages in, a stream of text out.
+
+Requests use OpenAI's option names on every transport (the seed API and RPC as
+well as ``/v1``), so one set of rules decides what a request may ask for: an
+option this worker does not implement is refused with a 400, never ignored.
+Chat messages become a prompt through the model's chat template (model.json's
+``chatTemplate``, else the GGUF's own); a model with neither is refused at load,
+because llama-cpp-python's silent fallback format makes base models answer with
+an empty string.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InferenceError, first_line
+from ..models.spec import ModelSpec
+from ..runtimes.llama import Generation, LlamaSession, Sampling
+from .base import Task
+
+#: Choices one request may ask for, stop strings it may give, logprobs it may list.
+MAX_N = 16
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 20
+
+_ROLES = {"system", "user", "assistant", "developer"}
+
+#: Options handled by the engine, not the task (deadline, the id ``cancel`` names).
+ENGINE_OPTIONS = {"timeout", "inferenceId"}
+
+
+def _invalid(message: str) -> InferenceError:
+    return InferenceError("ERR_INVALID_REQUEST", message)
+
+
+def _number(options: dict[str, Any], name: str, low: float, high: float,
+            whole: bool = False, low_open: bool = False) -> Any:
+    value = options.get(name)
+    if value is None:
+        return None
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value > high or (
+            value <= low if low_open else value < low):
+        kind = "a whole number" if whole else "a number"
+        bracket = "(" if low_open else "["
+        raise _invalid(f"{name} must be {kind} in {bracket}{low:g}, {high:g}]")
+    return value
+
+
+def _stops(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)
+            or len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops)):
+        raise _invalid(f"stop must be a non-empty string or a list of at most {MAX_STOPS} "
+                       f"of them, each at most {MAX_STOP_CHARS} characters")
+    return list(stops)
+
+
+def _grammar(response_format: Any) -> str | None:
+    """GBNF that constrains the output to JSON (``json_object``) or to a schema."""
+    if response_format is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return str(JSON_GBNF)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise _invalid("response_format.json_schema.schema must be a JSON Schema object")
+        try:
+            return str(json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:  # the converter raises plain exceptions on what it lacks
+            raise _invalid(f"response_format.json_schema cannot be turned into a grammar: "
+                           f"{first_line(exc)}") from None
+    raise _invalid("response_format.type must be 'text', 'json_object' or 'json_schema'")
+
+
+def _content(message: dict[str, Any], index: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI's content parts: only text ones are served
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
+                raise _invalid(f"messages[{index}].content: only text parts are supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _invalid(f"messages[{index}].content must be a string or a list of text parts")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise _invalid("messages must be a non-empty list of {role, content}")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _invalid(f"messages[{i}] must be an object {{role, content}}")
+        unknown = set(message) - {"role", "content", "name"}
+        if unknown:
+            raise _invalid(f"messages[{i}] has fields this worker does not support: "
+                           f"{sorted(unknown)}")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _invalid(f"messages[{i}].role must be one of {sorted(_ROLES)}")
+        out.append({"role": "system" if role == "developer" else role,
+                    "content": _content(message, i)})
+    return out
+
+
+@dataclass
+class GenerationRequest:
+    """A validated request, ready for the model's thread."""
+
+    prompt: str
+    add_bos: bool
+    sampling: Sampling
+    chat: bool
+
+
+class TextGeneration(Task):
+    name = "text-generation"
+    streams = True
+
+    def __init__(self, spec: ModelSpec, session: LlamaSession, model_id: str) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = spec.chat_template or session.chat_template
+        if not template:
+            raise InferenceError(
+                "ERR_MODEL_LOAD_FAILED",
+                f"model '{model_id}' has no chat template: its GGUF carries none, so give "
+                "one as chatTemplate in model.json (a base model answers a plain "
+                "completion-style template such as 'Q: ...\\nA:')")
+        try:
+            self.formatter = Jinja2ChatFormatter(template, eos_token=session.eos_text,
+                                                 bos_token=session.bos_text)
+        except Exception as exc:  # jinja2's TemplateSyntaxError and friends
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"model '{model_id}': its chat template does not parse: "
+                                 f"{first_line(exc)}") from exc
+        self.spec = spec
+        self.eos_text = session.eos_text
+
+    # ---- one request ------------------------------------------------------------
+    def request(self, data: Any, options: dict[str, Any]) -> GenerationRequest:
+        """Validate on the loop, before a slot is taken: bad input never holds one."""
+        if isinstance(data, str):
+            data = {"prompt": data}
+        if not isinstance(data, dict) or len({"prompt", "messages"} & set(data)) != 1 \
+                or set(data) - {"prompt", "messages"}:
+            raise InferenceError("ERR_INVALID_INPUT",
+                                 'inputData must be {"prompt": "..."} or {"messages": '
+                                 '[{"role", "content"}, ...]}')
+        unknown = set(options) - _OPTION_NAMES - ENGINE_OPTIONS
+        if unknown:
+            raise _invalid(f"options this model does not support: {sorted(unknown)} "
+                           f"(supported: {sorted(_OPTION_NAMES)})")
+        sampling = self._sampling(options)
+        if "messages" in data:
+            messages = _messages(data["messages"])
+            try:
+                formatted = self.formatter(messages=messages)  # type: ignore[arg-type]
+            except Exception as exc:  # the template's raise_exception, bad roles...
+                raise InferenceError("ERR_INVALID_INPUT", "the model's chat template refused "
+                                     f"these messages: {first_line(exc)}") from None
+            prompt, add_bos, chat = formatted.prompt, not formatted.added_special, True
+            stops = [self.eos_text] if self.eos_text else []
+        else:
+            prompt = data["prompt"]
+            if not isinstance(prompt, str) or not prompt:
+                raise InferenceError("ERR_INVALID_INPUT", "prompt must be a non-empty string")
+            add_bos, chat, stops = True, False, []
+        sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
+        return GenerationRequest(prompt, add_bos, sampling, chat)
+
+    def _sampling(self, o: dict[str, Any]) -> Sampling:
+        d = self.spec.sampling
+        max_tokens = _number(o, "max_tokens", 1, 1 << 20, whole=True)
+        max_completion = _number(o, "max_completion_tokens", 1, 1 << 20, whole=True)
+        if max_tokens is not None and max_completion is not None:
+            raise _invalid("give max_tokens or max_completion_tokens, not both")
+        logprobs = o.get("logprobs")
+        top = _number(o, "top_logprobs", 0, MAX_TOP_LOGPROBS, whole=True)
+        if isinstance(logprobs, bool) or logprobs is None:
+            wanted = (top or 0) if logprobs else None
+            if top is not None and not logprobs:
+                raise _invalid("top_logprobs needs logprobs: true")
+        else:  # the completions API's logprobs is a count
+            wanted = _number(o, "logprobs", 0, MAX_TOP_LOGPROBS, whole=True)
+        seed = _number(o, "seed", -(1 << 63), (1 << 63) - 1, whole=True)
+
+        def pick(name: str, value: Any) -> Any:
+            return value if o.get(name) is None else o[name]
+
+        for name, low, high, open_low in (("temperature", 0, 2, False), ("top_p", 0, 1, True),
+                                          ("min_p", 0, 1, False),
+                                          ("frequency_penalty", -2, 2, False),
+                                          ("presence_penalty", -2, 2, False),
+                                          ("repeat_penalty", 0, 10, True)):
+            _number(o, name, low, high, low_open=open_low)
+        _number(o, "top_k", 0, 1 << 20, whole=True)
+        n = _number(o, "n", 1, MAX_N, whole=True) or 1
+        return Sampling(
+            max_tokens=max_completion or max_tokens or d.max_tokens,
+            temperature=float(pick("temperature", d.temperature)),
+            top_p=float(pick("top_p", d.top_p)), top_k=int(pick("top_k", d.top_k)),
+            min_p=float(pick("min_p", d.min_p)),
+            repeat_penalty=float(pick("repeat_penalty", d.repeat_penalty)),
+            frequency_penalty=float(o.get("frequency_penalty") or 0.0),
+            presence_penalty=float(o.get("presence_penalty") or 0.0),
+            seed=None if seed is None else seed % (1 << 31),
+            stop=_stops(o.get("stop")), logprobs=wanted,
+            grammar=_grammar(o.get("response_format")), n=n)
+
+    def generation(self, request: GenerationRequest, emit: Any) -> Generation:
+        return Generation(request.prompt, request.add_bos, request.sampling, emit)
+
+
+_OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+                 "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
+                 "stop", "logprobs", "top_logprobs", "n", "response_format"}
+
+
+class Collector:
+    """A generation's events gathered into one answer (non-streaming requests)."""
+
+    def __init__(self) -> None:
+        self.inference_id = ""
+        self.chat = False
+        self.texts: list[list[str]] = []
+        self.logprobs: list[list[dict[str, Any]]] = []
+        self.reasons: list[str | None] = []
+        self.want_logprobs = False
+        self.usage: dict[str, int] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "start":
+            self.inference_id, self.chat = event["inferenceId"], event["chat"]
+            n = event["n"]
+            self.texts = [[] for _ in range(n)]
+            self.logprobs = [[] for _ in range(n)]
+            self.reasons = [None] * n
+        elif kind == "delta":
+            self.texts[event["index"]].append(event["text"])
+            if event["logprob"] is not None:
+                self.want_logprobs = True
+                self.logprobs[event["index"]].append(event["logprob"])
+        elif kind == "finish":
+            self.reasons[event["index"]] = event["finishReason"]
+        elif kind == "end":
+            self.usage = event["usage"]
+            self.reasons = [r or event["finishReason"] or "stop" for r in self.reasons]
+
+    def choices(self) -> list[dict[str, Any]]:
+        out = []
+        for i, (parts, reason) in enumerate(zip(self.texts, self.reasons, strict=True)):
+            choice: dict[str, Any] = {"index": i, "text": "".join(parts),
+                                      "finishReason": reason}
+            if self.want_logprobs:
+                choice["logprobs"] = self.logprobs[i]
+            out.append(choice)
+        return out
+
+    def result(self) -> dict[str, Any]:
+        """The seed API's and RPC's answer: the first choice's text (and message, for a
+        chat), its finish reason, usage, and every choice."""
+        choices = self.choices()
+        result: dict[str, Any] = {"text": choices[0]["text"],
+                                  "finishReason": choices[0]["finishReason"],
+                                  "usage": self.usage, "choices": choices}
+        if self.chat:
+            result["message"] = {"role": "assistant", "content": choices[0]["text"]}
+        return result
