@@ -59,6 +59,11 @@ def _check(case: schemathesis.Case) -> None:
         text = response.json()["error"]  # v2: {"error": "ERR_CODE: message"}
         code = text.split(":")[0]
         assert code in V2_STATUS and V2_STATUS[code] == response.status_code, text
+    elif case.path.startswith("/v1"):  # OpenAI: {"error": {"message", "type", "code"}}
+        error = response.json()["error"]
+        code = error["code"]
+        assert code in HTTP_STATUS and HTTP_STATUS[code] == response.status_code, error
+        assert isinstance(error["message"], str) and error["message"] and error["type"]
     else:
         body = response.json()
         code = body["error"]

@@ -125,7 +125,9 @@ async def test_runtime_and_unexpected_errors_keep_their_text_in_the_log(
         def secret(*args: Any) -> Any:
             raise KeyError("/secret/path/and/internals")
 
-        worker.engine._postprocess = secret  # type: ignore[method-assign]
+        task = worker.models.entry("digits").pipeline
+        assert task is not None
+        task.outputs = secret  # type: ignore[method-assign]
         session.run = type(session).run.__get__(session)  # type: ignore[method-assign]
         with pytest.raises(InferenceError) as unexpected:
             await worker.run_inference("digits", [DIGIT_ZERO])

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wrk_ai_inference.engine import processors
-from wrk_ai_inference.engine.processors import classify, tensor_inputs
+from wrk_ai_inference.tasks import classification as processors
+from wrk_ai_inference.tasks.classification import classify
+from wrk_ai_inference.tasks.tensor import tensor_inputs
 from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.models.spec import ModelSpec, TensorSpec
 

@@ -25,7 +25,7 @@ from typing import Any
 from ..capacity import CapacityTracker
 from ..config import Settings
 from ..errors import InferenceError, first_line
-from ..json_tensors import plain
+from ..json_tensors import map_numbers, plain
 from ..logs import get_logger, new_id, request_id_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
@@ -87,6 +87,11 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
         raise InferenceError("ERR_INVALID_REQUEST",
                              "options.inferenceId must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     return timeout_ms / 1000.0, inference_id, options
+
+
+def _lists(value: Any) -> Any:
+    """JSON values as plain Python (number arrays decoded to numpy become lists again)."""
+    return map_numbers(value, lambda numbers: numbers.tolist())
 
 
 def _stop(job: Any, reason: str) -> None:
@@ -313,7 +318,7 @@ class InferenceEngine:
                                      f"model '{model_id}' does not generate text; its task is "
                                      f"'{task.name if task else '?'}'")
             assert isinstance(task, TextGeneration)
-            request = task.request(plain(input_data), plain(task_options))
+            request = task.request(_lists(input_data), _lists(task_options))
             if inference_id in self._generations:
                 raise InferenceError("ERR_INVALID_REQUEST",
                                      f"a generation with inferenceId {inference_id!r} is "
