@@ -36,11 +36,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """GGUF weights (100-250 MB) are hard-linked where the file system allows; everything
+    else is copied, since tests overwrite files of their repositories (a link would
+    change the example itself)."""
+    if source.endswith(".gguf"):
+        with contextlib.suppress(OSError):
+            os.link(source, target)
+            return
+    shutil.copy2(source, target)
+
+
 def make_repo(root: Path, models: dict[str, str]) -> Path:
     """Copy example models: ``{"new_id": "example_id"}``."""
     root.mkdir(parents=True, exist_ok=True)
     for new_id, source in models.items():
-        shutil.copytree(EXAMPLES / source, root / new_id)
+        shutil.copytree(EXAMPLES / source, root / new_id, copy_function=_link_or_copy)
     return root
 
 

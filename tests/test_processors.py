@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wrk_ai_inference.errors import InferenceError
+from wrk_ai_inference.models.spec import ModelSpec, TensorSpec
 from wrk_ai_inference.tasks import classification as processors
 from wrk_ai_inference.tasks.classification import classify
 from wrk_ai_inference.tasks.tensor import tensor_inputs
-from wrk_ai_inference.errors import InferenceError
-from wrk_ai_inference.models.spec import ModelSpec, TensorSpec
 
 FLOATS = [TensorSpec(name="x", datatype="FP32", shape=[-1, 4])]
 INTS = [TensorSpec(name="n", datatype="INT8", shape=[-1])]

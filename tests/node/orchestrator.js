@@ -6,7 +6,7 @@
  *
  * Usage: node orchestrator.js '<plan JSON>'; plan = {bootstrap, key?, seed?, timeout?,
  *   steps: [{call, payload?} | {call, raw} | {lookup} | {sleep: ms} | {repeat, call, payload?} |
- *           {fresh: n, call, payload?}]}
+ *           {fresh: n, call, payload?} | {together: [{call, payload?, after?: ms}, ...]}]}
  * Prints one JSON line per step: {ok, result} | {ok:false, hrpcError} | {ok:false, error}.
  */
 const RPC = require('@hyperswarm/rpc')
@@ -56,6 +56,15 @@ async function main () {
         await d.destroy()
       }
       out({ ok: good === step.fresh, result: good })
+    } else if (step.together) {
+      // calls at once, each started `after` ms from the step's start: one line, all results
+      const results = await Promise.all(step.together.map(async (sub) => {
+        await new Promise((resolve) => setTimeout(resolve, sub.after || 0))
+        const started = process.hrtime.bigint()
+        const reply = await call(plan.key, sub.call, encode(sub))
+        return { ...reply, ms: Number(process.hrtime.bigint() - started) / 1e6 }
+      }))
+      out({ ok: true, result: results })
     } else if (step.repeat) {
       const started = process.hrtime.bigint()
       const results = await Promise.all(Array.from({ length: step.repeat },

@@ -30,7 +30,7 @@ from ..logs import get_logger, new_id, request_id_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
 from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
-from ..runtimes.llama import LlamaSession
+from ..runtimes.llama import Generation, LlamaSession
 from ..tasks import Limits, Task
 from ..tasks.tensor import select_outputs, tensor_inputs
 from ..tasks.text_generation import Collector, TextGeneration
@@ -92,11 +92,6 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
 def _lists(value: Any) -> Any:
     """JSON values as plain Python (number arrays decoded to numpy become lists again)."""
     return map_numbers(value, lambda numbers: numbers.tolist())
-
-
-def _stop(job: Any, reason: str) -> None:
-    if job.stop_reason is None:
-        job.stop_reason = reason
 
 
 @dataclass
@@ -296,7 +291,7 @@ class InferenceEngine:
         job = self._generations.get(inference_id)
         if job is None:
             return False
-        job.stop_reason = job.stop_reason or "cancelled"
+        job.stop("cancelled")
         return True
 
     async def _stream(self, entry: ModelEntry, input_data: Any, options: Any, started: float
@@ -304,7 +299,7 @@ class InferenceEngine:
         model_id = entry.id
         hold = _Hold(self, entry)
         queue_s = 0.0
-        job: Any = None
+        job: Generation | None = None
         ended = False
         timer: asyncio.TimerHandle | None = None
         code: str | None = "ERR_INFERENCE_FAILED"
@@ -338,8 +333,14 @@ class InferenceEngine:
             job = task.generation(request,
                                   lambda event: loop.call_soon_threadsafe(on_event, event))
             self._generations[inference_id] = job
+            def expire() -> None:
+                # the thread stops within a token (or a graph node of the prompt) and then
+                # frees the slot; the caller is answered now either way
+                job.stop("deadline")
+                events.put_nowait(("expired",))
+
             timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
-                                 _stop, job, "deadline")
+                                 expire)
             session.submit(job)
             yield {"type": "start", "inferenceId": inference_id, "chat": request.chat,
                    "n": request.sampling.n}
@@ -348,6 +349,8 @@ class InferenceEngine:
                 if kind == "error":
                     ended = True
                     raise rest[0]
+                if kind == "expired":
+                    raise self._timeout("while generating")
                 if kind == "prompt":
                     tokens.prompt = rest[0]
                 elif kind == "delta":
@@ -358,7 +361,7 @@ class InferenceEngine:
                            "logprob": rest[2]}
                 elif kind == "finish":
                     if rest[1] == "deadline":
-                        continue  # answered below, once the thread is done
+                        continue  # answered at the end, once the thread is done
                     tokens.completion += rest[2]
                     yield {"type": "finish", "index": rest[0], "finishReason": rest[1]}
                 else:  # end
@@ -382,7 +385,7 @@ class InferenceEngine:
             if job is None:
                 hold.release()
             elif not ended:
-                _stop(job, "disconnected")  # the thread frees the slot when it stops
+                job.stop("disconnected")  # the thread frees the slot when it stops
             self._record_generation(model_id, code, started, queue_s, tokens)
 
     def _record_generation(self, model_id: str, code: str | None, started: float,

@@ -11,6 +11,7 @@ ending in ``data: [DONE]``; a client that goes away stops its generation.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -266,8 +267,9 @@ def openai_router(worker: InferenceWorker) -> APIRouter:
             unknown = sorted(set(payload) - {"model", "input", "encoding_format", "user"})
             if unknown:
                 raise _invalid(f"fields this worker does not support: {unknown}", unknown[0])
-            if payload.get("encoding_format", "float") != "float":
-                raise _invalid("encoding_format must be 'float'", "encoding_format")
+            encoding = payload.get("encoding_format") or "float"
+            if encoding not in ("float", "base64"):
+                raise _invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
             texts = payload.get("input")
             if isinstance(texts, str):
                 texts = [texts]
@@ -284,7 +286,10 @@ def openai_router(worker: InferenceWorker) -> APIRouter:
         result = answer["result"]
         if "embeddings" not in result:
             return fail(_invalid(f"model '{model}' does not make embeddings", "model"))
-        vectors = result["embeddings"].tolist()
+        matrix = result["embeddings"]
+        # base64: the float32 values' little-endian bytes (what the openai client asks for)
+        vectors = (matrix.tolist() if encoding == "float" else
+                   [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix])
         return JSON({"object": "list", "model": model,
                      "data": [{"object": "embedding", "index": i, "embedding": v}
                               for i, v in enumerate(vectors)],

@@ -21,6 +21,7 @@ import os
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,16 @@ class Generation:
     add_bos: bool
     sampling: Sampling
     emit: Callable[[tuple[Any, ...]], None]
+    request_id: str = "-"
     stop_reason: str | None = None
+    stop_asked: float = 0.0  # perf_counter() when the stop was asked for
+
+    def stop(self, reason: str) -> None:
+        """Ask the thread to stop this generation (from the event loop); the first reason
+        given is the one reported."""
+        if self.stop_reason is None:
+            self.stop_asked = time.perf_counter()
+            self.stop_reason = reason
 
 
 class LlamaSession(ModelSession):
@@ -147,8 +157,12 @@ class LlamaSession(ModelSession):
             finally:
                 self._current = None
                 self.running -= 1
-        self._lib.llama_set_abort_callback(self.llm._ctx.ctx, None, None)
-        self.llm.close()
+                if job.stop_reason is not None:
+                    log.info("generation stopped", extra={
+                        "modelId": self.model, "requestId": job.request_id,
+                        "reason": job.stop_reason,
+                        "stopMs": round((time.perf_counter() - job.stop_asked) * 1000, 2)})
+        self.llm.close()  # the callback stays referenced by the session, past the context
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         tokens: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos,
@@ -179,7 +193,7 @@ class LlamaSession(ModelSession):
             made, reason = self._one_choice(job, choice, tokens, limit)
             total += made
             job.emit(("finish", choice, reason, made))
-        job.emit(("end", None, total))
+        job.emit(("end", job.stop_reason, total))
 
     def _one_choice(self, job: Generation, choice: int, prompt: list[int], limit: int
                     ) -> tuple[int, str]:
@@ -194,29 +208,35 @@ class LlamaSession(ModelSession):
         stops = StopFilter(s.stop)
         made: list[int] = []
         reason = "length"
-        for token in llm.generate(prompt, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                                  temp=s.temperature, repeat_penalty=s.repeat_penalty,
-                                  frequency_penalty=s.frequency_penalty,
-                                  presence_penalty=s.presence_penalty, grammar=grammar):
-            if job.stop_reason is not None:
-                reason = job.stop_reason
-                break
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            logprob = self._logprob(token, s.logprobs) if s.logprobs is not None else None
-            piece = llm.detokenize([token], prev_tokens=prompt + made)
-            made.append(token)
-            text, stopped = stops.feed(decoder.decode(piece))
-            if text or logprob is not None:
-                job.emit(("delta", choice, text, logprob))
-            if stopped:
-                reason = "stop"
-                break
-            if len(made) >= limit:
-                break
-        else:
-            reason = job.stop_reason or reason
+        tokens = llm.generate(prompt, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                              temp=s.temperature, repeat_penalty=s.repeat_penalty,
+                              frequency_penalty=s.frequency_penalty,
+                              presence_penalty=s.presence_penalty, grammar=grammar)
+        try:
+            for token in tokens:
+                if job.stop_reason is not None:
+                    reason = job.stop_reason
+                    break
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                logprob = self._logprob(token, s.logprobs) if s.logprobs is not None else None
+                piece = llm.detokenize([token], prev_tokens=prompt + made)
+                made.append(token)
+                text, stopped = stops.feed(decoder.decode(piece))
+                if text or logprob is not None:
+                    job.emit(("delta", choice, text, logprob))
+                if stopped:
+                    reason = "stop"
+                    break
+                if len(made) >= limit:
+                    break
+        except RuntimeError:
+            if job.stop_reason is None:
+                raise
+            reason = job.stop_reason  # llama_decode aborted by the callback: stopped
+        finally:
+            tokens.close()
         if reason != "stop" or not stops.stopped:
             rest = stops.flush(decoder.decode(b"", final=True))
             if rest:

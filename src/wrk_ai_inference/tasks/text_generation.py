@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InferenceError, first_line
+from ..logs import request_id_var
 from ..models.spec import ModelSpec
 from ..runtimes.llama import Generation, LlamaSession, Sampling
 from .base import Task
@@ -225,7 +226,8 @@ class TextGeneration(Task):
             grammar=_grammar(o.get("response_format")), n=n)
 
     def generation(self, request: GenerationRequest, emit: Any) -> Generation:
-        return Generation(request.prompt, request.add_bos, request.sampling, emit)
+        return Generation(request.prompt, request.add_bos, request.sampling, emit,
+                          request_id_var.get() or "-")
 
 
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",

@@ -1,0 +1,134 @@
+"""Language models in the core: cancellation, the model's FIFO, templates and load-time
+refusals, on the bundled GGUF files in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wrk_ai_inference.errors import InferenceError
+from wrk_ai_inference.runtimes.llama import StopFilter
+
+from .helpers import DIGIT_ZERO, make_repo
+from .test_batcher import started_worker
+
+LONG = {"max_tokens": 1500, "temperature": 0.8}
+
+
+async def test_cancel_stops_exactly_one_generation(tmp_path: Path) -> None:
+    worker = await started_worker(make_repo(tmp_path, {"smollm2": "smollm2"}),
+                                  preload=["smollm2"])
+    try:
+        prompt = {"prompt": "Once upon a time"}
+        running = asyncio.ensure_future(worker.run_inference(
+            "smollm2", prompt, {**LONG, "inferenceId": "gen-a"}))
+        queued = asyncio.ensure_future(worker.run_inference(
+            "smollm2", prompt, {"max_tokens": 12, "inferenceId": "gen-b"}))
+        await asyncio.sleep(0.5)
+        capacity = await worker.check_capacity()
+        assert capacity["sequences"]["smollm2"] == {"slots": 1, "running": 1, "waiting": 1}
+        assert (await worker.cancel("gen-a"))["cancelled"] is True
+        first = (await asyncio.wait_for(running, 5))["result"]
+        assert first["finishReason"] == "cancelled" and first["text"]
+        assert 0 < first["usage"]["completionTokens"] < 1500
+        second = (await asyncio.wait_for(queued, 30))["result"]
+        assert second["finishReason"] == "length" and second["usage"]["completionTokens"] == 12
+        gone = await worker.cancel("gen-a")  # it ended: nothing left to stop
+        assert gone["cancelled"] is False and "gen-a" in gone["message"]
+        assert worker.capacity.running == 0
+        with pytest.raises(InferenceError) as same_id:
+            await asyncio.gather(*(worker.run_inference("smollm2", prompt, {
+                "max_tokens": 30, "inferenceId": "twin"}) for _ in range(2)))
+        assert "already running" in same_id.value.message
+    finally:
+        await worker.stop()
+
+
+async def test_the_event_loop_never_waits_for_the_model(tmp_path: Path) -> None:
+    """While a long prompt is evaluated, other requests (a tensor model) still answer."""
+    worker = await started_worker(make_repo(tmp_path, {"smollm2": "smollm2", "digits": "digits"}),
+                                  preload=["smollm2", "digits"])
+    try:
+        long = asyncio.ensure_future(worker.run_inference(
+            "smollm2", {"prompt": " ".join(["story"] * 1500)}, {"max_tokens": 2}))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(20):
+            await worker.run_inference("digits", [DIGIT_ZERO])
+        assert loop.time() - started < 2.0
+        assert not long.done()
+        await long
+    finally:
+        await worker.stop()
+
+
+async def test_a_base_model_answers_through_the_template_model_json_gives(tmp_path: Path
+                                                                         ) -> None:
+    repo = make_repo(tmp_path, {"gemma3": "gemma3", "bare": "gemma3"})
+    manifest = json.loads((repo / "bare" / "model.json").read_text())
+    del manifest["chatTemplate"]
+    (repo / "bare" / "model.json").write_text(json.dumps(manifest))
+    worker = await started_worker(repo, preload=["gemma3"])
+    try:
+        answer = await worker.run_inference("gemma3", {"messages": [
+            {"role": "user", "content": "What is the capital of France?"}]},
+            {"temperature": 0, "max_tokens": 24})
+        assert "Paris" in answer["result"]["text"]
+        assert answer["result"]["message"]["role"] == "assistant"
+        with pytest.raises(InferenceError) as refused:
+            await worker.load_model("bare")
+        assert refused.value.code == "ERR_MODEL_LOAD_FAILED"
+        assert "chat template" in refused.value.message
+        assert "chatTemplate" in refused.value.message
+    finally:
+        await worker.stop()
+
+
+async def test_bad_requests_never_take_a_slot(tmp_path: Path) -> None:
+    worker = await started_worker(make_repo(tmp_path, {"smollm2": "smollm2"}),
+                                  preload=["smollm2"])
+    try:
+        for data, options, needle in (
+                ({"prompt": ""}, {}, "prompt"),
+                ({"prompt": "x", "messages": []}, {}, "inputData"),
+                ({"messages": [{"role": "user"}]}, {}, "content"),
+                ({"prompt": "x"}, {"topK": 3}, "topK"),
+                ({"prompt": "x"}, {"max_tokens": 0}, "max_tokens"),
+                ({"prompt": "x"}, {"stop": [""]}, "stop"),
+                ({"prompt": "x"}, {"response_format": {"type": "xml"}}, "response_format"),
+                ({"prompt": "x"}, {"inferenceId": "../x"}, "inferenceId"),
+                ({"prompt": "x"}, {"top_logprobs": 2}, "logprobs")):
+            with pytest.raises(InferenceError) as bad:
+                await worker.run_inference("smollm2", data, options)
+            assert bad.value.code in ("ERR_INVALID_REQUEST", "ERR_INVALID_INPUT")
+            assert needle in bad.value.message, bad.value.message
+        assert worker.capacity.running == 0
+        stats = worker.history.stats()
+        assert stats["failed"] >= 9
+    finally:
+        await worker.stop()
+
+
+def test_stop_filter_holds_back_what_may_begin_a_stop() -> None:
+    f = StopFilter(["END", "\n\n"])
+    assert f.feed("ab") == ("ab", False)
+    assert f.feed("cE") == ("c", False)  # "E" may begin "END"
+    assert f.feed("N") == ("", False)
+    assert f.feed("Dzz") == ("", True)
+    g = StopFilter(["END"])
+    assert g.feed("xE") == ("x", False)
+    assert g.flush("") == "E"  # the generation ended: what was held is text after all
+    assert StopFilter([]).feed("END") == ("END", False)
+
+
+def test_example_models_are_in_place() -> None:
+    from .helpers import EXAMPLES
+
+    for name in ("smollm2", "gemma3"):
+        assert (EXAMPLES / name / "model.gguf").stat().st_size > 50_000_000
+    assert shutil.which("node")  # the rack tests' orchestrator, run by make test

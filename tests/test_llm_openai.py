@@ -1,0 +1,318 @@
+"""Language models through the OpenAI API and the seed API, with the real ``openai``
+client against a real worker process serving the bundled SmolLM2 GGUF.
+
+Greedy answers are compared token for token with llama-cpp-python called in this
+process on the same file with the same settings: the worker adds transport, not
+a different model.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from .helpers import EXAMPLES, Worker, running_worker
+
+GGUF = EXAMPLES / "smollm2" / "model.gguf"
+QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    log = tmp_path_factory.mktemp("llm") / "w.log"
+    with running_worker(EXAMPLES, log, preload=["smollm2", "minilm"]) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def client(llm: Worker) -> openai.OpenAI:
+    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    """llama-cpp-python in-process, loaded as the worker loads it."""
+    import os
+
+    from llama_cpp import Llama
+
+    threads = len(os.sched_getaffinity(0))
+    return Llama(str(GGUF), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                 n_batch=512, seed=0, verbose=False)
+
+
+def test_a_factual_question_is_answered(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            temperature=0, max_tokens=30)
+    choice = answer.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    assert answer.usage is not None and answer.usage.prompt_tokens > 10
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert answer.id.startswith("chatcmpl-") and answer.model == "smollm2"
+
+
+def test_greedy_chat_and_completion_match_llama_cpp_in_process(
+        client: openai.OpenAI, llm: Worker, reference: Any) -> None:
+    chat = reference.create_chat_completion(QUESTION, temperature=0, max_tokens=40)
+    served = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            temperature=0, max_tokens=40)
+    assert served.choices[0].message.content == chat["choices"][0]["message"]["content"]
+    assert served.usage is not None
+    assert served.usage.completion_tokens == chat["usage"]["completion_tokens"]
+    assert served.usage.prompt_tokens == chat["usage"]["prompt_tokens"]
+
+    text = reference.create_completion(PROMPT, temperature=0, max_tokens=48)
+    plain = client.completions.create(model="smollm2", prompt=PROMPT, temperature=0,
+                                      max_tokens=48)
+    assert plain.choices[0].text == text["choices"][0]["text"]
+    assert plain.choices[0].finish_reason == text["choices"][0]["finish_reason"] == "length"
+    assert plain.usage is not None and plain.usage.completion_tokens == 48
+
+    # the same through the seed API, streamed through the OpenAI API
+    seed = httpx.post(f"{llm.url}/api/inference/smollm2", timeout=60, json={
+        "inputData": {"prompt": PROMPT}, "options": {"temperature": 0, "max_tokens": 48}})
+    assert seed.status_code == 200, seed.text
+    result = seed.json()["result"]
+    assert result["text"] == text["choices"][0]["text"] and result["finishReason"] == "length"
+    assert result["usage"] == {"promptTokens": text["usage"]["prompt_tokens"],
+                               "completionTokens": 48,
+                               "totalTokens": text["usage"]["total_tokens"]}
+    streamed = client.completions.create(model="smollm2", prompt=PROMPT, temperature=0,
+                                         max_tokens=48, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == result["text"]
+
+
+def test_chat_streams_with_usage_and_done(client: openai.OpenAI, llm: Worker) -> None:
+    whole = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                           temperature=0, max_tokens=30)
+    chunks = list(client.chat.completions.create(
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=30, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices
+                and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    raw = httpx.post(f"{llm.url}/v1/chat/completions", timeout=60, json={
+        "model": "smollm2", "messages": QUESTION, "max_tokens": 5, "stream": True})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.endswith("data: [DONE]\n\n")
+
+
+def test_n_choices_share_one_prompt(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="smollm2", prompt="Once upon a time", n=2,
+                                       temperature=1.0, seed=7, max_tokens=12)
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.text for c in answer.choices)
+    assert answer.choices[0].text != answer.choices[1].text  # two draws, not one twice
+    assert answer.usage is not None and answer.usage.prompt_tokens == 4  # counted once
+    streamed = client.completions.create(model="smollm2", prompt="Once upon a time", n=2,
+                                         temperature=1.0, seed=7, max_tokens=12, stream=True)
+    texts = ["", ""]
+    for chunk in streamed:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in answer.choices]
+
+
+def test_stop_strings_are_never_emitted_even_split_across_tokens(client: openai.OpenAI,
+                                                                 reference: Any) -> None:
+    full = reference.create_completion(PROMPT, temperature=0, max_tokens=40)["choices"][0]
+    text = full["text"]
+    tokens = [reference.detokenize([t]).decode() for t in
+              reference.tokenize(text.encode(), add_bos=False, special=False)]
+    # a stop string that begins inside one token and ends inside the next
+    boundary = len(tokens[0]) + len(tokens[1])
+    stop = text[boundary - 2:boundary + 2]
+    assert len(stop) == 4 and text.count(stop) >= 1
+    for stream in (False, True):
+        answer = client.completions.create(model="smollm2", prompt=PROMPT, temperature=0,
+                                           max_tokens=40, stop=[stop, "zzz-never"],
+                                           stream=stream)
+        if stream:
+            got = "".join(c.choices[0].text for c in answer if c.choices)  # type: ignore[union-attr]
+        else:
+            got = answer.choices[0].text  # type: ignore[union-attr]
+            assert answer.choices[0].finish_reason == "stop"  # type: ignore[union-attr]
+        assert got == text[:text.index(stop)]
+
+
+def test_same_seed_same_output(client: openai.OpenAI) -> None:
+    def draw(seed: int) -> str:
+        answer = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                                temperature=1.2, seed=seed, max_tokens=20)
+        return answer.choices[0].message.content or ""
+
+    first = draw(11)
+    assert draw(11) == first
+    assert len({first, draw(12), draw(13), draw(14)}) > 1  # the seed does change the draw
+
+
+def test_logprobs_without_logits_for_every_position(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            temperature=0, max_tokens=10, logprobs=True,
+                                            top_logprobs=3)
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    assert len(entries) == answer.usage.completion_tokens  # type: ignore[union-attr]
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        tops = entry.top_logprobs
+        assert len(tops) == 3 and all(t.logprob <= 0 for t in tops)
+        assert [t.logprob for t in tops] == sorted((t.logprob for t in tops), reverse=True)
+        assert entry.token == tops[0].token and entry.logprob == tops[0].logprob  # greedy
+        assert sum(2.718281828 ** t.logprob for t in tops) <= 1.0 + 1e-6
+    plain = client.completions.create(model="smollm2", prompt=PROMPT, temperature=0,
+                                      max_tokens=5, logprobs=2)
+    logprobs = plain.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens or []) == 5
+    assert all(len(t) == 2 for t in logprobs.top_logprobs or [])
+
+
+def test_json_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {
+        "city": {"type": "string"}, "country": {"type": "string"},
+        "population": {"type": "integer"}}, "required": ["city", "country", "population"],
+        "additionalProperties": False}
+    answer = client.chat.completions.create(
+        model="smollm2", temperature=0, max_tokens=80,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "city", "schema": schema}})
+    value = json.loads(answer.choices[0].message.content or "")
+    assert set(value) == {"city", "country", "population"}, value
+    assert isinstance(value["city"], str) and isinstance(value["country"], str)
+    assert isinstance(value["population"], int) and not isinstance(value["population"], bool)
+    loose = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                           temperature=0, max_tokens=60,
+                                           response_format={"type": "json_object"})
+    assert isinstance(json.loads(loose.choices[0].message.content or ""), dict | list)
+
+
+def test_errors_in_openai_shape(client: openai.OpenAI, llm: Worker) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=QUESTION)  # type: ignore[arg-type]
+    assert missing.value.body["code"] == "ERR_MODEL_NOT_FOUND"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                       logit_bias={"1": 5})
+    assert "logit_bias" in unsupported.value.message
+    for body, needle in (({"messages": QUESTION, "temperature": 9}, "temperature"),
+                         ({"messages": QUESTION, "n": 99}, "n must"),
+                         ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
+                         ({"messages": QUESTION, "tools": []}, "tools"),
+                         ({"prompt": "x"}, "prompt")):
+        r = httpx.post(f"{llm.url}/v1/chat/completions", json={"model": "smollm2", **body})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and needle in error["message"], error
+    # a prompt longer than the context: both numbers, never cut silently
+    long = " ".join(["word"] * 2100)
+    r = httpx.post(f"{llm.url}/v1/completions", timeout=60,
+                   json={"model": "smollm2", "prompt": long, "max_tokens": 4})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert ("2048" in message and "2100" in message.replace(",", "")) or "tokens" in message
+    assert httpx.get(f"{llm.url}/api/capacity").json()["currentLoad"] == 0
+
+
+def test_models_and_embeddings(client: openai.OpenAI, llm: Worker) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"smollm2", "minilm", "digits"} <= ids
+    vectors = client.embeddings.create(model="minilm", input=["a cat", "a dog"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+    worker = httpx.post(f"{llm.url}/api/inference/minilm", json={"inputData": ["a cat"]})
+    assert worker.json()["result"]["embeddings"][0] == pytest.approx(
+        vectors.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="smollm2", input="x")
+
+
+def _cpu_s(pid: int, seconds: float) -> float:
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    return (after.user - before.user) + (after.system - before.system)
+
+
+def _stops(llm: Worker, reason: str) -> list[float]:
+    return [line["stopMs"] for line in llm.log_lines()
+            if line.get("msg") == "generation stopped" and line.get("reason") == reason]
+
+
+def _free(llm: Worker, within_s: float = 5.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        if httpx.get(f"{llm.url}/api/capacity").json()["currentLoad"] == 0:
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError("the slot was not freed")
+
+
+def test_a_client_that_disconnects_stops_its_stream(llm: Worker) -> None:
+    body = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 1500,
+                       "temperature": 0.8, "stream": True}).encode()
+    before = len(_stops(llm, "disconnected"))
+    with socket.create_connection(("127.0.0.1", llm.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body)
+        seen = b""
+        while seen.count(b"data: ") < 5:
+            seen += sock.recv(4096)
+        assert httpx.get(f"{llm.url}/api/capacity").json()["currentLoad"] == 1
+    freed_s = _free(llm)
+    assert _cpu_s(llm.proc.pid, 1.0) < 0.15  # the generation really stopped
+    stops = _stops(llm, "disconnected")
+    assert len(stops) == before + 1 and stops[-1] < 300, stops
+    print(f"disconnect: thread stopped {stops[-1]} ms after the stop; slot free after "  # noqa: T201
+          f"{freed_s * 1000:.0f} ms of polling")
+
+
+@pytest.mark.parametrize("where", ["decoding", "prompt"])
+def test_the_deadline_stops_generation(llm: Worker, where: str) -> None:
+    # ~1900 tokens of prompt take well over the deadline to evaluate on this machine:
+    # only the abort callback stops llama_decode in the middle of them
+    prompt = "Once upon a time" if where == "decoding" else " ".join(["story"] * 1900)
+    timeout_ms = 400 if where == "decoding" else 150
+    before = len(_stops(llm, "deadline"))
+    started = time.monotonic()
+    r = httpx.post(f"{llm.url}/api/inference/smollm2", timeout=60, json={
+        "inputData": {"prompt": prompt},
+        "options": {"max_tokens": 1500, "timeout": timeout_ms}})
+    took = time.monotonic() - started
+    assert r.status_code == 504 and r.json()["error"] == "ERR_INFERENCE_TIMEOUT", r.text
+    assert took < timeout_ms / 1000 + 1.0
+    _free(llm)
+    assert _cpu_s(llm.proc.pid, 1.0) < 0.15
+    stops = _stops(llm, "deadline")
+    assert len(stops) == before + 1 and stops[-1] < 300, stops
+    print(f"deadline ({where}): answered after {took * 1000:.0f} ms (timeout {timeout_ms}); "  # noqa: T201
+          f"thread stopped {stops[-1]} ms after the deadline")
+
+
+def test_capacity_and_metrics_show_sequences(llm: Worker, client: openai.OpenAI) -> None:
+    client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4)
+    capacity = httpx.get(f"{llm.url}/api/capacity").json()
+    assert capacity["sequences"]["smollm2"] == {"slots": 1, "running": 0, "waiting": 0}
+    metrics = httpx.get(f"{llm.url}/metrics").text
+    for name in ("wrk_llm_time_to_first_token_seconds_bucket", "wrk_llm_prompt_tokens_total",
+                 "wrk_llm_generated_tokens_total", "wrk_llm_tokens_per_second_bucket",
+                 "wrk_llm_sequences_running", "wrk_llm_sequences_waiting"):
+        assert name in metrics, name
