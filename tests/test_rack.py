@@ -273,3 +273,43 @@ def test_sigterm_withdraws_topics_and_exits_zero(bootstrap: list[str], tmp_path:
     after = orchestrate(bootstrap, None, [{"lookup": "ai-inference:digits"},
                                           {"lookup": "ai-inference"}])
     assert all(key not in step["result"] for step in after)
+
+
+def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_path: Path
+                                                    ) -> None:
+    """runInference answers a generation as llama-cpp-python in-process does; cancel from
+    another call stops that one generation and its caller gets the text so far."""
+    from llama_cpp import Llama
+
+    repo = make_repo(tmp_path / "repo", {"smollm2": "smollm2"})
+    threads = len(os.sched_getaffinity(0))
+    reference = Llama(str(repo / "smollm2" / "model.gguf"), n_ctx=2048, n_threads=threads,
+                      n_threads_batch=threads, n_batch=512, seed=0, verbose=False)
+    expected = reference.create_completion("The capital of France is", temperature=0,
+                                           max_tokens=32)["choices"][0]["text"]
+    long = {"prompt": "Once upon a time"}
+    with running_rack(tmp_path, "rack-llm", bootstrap, repo, preload=["smollm2"]) as r:
+        greedy, [together] = (
+            orchestrate(bootstrap, r.key, [{"call": "runInference", "payload": {
+                "modelId": "smollm2", "inputData": {"prompt": "The capital of France is"},
+                "options": {"temperature": 0, "max_tokens": 32}}}]),
+            orchestrate(bootstrap, r.key, [{"together": [
+                {"call": "runInference", "payload": {
+                    "modelId": "smollm2", "inputData": long,
+                    "options": {"max_tokens": 1500, "inferenceId": "story-1"}}},
+                {"call": "runInference", "after": 200, "payload": {
+                    "modelId": "smollm2", "inputData": long,
+                    "options": {"max_tokens": 10, "inferenceId": "story-2"}}},
+                {"call": "cancel", "after": 1000, "payload": {"inferenceId": "story-1"}},
+            ]}]))
+        assert greedy[0]["ok"], greedy
+        assert greedy[0]["result"]["result"]["text"] == expected
+        cancelled, neighbour, cancel = together["result"]
+        assert cancel["ok"] and cancel["result"]["cancelled"] is True, cancel
+        assert cancelled["ok"], cancelled
+        first = cancelled["result"]["result"]
+        assert first["finishReason"] == "cancelled" and first["text"]
+        assert 0 < first["usage"]["completionTokens"] < 1500
+        assert neighbour["result"]["result"]["finishReason"] == "length"
+        assert neighbour["result"]["result"]["usage"]["completionTokens"] == 10
+        assert cancelled["ms"] < 1000 + 2000  # answered soon after the cancel, not at the end
