@@ -11,7 +11,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -66,6 +66,17 @@ $(BENCH_VENV)/.installed: benchmarks/mlserver.lock
 bench: setup $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
 
+# llama-cpp-python's own server, the alternative a user would run, in a venv of its own.
+LLM_BENCH_VENV := .venv-llm-bench
+$(LLM_BENCH_VENV)/.installed: benchmarks/llm-server.lock
+	test -x $(LLM_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(LLM_BENCH_VENV)
+	$(LLM_BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LLM_BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/llm-server.lock
+	touch $@
+
+bench-llm: setup $(LLM_BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/llm_bench.py
+
 # Not part of `make test`: minutes on each transport at the capacity limit.
 SOAK_MINUTES ?= 5
 soak: setup
@@ -75,4 +86,4 @@ bench-rpc: setup
 	$(BIN)/python benchmarks/rpc_bench.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(LLM_BENCH_VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx examples/models/*/model.gguf .pytest_cache .mypy_cache .ruff_cache
