@@ -1,7 +1,8 @@
 """``make soak``: both transports at their capacity limit for a fixed time.
 
-A mix of good requests (their answers checked against onnxruntime in-process),
-bad requests, requests whose deadline passes, loads and unloads. It checks that
+A mix of good requests (their answers checked against onnxruntime and
+llama-cpp-python in-process), bad requests, requests whose deadline passes, loads
+and unloads, on a tensor model and a language model. It checks that
 every request got exactly one answer, that none hung, that good answers are
 right, that no 5xx came back outside the documented ones, and that the
 worker's memory stays flat after warm-up. It prints a summary table and exits
@@ -9,6 +10,10 @@ non-zero when a promise is broken. Loopback only; bounded in time and count.
 
     python -m tests.soak.soak --transport http --minutes 5
     python -m tests.soak.soak --transport rack --minutes 5
+    python -m tests.soak.soak --transport streams --minutes 2 --concurrency 8
+
+``streams`` holds that many OpenAI chat streams open back to back, each checked to
+end with its finish reason and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -45,8 +50,30 @@ ALLOWED = {
     "cold": {"ok", "ERR_MODEL_NOT_AVAILABLE", "ERR_CAPACITY_EXCEEDED"},
     "load": {"ok", "ERR_CAPACITY_EXCEEDED"},
     "unload": {"ok"},
+    "llm": {"ok", "ERR_CAPACITY_EXCEEDED"},
+    "llm-bad": {"ERR_INVALID_REQUEST", "ERR_INVALID_INPUT", "ERR_CAPACITY_EXCEEDED"},
+    "llm-deadline": {"ERR_INFERENCE_TIMEOUT", "ERR_CAPACITY_EXCEEDED"},
 }
-KINDS = ["good"] * 12 + ["bad"] * 3 + ["deadline"] * 2 + ["cold"] * 2 + ["load", "unload"]
+KINDS = (["good"] * 12 + ["bad"] * 3 + ["deadline"] * 2 + ["cold"] * 2 + ["load", "unload"]
+         + ["llm"] * 2 + ["llm-bad", "llm-deadline"])
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
+           "The three primary colours are"]
+LLM_TOKENS = 12
+
+
+def expected_texts() -> dict[str, str]:
+    """Greedy answers of llama-cpp-python in-process, loaded as the worker loads it."""
+    import os
+
+    from llama_cpp import Llama
+
+    threads = len(os.sched_getaffinity(0))
+    llm = Llama(str(EXAMPLES / "smollm2" / "model.gguf"), n_ctx=2048, n_threads=threads,
+                n_threads_batch=threads, n_batch=512, seed=0, verbose=False)
+    texts = {p: llm.create_completion(p, temperature=0, max_tokens=LLM_TOKENS)["choices"][0]
+             ["text"] for p in PROMPTS}
+    llm.close()
+    return texts
 
 Call = Callable[[str, dict[str, Any]], Awaitable[tuple[str, Any]]]
 
@@ -96,6 +123,7 @@ class Soak:
         _, self.x_test, _, _ = digits_split()
         session = ort.InferenceSession(str(EXAMPLES / "digits" / "model.onnx"))
         self.expected = session.run(None, {"input": self.x_test})[0].argmax(axis=1)
+        self.texts = expected_texts()
         self.sent = 0
         self.answered = 0
         self.outcomes: Counter[str] = Counter()
@@ -115,6 +143,16 @@ class Soak:
                 [[1, 2, 3], [[0] * 64, [0] * 63], ["x"] * 64, {"nope": [1]}])}, -1
         if kind == "deadline":
             return "runInference", {"modelId": "slow", **slow_body(self.one_second, 100)}, -1
+        if kind.startswith("llm"):
+            prompt = rng.choice(PROMPTS)
+            options: dict[str, Any] = {"temperature": 0, "max_tokens": LLM_TOKENS}
+            if kind == "llm-bad":
+                options = rng.choice([{"temperature": 7}, {"n": 0}, {"stop": 5},
+                                      {"logit_bias": {}}])
+            elif kind == "llm-deadline":
+                options = {"max_tokens": 2000, "timeout": 100}
+            return "runInference", {"modelId": "smollm2", "inputData": {"prompt": prompt},
+                                    "options": options}, PROMPTS.index(prompt)
         if kind == "cold":
             return "runInference", {"modelId": "spare", "inputData": [self.x_test[i].tolist()]}, i
         return ("loadModel" if kind == "load" else "unloadModel"), {"modelId": "spare"}, -1
@@ -136,6 +174,9 @@ class Soak:
             self.outcomes[f"{kind}:{outcome}"] += 1
             if outcome not in ALLOWED[kind]:
                 self.unexpected[f"{kind}:{outcome}"] += 1
+            elif outcome == "ok" and kind == "llm":
+                if body["result"]["text"] != self.texts[PROMPTS[index]]:
+                    self.wrong_answers += 1
             elif outcome == "ok" and index >= 0:
                 label = int(body["result"]["predictions"][0][0]["label"])
                 if label != self.expected[index]:
@@ -198,9 +239,70 @@ def table(transport: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MODELS = {"digits": "digits", "spare": "digits", "slow": "slow", "smollm2": "smollm2"}
+PRELOAD = ["digits", "slow", "smollm2"]
+
+
+async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str, Any]:
+    """``concurrency`` OpenAI chat streams at once, one after another, for ``seconds``."""
+    repo = make_repo(tmp / "repo", {"smollm2": "smollm2"})
+    worker = Worker(repo, tmp / "streams.log", preload=["smollm2"],
+                    max_concurrent_inferences=concurrency)
+    sent = completed = broken = 0
+    reasons: Counter[str] = Counter()
+    memory: list[tuple[float, int]] = []
+    process = None
+    try:
+        worker.wait_ready()
+        process = psutil.Process(worker.proc.pid)
+        started = time.monotonic()
+        stop_at = started + seconds
+        async with httpx.AsyncClient(base_url=worker.url, timeout=120) as client:
+            async def one(seed: int) -> None:
+                nonlocal sent, completed, broken
+                rng = random.Random(seed)
+                while time.monotonic() < stop_at:
+                    sent += 1
+                    body = {"model": "smollm2", "stream": True, "max_tokens": rng.randint(8, 96),
+                            "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}
+                    finish, done = None, False
+                    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            if line == "data: [DONE]":
+                                done = True
+                            elif line.startswith("data: "):
+                                for choice in json.loads(line[6:]).get("choices", []):
+                                    finish = choice.get("finish_reason") or finish
+                    if done and finish in ("stop", "length") and r.status_code == 200:
+                        completed += 1
+                        reasons[finish] += 1
+                    else:
+                        broken += 1
+
+            async def sample() -> None:
+                while time.monotonic() < stop_at:
+                    memory.append((time.monotonic() - started, process.memory_info().rss))
+                    await asyncio.sleep(2)
+
+            await asyncio.gather(sample(), *(one(i) for i in range(concurrency)))
+        alive = worker.proc.poll() is None
+    finally:
+        worker.terminate()
+    warm = [m for t, m in memory if t >= seconds * 0.3] or [m for _, m in memory]
+    first, last = warm[: max(1, len(warm) // 5)], warm[-max(1, len(warm) // 5):]
+    growth = (np.mean(last) - np.mean(first)) / np.mean(first)
+    return {"seconds": seconds, "concurrency": concurrency, "sent": sent, "answered": completed,
+            "lost": sent - completed - broken, "hung": 0, "wrongAnswers": broken,
+            "unexpected": {} if alive else {"worker exited": 1},
+            "outcomes": dict(reasons),
+            "memoryAfterWarmupMB": [round(float(np.mean(first)) / 2**20, 1),
+                                    round(float(np.mean(last)) / 2**20, 1)],
+            "memoryGrowth": round(float(growth), 4), "latencyMs": {"p50": 0, "p99": 0}}
+
+
 async def soak_http(seconds: float, concurrency: int, tmp: Path) -> dict[str, Any]:
-    repo = make_repo(tmp / "repo", {"digits": "digits", "spare": "digits", "slow": "slow"})
-    worker = Worker(repo, tmp / "http.log", preload=["digits", "slow"],
+    repo = make_repo(tmp / "repo", MODELS)
+    worker = Worker(repo, tmp / "http.log", preload=PRELOAD,
                     max_concurrent_inferences=8, max_queued_inferences=16)
     try:
         worker.wait_ready()
@@ -216,9 +318,9 @@ async def soak_http(seconds: float, concurrency: int, tmp: Path) -> dict[str, An
 
 
 async def soak_rack(seconds: float, concurrency: int, tmp: Path) -> dict[str, Any]:
-    repo = make_repo(tmp / "repo", {"digits": "digits", "spare": "digits", "slow": "slow"})
+    repo = make_repo(tmp / "repo", MODELS)
     with local_testnet(3) as bootstrap:
-        rack = Rack(tmp, "soak", bootstrap, repo, preload=["digits", "slow"],
+        rack = Rack(tmp, "soak", bootstrap, repo, preload=PRELOAD,
                     max_concurrent_inferences=8, max_queued_inferences=16)
         try:
             status = rack.wait_ready()
@@ -233,7 +335,8 @@ async def soak_rack(seconds: float, concurrency: int, tmp: Path) -> dict[str, An
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--transport", choices=["http", "rack", "both"], default="both")
+    parser.add_argument("--transport", choices=["http", "rack", "both", "streams"],
+                        default="both")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/results/soak.json")
@@ -243,7 +346,7 @@ def main() -> int:
     failed = False
     for transport in transports:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = soak_http if transport == "http" else soak_rack
+            runner = {"http": soak_http, "rack": soak_rack, "streams": soak_streams}[transport]
             report = asyncio.run(runner(args.minutes * 60, args.concurrency, Path(tmp)))
         results[transport] = report
         broken = verdict(report)
