@@ -296,7 +296,8 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
             orchestrate(bootstrap, r.key, [{"together": [
                 {"call": "runInference", "payload": {
                     "modelId": "smollm2", "inputData": long,
-                    "options": {"max_tokens": 1500, "inferenceId": "story-1"}}},
+                    "options": {"max_tokens": 1500, "temperature": 0,
+                                "inferenceId": "story-1"}}},
                 {"call": "runInference", "after": 200, "payload": {
                     "modelId": "smollm2", "inputData": long,
                     "options": {"max_tokens": 10, "inferenceId": "story-2"}}},

@@ -1,8 +1,9 @@
-"""The seed's HTTP API on FastAPI: each route is one call into ``InferenceWorker``.
+"""The HTTP app: FastAPI with every protocol's route table, behind the guard.
 
-Bodies are parsed with orjson straight from the request bytes and responses
-are written with orjson (numpy arrays included), skipping pydantic on the hot
-path; the pydantic schemas only document the contract.
+The tables (``protocols/``) hold the routes; FastAPI registers them for ``/docs``
+and serves the requests the protocol-level server (``protocol.py``) hands on.
+Errors anywhere (a route FastAPI does not know, a validation problem, a bug) are
+answered in the error shape of the protocol the path belongs to.
 """
 
 from __future__ import annotations
@@ -11,113 +12,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, bodies, json_tensors
+from .. import __version__
 from ..errors import InferenceError
 from ..logs import get_logger
-from ..metrics import CONTENT_TYPE
-from ..worker import InferenceWorker, WorkerState
-from .disconnect import DisconnectWatch
+from ..worker import InferenceWorker
 from .docs import add_docs
 from .middleware import GuardMiddleware
-from .openai import openai_router
+from .protocols import TABLES
 from .responses import JSON, error_response, protocol_of
-from .schemas import INFERENCE_REQUEST_SCHEMA, errors
-from .v2 import INFER_PATH, v2_infer, v2_router
+from .routing import register
 
 log = get_logger("http")
 
 _STATUS_CODES = {404: "ERR_NOT_FOUND", 405: "ERR_METHOD_NOT_ALLOWED", 413: "ERR_PAYLOAD_TOO_LARGE"}
-
-
-async def inference_call(worker: InferenceWorker, model_id: str, body: bodies.Body
-                         ) -> Response:
-    """POST /api/inference/{modelId}: the one handler behind the protocol-level route
-    (``protocol.py``), the ASGI fast path and the FastAPI route. ``body`` may be the
-    chunks it arrived in: a big one is never joined on the loop."""
-    try:
-        payload = (bodies.loads_small(body) if isinstance(body, bytes)
-                   and len(body) <= json_tensors.LARGE_BYTES
-                   else await bodies.decode_json(body, worker.settings.max_tensor_elements))
-        if not isinstance(payload, dict) or "inputData" not in payload:
-            raise InferenceError("ERR_INVALID_REQUEST",
-                                 'body must be an object {"inputData": ..., "options": {...}}')
-        result = await worker.run_inference(model_id, payload["inputData"],
-                                            payload.get("options"))
-    except InferenceError as exc:
-        return error_response(exc)
-    return JSON(result)
-
-
-class InferenceFastPath:
-    """Serves the inference routes without the framework's per-request layers.
-
-    Plain ``POST /api/inference/{modelId}`` requests are answered earlier, by the
-    protocol (``protocol.py``); this serves the ones it hands on (query strings,
-    chunked bodies, pipelined requests...) and ``POST /v2/.../infer``, where
-    FastAPI's routing, dependency solving and middleware stack would cost several
-    times what the inference itself does for small models. Every other request, and
-    the OpenAPI description of these, goes to the FastAPI app unchanged.
-    """
-
-    PREFIX = "/api/inference/"
-
-    def __init__(self, app: Any, worker: InferenceWorker) -> None:
-        self.app = app
-        self.worker = worker
-        self.disconnects = DisconnectWatch()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        response: Response | None
-        if (path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX):]
-                and len(path) > len(self.PREFIX)):
-            try:
-                chunks = await _read_chunks(receive)
-            except InferenceError as exc:
-                response = error_response(exc)
-            else:
-                response = await self.disconnects.run(
-                    inference_call(self.worker, path[len(self.PREFIX):],
-                                   bodies.collapsed(chunks)), receive)
-        elif (match := INFER_PATH.match(path)) is not None:
-            try:
-                body = await _read_body(receive)
-            except InferenceError as exc:
-                response = error_response(exc, protocol="v2")
-            else:
-                headers = {k.decode("latin-1"): v.decode("latin-1")
-                           for k, v in scope.get("headers", ())}
-                response = await self.disconnects.run(
-                    v2_infer(self.worker, match.group(1), match.group(2), body, headers),
-                    receive)
-        else:
-            await self.app(scope, receive, send)
-            return
-        if response is not None:
-            await response(scope, receive, send)
-
-
-async def _read_body(receive: Any) -> bytes:
-    return bodies.joined(await _read_chunks(receive))
-
-
-async def _read_chunks(receive: Any) -> list[bytes]:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InferenceError("ERR_INVALID_REQUEST", "client disconnected")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks
 
 
 def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
@@ -157,47 +69,6 @@ def create_app(worker: InferenceWorker, manage_lifecycle: bool = True) -> Any:
         log.exception("unhandled error")
         return respond(request, InferenceError.internal(exc))
 
-    @app.get("/health", responses=errors(503))
-    async def health() -> Response:
-        body = await worker.get_health()
-        return JSON(body, status_code=200 if worker.state is WorkerState.READY else 503)
-
-    @app.post("/api/inference/{modelId}", openapi_extra={"requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": INFERENCE_REQUEST_SCHEMA}}}},
-        responses=errors(400, 401, 404, 409, 413, 429, 500, 503, 504))
-    async def inference(modelId: str, request: Request) -> Response:
-        return await inference_call(worker, modelId, await request.body())
-
-    @app.post("/api/models/{modelId}/load", responses=errors(401, 404, 422, 429, 503))
-    async def load(modelId: str) -> Response:
-        return JSON(await worker.load_model(modelId))
-
-    @app.post("/api/models/{modelId}/unload", responses=errors(401, 404, 503))
-    async def unload(modelId: str) -> Response:
-        return JSON(await worker.unload_model(modelId))
-
-    @app.get("/api/capacity", responses=errors(401, 404))
-    async def capacity(modelId: str | None = Query(None)) -> Response:
-        return JSON(await worker.check_capacity(modelId))
-
-    @app.get("/api/models", responses=errors(401))
-    async def models() -> Response:
-        return JSON(await worker.list_models())
-
-    @app.get("/api/models/{modelId}", responses=errors(401, 404))
-    async def model(modelId: str) -> Response:
-        return JSON(await worker.get_model(modelId))
-
-    @app.get("/api/stats", responses=errors(401))
-    async def stats() -> Response:
-        return JSON(await worker.get_stats())
-
-    @app.get("/metrics", response_class=Response, responses=errors(401))
-    async def metrics() -> Response:
-        return Response(worker.metrics.render(), media_type=CONTENT_TYPE)
-
-    app.include_router(v2_router(worker))
-    app.include_router(openai_router(worker))
-    return GuardMiddleware(InferenceFastPath(app, worker), worker.settings.api_keys,
-                           worker.settings.max_request_bytes)
+    for table in TABLES:
+        register(app, table, worker)
+    return GuardMiddleware(app, worker.settings.api_keys, worker.settings.max_request_bytes)

@@ -1,15 +1,17 @@
-"""POST /api/inference/{modelId} answered at the HTTP protocol: one parse, one task, one write.
+"""The inference routes answered at the HTTP protocol: one parse, one task, one write.
 
 uvicorn's httptools protocol serves every request through ASGI: a scope, a
 request-response cycle with its own Event and task, two receive/send messages
 checked header by header, and two socket writes. For a small model that costs
 the event loop about as much as the whole inference. This subclass serves the
-worker's hot route itself, through the same ``inference_call`` and guard checks
-as the ASGI route, and writes the response in one piece. Anything unusual about
-a request (another route or method, a query string or percent-escape, no
-Content-Length, ``Expect: 100-continue``, an upgrade, a request pipelined
-behind another, a guard check that fails) goes to uvicorn and the ASGI app
-unchanged, so this file only has to be right about the plain case.
+routes the protocol tables mark ``fast`` (``POST /api/inference/{modelId}``,
+v2's infer, OpenAI's completions) itself, through the same route handlers and
+guard checks as the ASGI app, and writes a reply in one piece (a stream in HTTP
+chunks). Anything unusual about a request (another route or method, a query
+string or percent-escape, no Content-Length, ``Expect: 100-continue``, an
+upgrade, a request pipelined behind another, a guard check that fails) goes to
+uvicorn and the ASGI app unchanged, so this file only has to be right about the
+plain case.
 
 While a request is served here it stands in for uvicorn's cycle
 (``response_complete``, ``keep_alive``, ``disconnected``), so uvicorn's own
@@ -45,16 +47,26 @@ from .. import bodies
 from ..errors import InferenceError
 from ..logs import get_logger, request_id_var
 from ..worker import InferenceWorker
-from .app import inference_call
 from .middleware import GuardMiddleware, id_and_length, request_id_for
+from .protocols import TABLES
 from .responses import error_response
+from .routing import Call, EventStream, Route, Table, answer
 
 log = get_logger("http")
 
-_PREFIX = b"/api/inference/"
+#: the routes served here, in the order they are tried (the seed API's first)
+_FAST: list[tuple[Table, Route]] = [(t, r) for t in TABLES for r in t.routes if r.fast]
 #: What a lingering close reads and discards at most, and for how long.
 LINGER_BYTES = 1 << 30
 LINGER_S = 10.0
+
+
+def _fast_route(path: str) -> tuple[Table, Route, dict[str, str]] | None:
+    for table, route in _FAST:
+        found = route.pattern.match(path)
+        if found is not None:
+            return table, route, found.groupdict()
+    return None
 
 
 class _LingeringTransport:
@@ -88,12 +100,16 @@ class _NoEvent:
 class _FastRequest:
     """One request served here; also uvicorn's view of the connection's current cycle."""
 
-    __slots__ = ("body", "disconnected", "keep_alive", "model_id", "request_id",
-                 "response_complete", "task")
+    __slots__ = ("body", "disconnected", "headers", "keep_alive", "params", "request_id",
+                 "response_complete", "route", "table", "task")
     message_event = _NoEvent()
 
-    def __init__(self, model_id: str, request_id: str, keep_alive: bool) -> None:
-        self.model_id = model_id
+    def __init__(self, table: Table, route: Route, params: dict[str, str],
+                 headers: list[tuple[bytes, bytes]], request_id: str, keep_alive: bool) -> None:
+        self.table = table
+        self.route = route
+        self.params = params
+        self.headers = headers
         self.request_id = request_id
         self.keep_alive = keep_alive
         self.body: list[bytes] = []
@@ -211,48 +227,75 @@ class InferenceProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind a request still being answered
         url = self.url
-        if (self.expect_100_continue or not url.startswith(_PREFIX) or len(url) == len(_PREFIX)
-                or self.parser.get_method() != b"POST" or b"?" in url or b"%" in url
-                or b"/" in url[len(_PREFIX):] or self.parser.should_upgrade()):
+        if (self.expect_100_continue or self.parser.get_method() != b"POST" or b"?" in url
+                or b"%" in url or self.parser.should_upgrade()):
+            return None
+        path = url.decode("ascii")
+        matched = _fast_route(path)
+        if matched is None:
             return None
         given, length = id_and_length(self.headers)
         if length is None:
             return None  # chunked: the ASGI route counts its bytes as they come
-        path = url.decode("ascii")
         if self.guard.check({"headers": self.headers, "path": path}, length) is not None:
             return None  # the ASGI route answers with the error
         http_version = self.parser.get_http_version()
-        return _FastRequest(path[len(_PREFIX):], request_id_for(given),
+        return _FastRequest(*matched, self.headers,
+                            request_id_for(given),
                             http_version != "1.0" and self.parser.should_keep_alive())
 
     async def _serve(self, fast: _FastRequest) -> None:
         token = request_id_var.set(fast.request_id)
         try:
-            response = await inference_call(self.worker, fast.model_id,
-                                            bodies.collapsed(fast.body))
+            call = Call(fast.params, bodies.collapsed(fast.body), {}, fast.headers)
+            response = await answer(fast.table, fast.route, self.worker, call)
+            if isinstance(response, EventStream):
+                await self._stream(fast, response)
+                return
         except asyncio.CancelledError:
             if not fast.disconnected:
                 raise
             log.info("client disconnected; request cancelled")
             return
-        except Exception as exc:  # inference_call answers InferenceError itself
+        except Exception as exc:  # answer() turns InferenceError into a reply itself
             log.exception("unhandled error")
-            response = error_response(InferenceError.internal(exc))
+            response = error_response(InferenceError.internal(exc), fast.table.protocol)
         finally:
             request_id_var.reset(token)
         self._respond(fast, response)
+
+    async def _stream(self, fast: _FastRequest, reply: EventStream) -> None:
+        """A streamed reply in HTTP/1.1 chunks, each written as it comes; a lost
+        connection cancels this task, which closes the chunks' generator."""
+        transport = self.transport
+        self._write_head(reply, fast.request_id, fast.keep_alive,
+                         b"transfer-encoding: chunked\r\n")
+        async with contextlib.aclosing(reply.chunks) as chunks:
+            async for chunk in chunks:
+                if fast.disconnected or transport.is_closing():
+                    return
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                if self.flow.write_paused:
+                    await self.flow.drain()
+        if fast.disconnected or transport.is_closing():
+            return
+        transport.write(b"0\r\n\r\n")
+        self._finished(fast)
 
     def _respond(self, fast: _FastRequest, response: Response) -> None:
         if fast.disconnected or self.transport.is_closing():
             return
         self._write(response, fast.request_id, fast.keep_alive)
+        self._finished(fast)
+
+    def _finished(self, fast: _FastRequest) -> None:
         fast.response_complete = True
         if not fast.keep_alive:
             self.transport.close()
         self.on_response_complete()
 
-    def _write(self, response: Response, request_id: str | None, keep_alive: bool) -> None:
-        """The response in one socket write: status line, headers, body."""
+    def _head(self, response: Response, request_id: str | None, keep_alive: bool,
+              extra: bytes = b"") -> list[bytes | memoryview]:
         parts: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
         for name, value in (*self.server_state.default_headers, *response.raw_headers):
             parts += (name, b": ", value, b"\r\n")
@@ -260,7 +303,17 @@ class InferenceProtocol(HttpToolsProtocol):
             parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
         if not keep_alive:
             parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", response.body)
+        parts += (extra, b"\r\n")
+        return parts
+
+    def _write_head(self, response: Response, request_id: str | None, keep_alive: bool,
+                    extra: bytes = b"") -> None:
+        self.transport.write(b"".join(self._head(response, request_id, keep_alive, extra)))
+
+    def _write(self, response: Response, request_id: str | None, keep_alive: bool) -> None:
+        """The response in one socket write: status line, headers, body."""
+        parts = self._head(response, request_id, keep_alive)
+        parts.append(response.body)
         self.transport.write(b"".join(parts))
 
 

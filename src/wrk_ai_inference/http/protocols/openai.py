@@ -10,7 +10,6 @@ ending in ``data: [DONE]``; a client that goes away stops its generation.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import time
@@ -18,14 +17,13 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .. import bodies, json_tensors
-from ..errors import InferenceError
-from ..worker import InferenceWorker
-from .disconnect import DisconnectWatch
-from .responses import JSON, error_response
+from ... import bodies, json_tensors
+from ...errors import InferenceError
+from ...worker import InferenceWorker
+from ..responses import JSON
+from ..routing import Call, EventStream, Route, Table
 
 #: Fields every generation request may carry besides the sampling options, which
 #: go to the task as they are (it refuses the ones it does not know).
@@ -42,9 +40,10 @@ def _invalid(message: str, param: str | None = None) -> InferenceError:
     return InferenceError("ERR_INVALID_REQUEST", message, {"param": param} if param else None)
 
 
-async def _json_body(request: Request, worker: InferenceWorker) -> dict[str, Any]:
-    body = await request.body()
-    payload = (bodies.loads_small(body) if len(body) <= json_tensors.LARGE_BYTES
+async def _json_body(call: Call, worker: InferenceWorker) -> dict[str, Any]:
+    body = call.body
+    payload = (bodies.loads_small(body) if isinstance(body, bytes)
+               and len(body) <= json_tensors.LARGE_BYTES
                else await bodies.decode_json(body, worker.settings.max_tensor_elements))
     payload = json_tensors.plain(payload)
     if not isinstance(payload, dict):
@@ -161,51 +160,6 @@ class _Shapes:
         return {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
 
 
-class EventStream(Response):
-    """An SSE response whose generation stops when the client goes away: a watcher on
-    ``receive`` cancels the task that streams, which closes the worker's stream."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
-        # not Response.__init__: it would declare a Content-Length for an empty body
-        self.chunks = chunks
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": self.raw_headers})
-            async with contextlib.aclosing(self.chunks) as chunks:
-                async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk,
-                                "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()
-        except OSError:
-            pass  # the connection broke mid-write: the stream is closed above
-        finally:
-            watcher.cancel()
-
-
 async def _first_event(events: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any]:
     """The stream's ``start`` event: errors before it (bad input, a full worker) still get
     a proper status code rather than a 200 with an error inside the stream."""
@@ -216,104 +170,95 @@ async def _first_event(events: AsyncGenerator[dict[str, Any], None]) -> dict[str
         raise
 
 
-def openai_router(worker: InferenceWorker) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["OpenAI API"])
-    disconnects = DisconnectWatch()
-
-    def fail(exc: InferenceError) -> Response:
-        return error_response(exc, "openai")
-
-    async def generate(request: Request, chat: bool) -> Response:
-        try:
-            payload = await _json_body(request, worker)
-            model = _model(payload)
-            options = _options(payload, _CHAT_FIELDS if chat else _COMPLETION_FIELDS)
-            if chat:
-                input_data: dict[str, Any] = {"messages": payload.get("messages")}
-            else:
-                input_data = {"prompt": _prompt(payload)}
-            stream, include_usage = _stream_flag(payload)
-            shapes = _Shapes(chat, model)
-            if not stream:
-                answer = await disconnects.run(
-                    worker.run_inference(model, input_data, options), request.receive)
-                if answer is None:  # the client left
-                    return Response(status_code=499)
-                result = answer["result"]
-                return JSON({"id": shapes.ident(answer["inferenceId"]),
-                             "object": shapes.object, "created": shapes.created,
-                             "model": model,
-                             "choices": [shapes.choice(c) for c in result["choices"]],
-                             "usage": _usage(result["usage"]), "system_fingerprint": None})
-            events = worker.stream_inference(model, input_data, options)
-            start = await _first_event(events)
-        except InferenceError as exc:
-            return fail(exc)
-        return EventStream(_sse_chunks(shapes, start, events, include_usage))
-
-    @router.post("/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, chat=True)
-
-    @router.post("/completions")
-    async def completions(request: Request) -> Response:
-        return await generate(request, chat=False)
-
-    @router.post("/embeddings")
-    async def embeddings(request: Request) -> Response:
-        try:
-            payload = await _json_body(request, worker)
-            model = _model(payload)
-            unknown = sorted(set(payload) - {"model", "input", "encoding_format", "user"})
-            if unknown:
-                raise _invalid(f"fields this worker does not support: {unknown}", unknown[0])
-            encoding = payload.get("encoding_format") or "float"
-            if encoding not in ("float", "base64"):
-                raise _invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
-            texts = payload.get("input")
-            if isinstance(texts, str):
-                texts = [texts]
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str)
-                                                                   for t in texts):
-                raise _invalid("input must be a string or a list of strings", "input")
-            entry = worker.models.entry(model)
-            if entry.spec is not None and entry.spec.task != "text-embedding":
-                raise _invalid(f"model '{model}' is a {entry.spec.task} model, not "
-                               "text-embedding", "model")
-            answer = await worker.run_inference(model, texts)
-        except InferenceError as exc:
-            return fail(exc)
+async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response:
+    payload = await _json_body(call, worker)
+    model = _model(payload)
+    options = _options(payload, _CHAT_FIELDS if chat else _COMPLETION_FIELDS)
+    if chat:
+        input_data: dict[str, Any] = {"messages": payload.get("messages")}
+    else:
+        input_data = {"prompt": _prompt(payload)}
+    stream, include_usage = _stream_flag(payload)
+    shapes = _Shapes(chat, model)
+    if not stream:
+        answer = await worker.run_inference(model, input_data, options)
         result = answer["result"]
-        if "embeddings" not in result:
-            return fail(_invalid(f"model '{model}' does not make embeddings", "model"))
-        matrix = result["embeddings"]
-        # base64: the float32 values' little-endian bytes (what the openai client asks for)
-        vectors = (matrix.tolist() if encoding == "float" else
-                   [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix])
-        return JSON({"object": "list", "model": model,
-                     "data": [{"object": "embedding", "index": i, "embedding": v}
-                              for i, v in enumerate(vectors)],
-                     "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+        return JSON({"id": shapes.ident(answer["inferenceId"]), "object": shapes.object,
+                     "created": shapes.created, "model": model,
+                     "choices": [shapes.choice(c) for c in result["choices"]],
+                     "usage": _usage(result["usage"]), "system_fingerprint": None})
+    events = worker.stream_inference(model, input_data, options)
+    start = await _first_event(events)
+    return EventStream(_sse_chunks(shapes, start, events, include_usage))
 
-    def describe(meta: dict[str, Any]) -> dict[str, Any]:
-        loaded = meta.get("loadedAt")
-        return {"id": meta["id"], "object": "model",
-                "created": int(loaded / 1000) if loaded else 0, "owned_by": "wrk-ai-inference"}
 
-    @router.get("/models")
-    async def models() -> Response:
-        listed = worker.models.list_models()
-        return JSON({"object": "list", "data": [describe(m) for m in listed
-                                                if m.get("state") != "failed"]})
+async def _chat(worker: InferenceWorker, call: Call) -> Response:
+    return await _generate(worker, call, chat=True)
 
-    @router.get("/models/{model}")
-    async def model(model: str) -> Response:
-        try:
-            return JSON(describe(worker.models.get_model(model)))
-        except InferenceError as exc:
-            return fail(exc)
 
-    return router
+async def _completions(worker: InferenceWorker, call: Call) -> Response:
+    return await _generate(worker, call, chat=False)
+
+
+async def _embeddings(worker: InferenceWorker, call: Call) -> Response:
+    payload = await _json_body(call, worker)
+    model = _model(payload)
+    unknown = sorted(set(payload) - {"model", "input", "encoding_format", "user"})
+    if unknown:
+        raise _invalid(f"fields this worker does not support: {unknown}", unknown[0])
+    encoding = payload.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise _invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
+    texts = payload.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _invalid("input must be a string or a list of strings", "input")
+    entry = worker.models.entry(model)
+    if entry.spec is not None and entry.spec.task != "text-embedding":
+        raise _invalid(f"model '{model}' is a {entry.spec.task} model, not text-embedding",
+                       "model")
+    result = (await worker.run_inference(model, texts))["result"]
+    if "embeddings" not in result:
+        raise _invalid(f"model '{model}' does not make embeddings", "model")
+    matrix = result["embeddings"]
+    # base64: the float32 values' little-endian bytes (what the openai client asks for)
+    vectors = (matrix.tolist() if encoding == "float" else
+               [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix])
+    return JSON({"object": "list", "model": model,
+                 "data": [{"object": "embedding", "index": i, "embedding": v}
+                          for i, v in enumerate(vectors)],
+                 "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+
+def _describe(meta: dict[str, Any]) -> dict[str, Any]:
+    loaded = meta.get("loadedAt")
+    return {"id": meta["id"], "object": "model",
+            "created": int(loaded / 1000) if loaded else 0, "owned_by": "wrk-ai-inference"}
+
+
+async def _models(worker: InferenceWorker, call: Call) -> Response:
+    listed = worker.models.list_models()
+    return JSON({"object": "list",
+                 "data": [_describe(m) for m in listed if m.get("state") != "failed"]})
+
+
+async def _model_info(worker: InferenceWorker, call: Call) -> Response:
+    return JSON(_describe(worker.models.get_model(call.params["model"])))
+
+
+_ERRORS = (400, 401, 404, 409, 413, 429, 500, 503, 504)
+
+TABLE = Table("openai", "OpenAI API", (
+    Route("POST", "/v1/chat/completions", _chat, fast=True, summary="Chat completion",
+          responses=_ERRORS),
+    Route("POST", "/v1/completions", _completions, fast=True, summary="Completion",
+          responses=_ERRORS),
+    Route("POST", "/v1/embeddings", _embeddings, summary="Embeddings", responses=_ERRORS),
+    Route("GET", "/v1/models", _models, summary="List models", responses=(401,)),
+    Route("GET", "/v1/models/{model}", _model_info, summary="One model",
+          responses=(401, 404)),
+))
 
 
 def _prompt(payload: dict[str, Any]) -> str:
