@@ -8,8 +8,9 @@ Measured in one run, on the bundled SmolLM2 GGUF, with the same prompt and setti
 Each round measures every contender in turn, in a different order each round; a
 request streams ``--tokens`` tokens greedily (``ignore_eos`` is not an OpenAI field,
 so the prompt is one the model does not end early). Every request's prompt begins
-with a number never used before, so no contender answers from a cached prompt. Prints the medians of time to
-first token and decode tokens per second, and the worker's ratios to the others.
+with a number never used before, so no contender answers from a cached prompt. Prints
+the medians of time to first token and decode tokens per second, and the worker's
+ratios to the others.
 Loopback only, bounded by the rounds.
 """
 
