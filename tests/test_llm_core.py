@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from .test_batcher import started_worker
 LONG = {"max_tokens": 1500, "temperature": 0}  # greedy: this prompt runs on, no early end
 
 
-async def test_cancel_stops_exactly_one_generation(tmp_path: Path) -> None:
+async def test_cancel_stops_exactly_one_generation(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="wrk_ai_inference.llama")
     worker = await started_worker(make_repo(tmp_path, {"smollm2": "smollm2"}),
                                   preload=["smollm2"])
     try:
@@ -34,6 +37,11 @@ async def test_cancel_stops_exactly_one_generation(tmp_path: Path) -> None:
         assert (await worker.cancel("gen-a"))["cancelled"] is True
         first = (await asyncio.wait_for(running, 5))["result"]
         assert first["finishReason"] == "cancelled" and first["text"]
+        await asyncio.sleep(0.1)  # the thread logs its stop just after its last event
+        stops = [r.stopMs for r in caplog.records  # type: ignore[attr-defined]
+                 if r.getMessage() == "generation stopped" and r.reason == "cancelled"]  # type: ignore[attr-defined]
+        assert len(stops) == 1 and stops[0] < 300, stops
+        print(f"cancel (in process): thread stopped {stops[0]} ms after the cancel")  # noqa: T201
         assert 0 < first["usage"]["completionTokens"] < 1500
         second = (await asyncio.wait_for(queued, 30))["result"]
         assert second["finishReason"] == "length" and second["usage"]["completionTokens"] == 12

@@ -314,3 +314,15 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
         assert neighbour["result"]["result"]["finishReason"] == "length"
         assert neighbour["result"]["result"]["usage"]["completionTokens"] == 10
         assert cancelled["ms"] < 1000 + 2000  # answered soon after the cancel, not at the end
+        proc = psutil.Process(r.proc.pid)
+        before = proc.cpu_times()
+        time.sleep(1.0)
+        after = proc.cpu_times()
+        assert (after.user - before.user) + (after.system - before.system) < 0.15
+        stopped = [json.loads(line) for line in r.logs().splitlines()
+                   if '"generation stopped"' in line]
+        assert [s["reason"] for s in stopped] == ["cancelled"], stopped
+        assert stopped[0]["stopMs"] < 300
+        print(f"cancel (RPC): thread stopped {stopped[0]['stopMs']} ms after the cancel; "  # noqa: T201
+              f"cancelled call answered {cancelled['ms']:.0f} ms after it was sent (cancel "
+              f"sent at 1000 ms)")

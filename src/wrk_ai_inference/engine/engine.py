@@ -168,7 +168,7 @@ class InferenceEngine:
             1, min(self.threads, (os.cpu_count() or 1) // intra))
         self.overrunning = 0
         metrics.overrunning.set_function(lambda: self.overrunning)
-        self._generations: dict[str, Any] = {}  # running generations by inference id
+        self._generations: dict[str, Generation] = {}  # running generations by inference id
         metrics.bind_sequences(lambda: self.sequences()[0], lambda: self.sequences()[1])
 
     async def infer(self, model_id: str, input_data: Any, options: Any = None,
@@ -330,8 +330,11 @@ class InferenceEngine:
                         del self._generations[inference_id]
                 events.put_nowait(event)
 
-            job = task.generation(request,
-                                  lambda event: loop.call_soon_threadsafe(on_event, event))
+            def emit(event: tuple[Any, ...]) -> None:  # on the model's thread
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(on_event, event)
+
+            job = task.generation(request, emit)
             self._generations[inference_id] = job
             def expire() -> None:
                 # the thread stops within a token (or a graph node of the prompt) and then
@@ -607,4 +610,6 @@ class InferenceEngine:
         return elapsed
 
     def shutdown(self) -> None:
+        for job in list(self._generations.values()):
+            job.stop("shutdown")
         self.executor.shutdown(wait=False, cancel_futures=True)
