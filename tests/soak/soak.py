@@ -132,6 +132,7 @@ class Soak:
         self.hung = 0
         self.latencies: list[float] = []
         self.memory: list[tuple[float, int]] = []
+        self.each: list[list[int]] = []  # per process, for telling the bridge from the worker
 
     def request(self, rng: random.Random, kind: str) -> tuple[str, dict[str, Any], int]:
         i = rng.randrange(len(self.x_test))
@@ -185,8 +186,9 @@ class Soak:
     async def sample_memory(self, stop_at: float) -> None:
         start = time.monotonic()
         while time.monotonic() < stop_at:
-            rss = sum(p.memory_info().rss for p in self.processes if p.is_running())
-            self.memory.append((time.monotonic() - start, rss))
+            each = [p.memory_info().rss if p.is_running() else 0 for p in self.processes]
+            self.memory.append((time.monotonic() - start, sum(each)))
+            self.each.append(each)
             await asyncio.sleep(2)
 
     async def run(self) -> dict[str, Any]:
@@ -205,6 +207,9 @@ class Soak:
             "memoryAfterWarmupMB": [round(float(np.mean(first)) / 2**20, 1),
                                     round(float(np.mean(last)) / 2**20, 1)],
             "memoryGrowth": round(float(growth), 4),
+            "memoryPerProcessMB": [[round(self.each[i][j] / 2**20, 1)
+                                    for j in range(len(self.processes))]
+                                   for i in (len(self.each) * 3 // 10, -1)] if self.each else [],
             "latencyMs": {"p50": round(float(np.percentile(lat, 50)), 2),
                           "p99": round(float(np.percentile(lat, 99)), 2)},
         }
