@@ -41,7 +41,7 @@ class Call:
     body: Body = b""
     query: dict[str, str] = field(default_factory=dict)
     #: (lower-case name, value) pairs as they arrived
-    raw_headers: list[tuple[bytes, bytes]] | Any = ()
+    raw_headers: Any = ()  # an ASGI scope's list, or httptools' headers
 
     def header(self, name: str) -> str | None:
         wanted = name.encode("latin-1")
@@ -49,10 +49,6 @@ class Call:
             if key == wanted:
                 return bytes(value).decode("latin-1")
         return None
-
-    def headers(self) -> dict[str, str]:
-        return {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
-                for k, v in self.raw_headers}
 
 
 class EventStream(Response):
@@ -139,14 +135,6 @@ class Table:
     protocol: str  # "seed" | "v2" | "openai": the error shape (responses.error_response)
     tag: str
     routes: tuple[Route, ...]
-
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        for route in self.routes:
-            if route.method == method:
-                found = route.pattern.match(path)
-                if found is not None:
-                    return route, found.groupdict()
-        return None
 
 
 async def answer(table: Table, route: Route, worker: InferenceWorker, call: Call
