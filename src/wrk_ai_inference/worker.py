@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncGenerator
 from enum import StrEnum
@@ -29,6 +30,16 @@ from .models.spec import check_model_id
 from .runtimes.llama import LlamaSession
 
 log = get_logger("worker")
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive at start-up (modules, models, the runtimes' Python objects)
+    out of the collector's reach. A full collection walks every tracked object: with
+    onnxruntime, torch, llama-cpp-python and their imports that is hundreds of thousands,
+    and one pass stalls the event loop for a few hundred milliseconds; after this it
+    walks only what requests made."""
+    gc.collect()
+    gc.freeze()
 
 
 class WorkerState(StrEnum):
@@ -98,6 +109,7 @@ class InferenceWorker:
             except InferenceError as exc:
                 log.error("preload failed", extra={"modelId": model_id, "error": exc.message})
         if self.state is WorkerState.STARTING:
+            _freeze_startup_objects()
             self.state = WorkerState.READY
             log.info("worker ready", extra={"loadedModels": self.models.loaded_ids()})
 
