@@ -21,10 +21,9 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import free_port, wait_http  # noqa: E402
+from benchmarks.bench import free_port, server  # noqa: E402
 
 GGUF = ROOT / "examples" / "models" / "smollm2" / "model.gguf"
 SERVER_VENV = ROOT / ".venv-llm-bench"
@@ -101,21 +100,6 @@ def over_http(url: str, model: str, tokens: int) -> Callable[[], Sample]:
     return one
 
 
-@contextlib.contextmanager
-def process(args: list[str], health: str, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_http(health, proc, timeout=120)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
@@ -126,20 +110,20 @@ def main() -> None:
     contenders: dict[str, Callable[[], Sample]] = {"in-process": in_process(args.tokens)}
     with contextlib.ExitStack() as stack:
         port = free_port()
-        stack.enter_context(process(
+        stack.enter_context(server(
             [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(port),
              "--preload", "smollm2", "--health-check-interval", "60000"],
-            f"http://127.0.0.1:{port}/health", results_dir / "llm-worker.log"))
+            f"http://127.0.0.1:{port}/health"))
         contenders["worker"] = over_http(f"http://127.0.0.1:{port}", "smollm2", args.tokens)
         server_python = SERVER_VENV / "bin" / "python"
         if server_python.exists():
             port = free_port()
-            stack.enter_context(process(
+            stack.enter_context(server(
                 [str(server_python), "-m", "llama_cpp.server", "--model", str(GGUF),
                  "--model_alias", "smollm2", "--n_ctx", "2048", "--n_threads",
                  str(_threads()), "--n_threads_batch", str(_threads()), "--n_batch", "512",
                  "--host", "127.0.0.1", "--port", str(port)],
-                f"http://127.0.0.1:{port}/v1/models", results_dir / "llm-server.log"))
+                f"http://127.0.0.1:{port}/v1/models"))
             contenders["llama.server"] = over_http(f"http://127.0.0.1:{port}", "smollm2",
                                                    args.tokens)
         else:

@@ -44,10 +44,8 @@ _MAX_TIMEOUT_MS = 3_600_000
 _MAX_TOP_K = 1000
 
 
-def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
-    """(timeout seconds, top-k, requested outputs) from the request's ``options``."""
-    if options is None:  # most requests: the defaults, validated when settings loaded
-        return settings.inference_timeout / 1000.0, settings.default_top_k, None
+def _timeout_s(options: Any, settings: Settings) -> float:
+    """The deadline in seconds that ``options`` (an object, else a 400) asks for."""
     if not isinstance(options, dict):
         raise InferenceError("ERR_INVALID_REQUEST", "options must be an object")
     timeout_ms = options.get("timeout", settings.inference_timeout)
@@ -55,6 +53,14 @@ def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[s
             or not 0 < timeout_ms <= _MAX_TIMEOUT_MS):
         raise InferenceError("ERR_INVALID_REQUEST",
                              f"options.timeout must be milliseconds in (0, {_MAX_TIMEOUT_MS}]")
+    return float(timeout_ms) / 1000.0
+
+
+def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[str] | None]:
+    """(timeout seconds, top-k, requested outputs) from the request's ``options``."""
+    if options is None:  # most requests: the defaults, validated when settings loaded
+        return settings.inference_timeout / 1000.0, settings.default_top_k, None
+    timeout_s = _timeout_s(options, settings)
     top_k = options.get("topK", settings.default_top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= _MAX_TOP_K:
         raise InferenceError("ERR_INVALID_REQUEST",
@@ -63,7 +69,7 @@ def _parse_options(options: Any, settings: Settings) -> tuple[float, int, list[s
     if outputs is not None and (not isinstance(outputs, list)
                                 or not all(isinstance(o, str) for o in outputs)):
         raise InferenceError("ERR_INVALID_REQUEST", "options.outputs must be a list of names")
-    return timeout_ms / 1000.0, top_k, outputs
+    return timeout_s, top_k, outputs
 
 
 _INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -73,20 +79,14 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
     """(timeout seconds, inference id, the task's options) of a generation request."""
     if options is None:
         return settings.inference_timeout / 1000.0, new_id(), {}
-    if not isinstance(options, dict):
-        raise InferenceError("ERR_INVALID_REQUEST", "options must be an object")
-    timeout_ms = options.get("timeout", settings.inference_timeout)
-    if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float)
-            or not 0 < timeout_ms <= _MAX_TIMEOUT_MS):
-        raise InferenceError("ERR_INVALID_REQUEST",
-                             f"options.timeout must be milliseconds in (0, {_MAX_TIMEOUT_MS}]")
+    timeout_s = _timeout_s(options, settings)
     inference_id = options.get("inferenceId")
     if inference_id is None:
         inference_id = new_id()
     elif not isinstance(inference_id, str) or not _INFERENCE_ID_RE.match(inference_id):
         raise InferenceError("ERR_INVALID_REQUEST",
                              "options.inferenceId must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    return timeout_ms / 1000.0, inference_id, options
+    return timeout_s, inference_id, options
 
 
 def _lists(value: Any) -> Any:
