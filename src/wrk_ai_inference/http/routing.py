@@ -12,7 +12,6 @@ routes marked ``fast`` itself; FastAPI registers every route of every table
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import re
@@ -54,9 +53,10 @@ class Call:
 class EventStream(Response):
     """A streamed reply (server-sent events): status, headers and chunks.
 
-    Under ASGI a watcher on ``receive`` cancels the task that streams when the client
-    goes away, which closes the chunks' generator (and with it the generation); the
-    protocol-level server cancels the same way when the connection is lost.
+    Under ASGI the disconnect watch (``disconnect.py``) cancels the task that streams when
+    the client goes away, which closes the chunks' generator (and with it the
+    generation); the protocol-level server cancels the same way when the connection is
+    lost.
     """
 
     media_type = "text/event-stream"
@@ -70,18 +70,9 @@ class EventStream(Response):
                             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
+        await _STREAMS.run(self._send(send), receive)  # None when the client went away
 
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
+    async def _send(self, send: Any) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
@@ -90,14 +81,12 @@ class EventStream(Response):
                     await send({"type": "http.response.body", "body": chunk,
                                 "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()
         except OSError:
             pass  # the connection broke mid-write: the chunks are closed above
-        finally:
-            watcher.cancel()
+
+
+#: watches streamed replies under ASGI: a client that leaves cancels its stream
+_STREAMS = DisconnectWatch()
 
 
 Handler = Callable[["InferenceWorker", Call], Awaitable[Response]]
