@@ -192,3 +192,15 @@ def add_string_model(root: Path, model_id: str = "upper") -> None:
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     (folder / "model.json").write_text(json.dumps({"runtime": "onnx", "file": "model.onnx",
                                                    "version": "1"}))
+
+
+def cpu_seconds(pid: int, seconds: float = 1.0) -> float:
+    """CPU time (user + system) the process spends over the next ``seconds``: near zero
+    once its work has really stopped."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    return (after.user - before.user) + (after.system - before.system)

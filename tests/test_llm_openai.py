@@ -16,10 +16,9 @@ from typing import Any
 
 import httpx
 import openai
-import psutil
 import pytest
 
-from .helpers import EXAMPLES, Worker, running_worker
+from .helpers import EXAMPLES, Worker, cpu_seconds, running_worker
 
 GGUF = EXAMPLES / "smollm2" / "model.gguf"
 QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
@@ -243,14 +242,6 @@ def test_models_and_embeddings(client: openai.OpenAI, llm: Worker) -> None:
         client.embeddings.create(model="smollm2", input="x")
 
 
-def _cpu_s(pid: int, seconds: float) -> float:
-    proc = psutil.Process(pid)
-    before = proc.cpu_times()
-    time.sleep(seconds)
-    after = proc.cpu_times()
-    return (after.user - before.user) + (after.system - before.system)
-
-
 def _stops(llm: Worker, reason: str) -> list[float]:
     return [line["stopMs"] for line in llm.log_lines()
             if line.get("msg") == "generation stopped" and line.get("reason") == reason]
@@ -280,7 +271,7 @@ def test_a_client_that_disconnects_stops_its_stream(llm: Worker, path: str) -> N
             seen += sock.recv(4096)
         assert httpx.get(f"{llm.url}/api/capacity").json()["currentLoad"] == 1
     freed_s = _free(llm)
-    assert _cpu_s(llm.proc.pid, 1.0) < 0.15  # the generation really stopped
+    assert cpu_seconds(llm.proc.pid) < 0.15  # the generation really stopped
     stops = _stops(llm, "disconnected")
     assert len(stops) == before + 1 and stops[-1] < 300, stops
     print(f"disconnect: thread stopped {stops[-1]} ms after the stop; slot free after "  # noqa: T201
@@ -302,7 +293,7 @@ def test_the_deadline_stops_generation(llm: Worker, where: str) -> None:
     assert r.status_code == 504 and r.json()["error"] == "ERR_INFERENCE_TIMEOUT", r.text
     assert took < timeout_ms / 1000 + 1.0
     _free(llm)
-    assert _cpu_s(llm.proc.pid, 1.0) < 0.15
+    assert cpu_seconds(llm.proc.pid) < 0.15
     stops = _stops(llm, "deadline")
     assert len(stops) == before + 1 and stops[-1] < 300, stops
     print(f"deadline ({where}): answered after {took * 1000:.0f} ms (timeout {timeout_ms}); "  # noqa: T201
