@@ -55,6 +55,12 @@ def make_repo(root: Path, models: dict[str, str]) -> Path:
     return root
 
 
+def edit_spec(folder: Path, **changes: Any) -> None:
+    """Change fields of a copied model's model.json (``parallel=1``, ...)."""
+    path = folder / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 def add_broken_model(root: Path, model_id: str = "broken") -> None:
     """A model that validates any 1-D float input but fails in the runtime unless it has 4
     elements (Reshape to [2, 2]): the way to reach ERR_INFERENCE_FAILED."""

@@ -14,7 +14,7 @@ import pytest
 from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.runtimes.llama import StopFilter
 
-from .helpers import DIGIT_ZERO, make_repo
+from .helpers import DIGIT_ZERO, edit_spec, make_repo
 from .test_batcher import started_worker
 
 LONG = {"max_tokens": 1500, "temperature": 0}  # greedy: this prompt runs on, no early end
@@ -23,8 +23,9 @@ LONG = {"max_tokens": 1500, "temperature": 0}  # greedy: this prompt runs on, no
 async def test_cancel_stops_exactly_one_generation(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="wrk_ai_inference.llama")
-    worker = await started_worker(make_repo(tmp_path, {"smollm2": "smollm2"}),
-                                  preload=["smollm2"])
+    repo = make_repo(tmp_path, {"smollm2": "smollm2"})
+    edit_spec(repo / "smollm2", parallel=1)  # one slot: the second generation waits
+    worker = await started_worker(repo, preload=["smollm2"])
     try:
         prompt = {"prompt": "Once upon a time"}
         running = asyncio.ensure_future(worker.run_inference(
@@ -33,7 +34,10 @@ async def test_cancel_stops_exactly_one_generation(tmp_path: Path,
             "smollm2", prompt, {"max_tokens": 12, "inferenceId": "gen-b"}))
         await asyncio.sleep(0.5)
         capacity = await worker.check_capacity()
-        assert capacity["sequences"]["smollm2"] == {"slots": 1, "running": 1, "waiting": 1}
+        slots = capacity["sequences"]["smollm2"]
+        assert {k: slots[k] for k in ("slots", "running", "waiting")} == {
+            "slots": 1, "running": 1, "waiting": 1}
+        assert slots["contextLength"] == 2048 and 0 < slots["kvCacheUse"] < 1
         assert (await worker.cancel("gen-a"))["cancelled"] is True
         first = (await asyncio.wait_for(running, 5))["result"]
         assert first["finishReason"] == "cancelled" and first["text"]

@@ -280,15 +280,16 @@ def test_a_client_that_disconnects_stops_its_stream(llm: Worker, path: str) -> N
 
 @pytest.mark.parametrize("where", ["decoding", "prompt"])
 def test_the_deadline_stops_generation(llm: Worker, where: str) -> None:
-    # ~1900 tokens of prompt take well over the deadline to evaluate on this machine:
-    # only the abort callback stops llama_decode in the middle of them
+    # ~1900 tokens of prompt take well over the deadline to evaluate on this machine: the
+    # scheduler reads them in chunks and stops between two
     prompt = "Once upon a time" if where == "decoding" else " ".join(["story"] * 1900)
     timeout_ms = 400 if where == "decoding" else 150
     before = len(_stops(llm, "deadline"))
     started = time.monotonic()
     r = httpx.post(f"{llm.url}/api/inference/smollm2", timeout=60, json={
         "inputData": {"prompt": prompt},
-        "options": {"max_tokens": 1500, "timeout": timeout_ms}})
+        "options": {"max_tokens": 1500 if where == "decoding" else 100,
+                    "timeout": timeout_ms}})
     took = time.monotonic() - started
     assert r.status_code == 504 and r.json()["error"] == "ERR_INFERENCE_TIMEOUT", r.text
     assert took < timeout_ms / 1000 + 1.0
@@ -303,9 +304,11 @@ def test_the_deadline_stops_generation(llm: Worker, where: str) -> None:
 def test_capacity_and_metrics_show_sequences(llm: Worker, client: openai.OpenAI) -> None:
     client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4)
     capacity = httpx.get(f"{llm.url}/api/capacity").json()
-    assert capacity["sequences"]["smollm2"] == {"slots": 1, "running": 0, "waiting": 0}
+    assert capacity["sequences"]["smollm2"] == {"slots": 4, "running": 0, "waiting": 0,
+                                                "contextLength": 2048, "kvCacheUse": 0.0}
     metrics = httpx.get(f"{llm.url}/metrics").text
     for name in ("wrk_llm_time_to_first_token_seconds_bucket", "wrk_llm_prompt_tokens_total",
                  "wrk_llm_generated_tokens_total", "wrk_llm_tokens_per_second_bucket",
+                 "wrk_llm_inter_token_latency_seconds_bucket", 'wrk_llm_kv_cache_use{model="smollm2"}',
                  "wrk_llm_sequences_running", "wrk_llm_sequences_waiting"):
         assert name in metrics, name

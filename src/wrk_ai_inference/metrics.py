@@ -7,6 +7,7 @@ Latencies are histograms, not summaries, so a fleet can aggregate percentiles.
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -137,10 +138,16 @@ class Metrics:
                                      "generation after its first token", ["model"],
                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
                                      registry=r)
-        self.sequences_running = Gauge("wrk_llm_sequences_running", "Generations running "
-                                       "now", registry=r)
+        self.inter_token = Histogram("wrk_llm_inter_token_latency_seconds", "Time between "
+                                     "two text deltas of one generation", ["model"],
+                                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+                                     registry=r)
+        self.sequences_running = Gauge("wrk_llm_sequences_running", "Sequences generating "
+                                       "now (one per choice)", registry=r)
         self.sequences_waiting = Gauge("wrk_llm_sequences_waiting", "Generations waiting for "
-                                       "their model's thread", registry=r)
+                                       "a sequence slot", registry=r)
+        self.kv_cache_use = Gauge("wrk_llm_kv_cache_use", "Fraction of the model's KV-cache "
+                                  "cells held by running sequences", ["model"], registry=r)
 
     def request_done(self, model: str, outcome: str, total_s: float, queue_s: float,
                      compute_s: float) -> None:
@@ -156,6 +163,13 @@ class Metrics:
                        ) -> None:
         self.sequences_running.set_function(running)
         self.sequences_waiting.set_function(waiting)
+
+    def bind_kv_cache(self, model: str, use: Callable[[], float]) -> None:
+        self.kv_cache_use.labels(model).set_function(use)
+
+    def unbind_kv_cache(self, model: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.kv_cache_use.remove(model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

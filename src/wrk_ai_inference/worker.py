@@ -223,15 +223,18 @@ class InferenceWorker:
             result["modelAvailable"] = loaded or (exists and self.settings.auto_load)
         return result
 
-    def _sequences(self) -> dict[str, dict[str, int]]:
-        """Each loaded language model's sequence slots: what it runs, what waits for it."""
+    def _sequences(self) -> dict[str, dict[str, float]]:
+        """Each loaded language model's sequence slots: what runs, what waits, how full its
+        KV cache is."""
         out = {}
         for model_id in self.models.loaded_ids():
             entry = self.models.entry(model_id)
             session = entry.session
             if isinstance(session, LlamaSession) and entry.spec is not None:
-                out[model_id] = {"slots": entry.spec.parallel, "running": session.running,
-                                 "waiting": session.waiting}
+                out[model_id] = {"slots": session.slots, "running": session.running,
+                                 "waiting": session.waiting,
+                                 "contextLength": session.n_ctx,
+                                 "kvCacheUse": round(session.kv_use(), 4)}
         return out
 
     async def get_available_models(self) -> dict[str, Any]:
@@ -269,6 +272,10 @@ class InferenceWorker:
         self.metrics.loaded.labels(model_id).set(1 if loaded else 0)
         entry = self.models.entry(model_id)
         self.metrics.model_memory.labels(model_id).set(entry.memory_bytes if loaded else 0)
+        if loaded and isinstance(entry.session, LlamaSession):
+            self.metrics.bind_kv_cache(model_id, entry.session.kv_use)
+        elif not loaded:
+            self.metrics.unbind_kv_cache(model_id)
 
     async def _loop_lag_monitor(self, period: float = 0.05) -> None:
         """A timer that should fire every ``period``: its lateness is the loop's lag."""

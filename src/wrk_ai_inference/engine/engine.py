@@ -101,6 +101,7 @@ class Tokens:
     prompt: int = 0
     completion: int = 0
     first_s: float | None = None
+    last_s: float = 0.0  # perf_counter() of the latest delta
 
     def usage(self) -> dict[str, int]:
         return {"promptTokens": self.prompt, "completionTokens": self.completion,
@@ -357,9 +358,13 @@ class InferenceEngine:
                 if kind == "prompt":
                     tokens.prompt = rest[0]
                 elif kind == "delta":
+                    now = time.perf_counter()
                     if tokens.first_s is None:
-                        tokens.first_s = time.perf_counter()
-                        self.metrics.ttft.labels(model_id).observe(tokens.first_s - started)
+                        tokens.first_s = now
+                        self.metrics.ttft.labels(model_id).observe(now - started)
+                    else:
+                        self.metrics.inter_token.labels(model_id).observe(now - tokens.last_s)
+                    tokens.last_s = now
                     yield {"type": "delta", "index": rest[0], "text": rest[1],
                            "logprob": rest[2]}
                 elif kind == "finish":

@@ -97,7 +97,11 @@ class ModelSpec(BaseModel):
     # ---- language models (runtime llama, task text-generation) ----
     context_length: int = Field(2048, alias="contextLength", ge=16, le=1 << 20,
                                 description="tokens of prompt and answer together")
-    parallel: int = Field(1, ge=1, le=256, description="sequences generated at once")
+    parallel: int = Field(1, ge=1, le=256, description="sequences generated at once, "
+                          "each with a context of contextLength tokens")
+    prompt_chunk: int = Field(64, alias="promptChunk", ge=8, le=8192,
+                              description="prompt tokens read per step beside the "
+                              "decoding sequences")
     threads: int = Field(0, ge=0, le=1024, description="llama.cpp threads; 0 = usable cores")
     chat_template: str | None = Field(None, alias="chatTemplate",
                                       description="Jinja chat template; default: the GGUF's")

@@ -214,7 +214,7 @@ class TextGeneration(Task):
         _number(o, "top_k", 0, 1 << 20, whole=True)
         n = _number(o, "n", 1, MAX_N, whole=True) or 1
         return Sampling(
-            max_tokens=max_completion or max_tokens or d.max_tokens,
+            max_tokens=max_completion or max_tokens, default_max_tokens=d.max_tokens,
             temperature=float(pick("temperature", d.temperature)),
             top_p=float(pick("top_p", d.top_p)), top_k=int(pick("top_k", d.top_k)),
             min_p=float(pick("min_p", d.min_p)),

@@ -1,0 +1,97 @@
+"""What one request asks of a language model, as the model's thread sees it.
+
+The event loop builds a ``Generation`` and hands it over; from then on it writes only
+``stop_reason`` (cancel, deadline, a client gone), and the thread reports back through
+``emit``: ("prompt", tokens), ("delta", choice, text, logprob), ("finish", choice,
+reason, tokens), ("end", reason, tokens) or ("error", InferenceError).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Sampling:
+    """Sampling settings of one generation (llama-cpp-python's names and defaults)."""
+
+    max_tokens: int | None = None  # asked for: refused when prompt and answer cannot fit
+    default_max_tokens: int | None = None  # model.json's: a cap, never a reason to refuse
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none; 0: the chosen token's; k: and the k best
+    grammar: str | None = None  # GBNF
+    n: int = 1
+
+
+@dataclass
+class Generation:
+    """One request: its prompt, its settings, where its events go, and (kept by the
+    scheduler) how far its choices have come."""
+
+    prompt: str
+    add_bos: bool
+    sampling: Sampling
+    emit: Callable[[tuple[Any, ...]], None]
+    request_id: str = "-"
+    stop_reason: str | None = None
+    stop_asked: float = 0.0  # perf_counter() when the stop was asked for
+    # the scheduler's bookkeeping, on the model's thread only
+    tokens: list[int] = field(default_factory=list)
+    order: int = 0  # arrival rank
+    admitted: int = 0  # choices given a sequence slot so far
+    live: int = 0  # choices generating now
+    made: int = 0  # tokens generated over all its choices
+
+    def stop(self, reason: str) -> None:
+        """Ask the thread to stop this generation (from the event loop); the first reason
+        given is the one reported."""
+        if self.stop_reason is None:
+            self.stop_asked = time.perf_counter()
+            self.stop_reason = reason
+
+
+class StopFilter:
+    """Cuts the text at the first stop string, which is never emitted, even when it
+    arrives split across tokens: text that could begin a stop string is held back until
+    the next piece decides."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(text safe to emit now, whether a stop string was reached)."""
+        if not self.stops:
+            return piece, False
+        text = self.held + piece
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held, self.stopped = "", True
+            return text[:cut], True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), keep, -1):
+                if text.endswith(stop[:size]):
+                    keep = size
+                    break
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep], False
+
+    def flush(self, piece: str) -> str:
+        text, stopped = self.feed(piece)
+        if stopped:
+            return text
+        text, self.held = text + self.held, ""
+        return text

@@ -1,0 +1,403 @@
+"""Continuous batching: every running sequence of a model advances in one ``llama_decode``.
+
+The model's thread loops over steps. A step takes new generations from the FIFO, gives
+free sequence slots to the oldest waiting choices, stops the sequences whose request
+ended (cancel, deadline, disconnect), then builds one batch: the last sampled token of
+every decoding sequence, plus prompt tokens of the sequences still reading their
+prompt, up to a budget per step, so a long prompt is read in chunks while the other
+streams keep flowing. After the decode each sequence whose logits came back samples
+with its own chain and emits its text; one that ends frees its slot for the next
+waiting choice at the next step, whatever the others are doing.
+
+The KV cache is not unified: each slot is a stream of its own, ``contextLength`` cells
+long, so a sequence attends only to its own cells. llama.cpp splits a batch into
+micro-batches of *consecutive* sequence ids, so running sequences are kept in the
+lowest slots: when one ends, the one in the highest slot moves down into the gap (a
+copy of its stream). ``n`` choices read their prompt once: the others copy its cells
+and re-read only its last token. An idle slot keeps its cells; a new prompt that
+begins the same way starts where that cache ends.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from ...errors import InferenceError, first_line
+from ...logs import get_logger
+from .generation import Generation
+from .sequence import Sequence
+
+log = get_logger("llama")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Scheduler:
+    """The model's thread: owns the llama context, its batch and its sequences."""
+
+    def __init__(self, lib: Any, llm: Any, ctx: Any, parallel: int, cells: int,
+                 chunk: int, model: str) -> None:
+        self._lib, self._llm, self._ctx, self.model = lib, llm, ctx, model
+        self._vocab = llm._model.vocab
+        self._n_vocab = int(llm.n_vocab())
+        self._mem = lib.llama_get_memory(ctx)
+        self._swa = int(lib.llama_model_n_swa(llm._model.model))
+        self.parallel, self.cells, self.chunk = parallel, cells, chunk
+        self._batch = lib.llama_batch_init(chunk + parallel, 0, 1)
+        self.jobs: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
+        self._waiting: deque[Generation] = deque()
+        self.slots: list[Sequence | None] = [None] * parallel
+        self._cached: list[list[int]] = [[] for _ in range(parallel)]  # idle slots' cells
+        self.taken = 0  # generations taken off the FIFO and given all their slots
+        self.running = 0  # sequences holding a slot
+        self.cells_used = 0  # KV cells of running sequences
+        self._order = 0  # arrival count: the oldest reader reads first
+        self._alone: Generation | None = None  # the one generation of this step's batch
+        # referenced while the context lives: llama.cpp keeps the raw pointer
+        self._abort = lib.ggml_abort_callback(self._should_abort)
+        lib.llama_set_abort_callback(ctx, self._abort, None)
+
+    # ---- the loop -------------------------------------------------------------------
+    def serve(self) -> None:
+        try:
+            while self._take():
+                try:
+                    self._admit()
+                    if self.running:
+                        self._step()
+                except Exception as exc:  # a bug must not strand the other generations
+                    log.exception("generation step failed", extra={"modelId": self.model})
+                    self._fail(self._live(), InferenceError(
+                        "ERR_INFERENCE_FAILED", f"the runtime failed: {first_line(exc)}"))
+        finally:
+            self._shut()
+
+    def _take(self) -> bool:
+        """Move new generations from the FIFO; block while there is nothing to do.
+        False once the session closes."""
+        block = not self.running and not self._waiting
+        while True:
+            try:
+                job = self.jobs.get(block=block)
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            self._queue(job)
+            block = False
+
+    def _queue(self, job: Generation) -> None:
+        """Tokenise and size-check a new generation; refusals answer it at once."""
+        try:
+            job.tokens = self._llm.tokenize(job.prompt.encode("utf-8"), add_bos=job.add_bos,
+                                            special=True)
+            self._check_fits(job)
+        except InferenceError as exc:
+            self.taken += 1
+            job.emit(("error", exc))
+            return
+        job.emit(("prompt", len(job.tokens)))
+        self._order += 1
+        job.order = self._order
+        self._waiting.append(job)
+
+    def _check_fits(self, job: Generation) -> None:
+        prompt, limit = len(job.tokens), job.sampling.max_tokens
+        if not prompt:
+            raise InferenceError("ERR_INVALID_INPUT", "the prompt is empty")
+        if prompt >= self.cells or (limit is not None and prompt + limit > self.cells):
+            asked = f" and max_tokens {limit}" if limit is not None else ""
+            raise InferenceError(
+                "ERR_INVALID_INPUT",
+                f"the prompt is {prompt} tokens{asked}; model '{self.model}' has a context "
+                f"of {self.cells} tokens per sequence (prompt and answer together)",
+                {"promptTokens": prompt, "maxTokens": limit, "contextLength": self.cells})
+
+    def _admit(self) -> None:
+        """Give free slots to waiting choices, oldest generation first."""
+        while self._waiting:
+            job = self._waiting[0]
+            if job.stop_reason is not None:
+                self._waiting.popleft()
+                self.taken += 1
+                for choice in range(job.admitted, job.sampling.n):
+                    job.emit(("finish", choice, job.stop_reason, 0))
+                job.admitted = job.sampling.n
+                self._maybe_end(job)
+                continue
+            if self.running == self.parallel:
+                return
+            try:
+                self._start(job)
+            except InferenceError as exc:
+                self._waiting.popleft()
+                self.taken += 1
+                job.stop(exc.code)
+                if job.live:
+                    job.admitted = job.sampling.n
+                else:
+                    job.emit(("error", exc))
+                continue
+            if job.admitted == job.sampling.n:
+                self._waiting.popleft()
+                self.taken += 1
+
+    def _start(self, job: Generation) -> None:
+        """Put the next choice of ``job`` in the lowest free slot."""
+        slot = self.running
+        prompt = job.tokens
+        asked = job.sampling.max_tokens or job.sampling.default_max_tokens
+        limit = self.cells - len(prompt) if asked is None else min(self.cells - len(prompt),
+                                                                   asked)
+        seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
+        sibling = next((s for s in self.slots
+                        if s is not None and s.job is job and s.source is None), None)
+        if sibling is not None:
+            seq.source = sibling  # copies its prompt when it has been read
+        else:
+            self._reuse(seq, prompt)
+        self.slots[slot] = seq
+        self.running += 1
+        job.admitted += 1
+        job.live += 1
+
+    def _reuse(self, seq: Sequence, prompt: list[int]) -> None:
+        """Start ``seq`` where an idle slot's cache stops matching its prompt."""
+        best, match = seq.slot, 0
+        for slot in range(seq.slot, self.parallel):
+            if self.slots[slot] is None and self._reusable(slot):
+                n = common_prefix(self._cached[slot], prompt)
+                if n > match:
+                    best, match = slot, n
+        match = min(match, len(prompt) - 1)  # the last prompt token is read for its logits
+        if match and best != seq.slot:
+            self._copy(best, seq.slot)
+        self._lib.llama_memory_seq_rm(self._mem, seq.slot, match if match else -1, -1)
+        self._cached[seq.slot] = []
+        seq.kv = prompt[:match]
+        seq.pending = prompt[match:]
+
+    def _reusable(self, slot: int) -> bool:
+        """Whether the slot still holds its cache from position 0 (a sliding-window cache
+        forgets old positions)."""
+        return bool(self._lib.llama_memory_seq_pos_min(self._mem, slot) <= 0)
+
+    def _copy(self, src: int, dst: int) -> None:
+        """Copy a whole stream (its cells and their positions); llama.cpp does it at the
+        next decode."""
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    def _from_source(self, seq: Sequence) -> None:
+        """A follower choice takes its sibling's prompt once the sibling has read it."""
+        source = seq.source
+        if source is None or self.slots[source.slot] is not source:
+            seq.source = None  # the sibling is gone: read the prompt itself
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            seq.pending = list(seq.job.tokens)
+            return
+        prompt = seq.job.tokens
+        if source.pending:
+            return
+        if self._swa and len(source.kv) > len(prompt):
+            # its window slid past the prompt's end: the copy would lack cells
+            seq.source = source = None
+            return self._from_source(seq)
+        self._copy(source.slot, seq.slot)
+        self._lib.llama_memory_seq_rm(self._mem, seq.slot, len(prompt) - 1, -1)
+        seq.kv = prompt[:-1]
+        seq.pending = prompt[-1:]
+        seq.source = None
+
+    # ---- one step ---------------------------------------------------------------------
+    def _step(self) -> None:
+        for seq in self._live():
+            if seq.job.stop_reason is not None:
+                self._end(seq, seq.job.stop_reason)
+        for seq in self._live():
+            if seq.source is not None:
+                self._from_source(seq)
+        live = [s for s in self._live() if s.source is None]
+        if not live:
+            return
+        n = self._fill(live)
+        # a batch of one generation may stop inside llama_decode (a long prompt read
+        # alone); a shared one stops between steps, so that the others go on
+        jobs = {id(s.job) for s in live}
+        self._alone = live[0].job if len(jobs) == 1 else None
+        status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
+        self._alone = None
+        stopped = live[0].job.stop_reason
+        if status == 2 and stopped is not None:  # aborted mid-batch: drop its cells
+            for seq in live:
+                seq.kv = []
+                self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                self._end(seq, stopped)
+            return
+        if status != 0:
+            log.error("decode failed", extra={"modelId": self.model, "status": status,
+                                              "tokens": n})
+            self._fail(live, InferenceError(
+                "ERR_INFERENCE_FAILED", f"the runtime failed: llama_decode returned {status}"))
+            return
+        for seq in live:
+            if seq.index >= 0:
+                self._advance(seq, seq.sample(self._ctx))
+        self.cells_used = sum(len(s.kv) for s in self._live())
+
+    def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
+        """Answer the generations of ``seqs`` with ``error`` and free their slots."""
+        told: set[int] = set()
+        for seq in seqs:
+            if id(seq.job) not in told:
+                told.add(id(seq.job))
+                seq.job.stop("error")
+                seq.job.emit(("error", error))
+            self._end(seq, "error", quiet=True)
+
+    def _should_abort(self, _data: Any) -> bool:
+        job = self._alone
+        return job is not None and job.stop_reason is not None
+
+    def _live(self) -> list[Sequence]:
+        return [s for s in self.slots[:self.running] if s is not None]
+
+    def _fill(self, live: list[Sequence]) -> int:
+        """Write this step's tokens into the batch, in slot order: the next token of every
+        decoding sequence and up to ``chunk`` prompt tokens of the oldest sequence still
+        reading one. One prompt at a time: prompts read side by side would be split by
+        llama.cpp into micro-batches of other shapes than when read alone, and kernels
+        that round by shape would then change answers; it is no slower. Returns the
+        number of tokens."""
+        b = self._batch
+        n = 0
+        reader = min((s for s in live if s.pending), key=lambda s: s.job.order, default=None)
+        for seq in live:
+            seq.index = -1
+            if seq is reader:
+                take = seq.pending[:self.chunk]
+                del seq.pending[:len(take)]
+                for token in take:
+                    n = self._put(b, n, seq, token, False)
+                if not seq.pending:
+                    b.logits[n - 1] = True
+                    seq.index = n - 1
+            elif seq.last >= 0:
+                seq.index = n
+                n = self._put(b, n, seq, seq.last, True)
+        b.n_tokens = n
+        return n
+
+    @staticmethod
+    def _put(b: Any, n: int, seq: Sequence, token: int, logits: bool) -> int:
+        b.token[n] = token
+        b.pos[n] = len(seq.kv)
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq.slot
+        b.logits[n] = logits
+        seq.kv.append(token)
+        return n + 1
+
+    def _advance(self, seq: Sequence, token: int) -> None:
+        """Account for the token ``seq`` just sampled: emit it, or end the choice."""
+        job = seq.job
+        if seq.made == 0:
+            seq.first_at = time.perf_counter()
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            self._end(seq, "stop")
+            return
+        seq.made += 1
+        job.made += 1
+        logprob = self._logprob(seq, token) if job.sampling.logprobs is not None else None
+        text, stopped = seq.text(token)
+        if text or logprob is not None:
+            job.emit(("delta", seq.choice, text, logprob))
+        if stopped:
+            self._end(seq, "stop")
+        elif seq.made >= seq.limit:
+            self._end(seq, "length")
+        else:
+            seq.last = token
+
+    def _end(self, seq: Sequence, reason: str, quiet: bool = False) -> None:
+        """Finish one choice and free its slot; the others carry on."""
+        job = seq.job
+        if not quiet:
+            rest = seq.rest(reason)
+            if rest:
+                job.emit(("delta", seq.choice, rest, None))
+            job.emit(("finish", seq.choice, reason, seq.made))
+        seq.close()
+        slot = seq.slot
+        self.slots[slot] = None
+        self.running -= 1
+        self._cached[slot] = seq.kv if seq.source is None and reason != "error" else []
+        if reason == "error":
+            self._lib.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        last = self.running  # the highest occupied slot moves into the gap
+        if last != slot:
+            mover = self.slots[last]
+            assert mover is not None
+            self._copy(last, slot)
+            self._lib.llama_memory_seq_rm(self._mem, last, -1, -1)
+            self.slots[slot], self.slots[last] = mover, None
+            self._cached[slot], self._cached[last] = [], []
+            mover.slot = slot
+        job.live -= 1
+        if not quiet:
+            self._maybe_end(job)
+
+    def _maybe_end(self, job: Generation) -> None:
+        if job.live or job.admitted < job.sampling.n:
+            return
+        job.emit(("end", job.stop_reason, job.made))
+        if job.stop_reason is not None:
+            log.info("generation stopped", extra={
+                "modelId": self.model, "requestId": job.request_id,
+                "reason": job.stop_reason,
+                "stopMs": round((time.perf_counter() - job.stop_asked) * 1000, 2)})
+
+    def _logprob(self, seq: Sequence, token: int) -> dict[str, Any]:
+        """The chosen token's log-probability (and the ``top`` best) from the logits the
+        sequence sampled from."""
+        top = seq.job.sampling.logprobs or 0
+        pointer = self._lib.llama_get_logits_ith(self._ctx, seq.index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
+        entry: dict[str, Any] = {"token": self.piece(token),
+                                 "logprob": float(logits[token] - log_norm)}
+        if top:
+            best = np.argpartition(-logits, top)[:top]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            entry["top"] = [(self.piece(int(i)), float(logits[i] - log_norm)) for i in best]
+        return entry
+
+    def piece(self, token: int) -> str:
+        raw: bytes = self._llm.detokenize([token])
+        return raw.decode("utf-8", errors="replace")
+
+    def _shut(self) -> None:
+        """The session closed (the engine stopped every generation first): answer what is
+        left, then free the context."""
+        for seq in self._live():
+            seq.job.stop("shutdown")
+            self._end(seq, "shutdown")
+        for job in self._waiting:
+            job.stop("shutdown")
+            job.emit(("end", "shutdown", job.made))
+        self._waiting.clear()
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self._ctx)
+        self._llm.close()

@@ -1,0 +1,94 @@
+"""One choice of one generation while it holds a sequence slot of the shared context.
+
+Each sequence samples with a sampler chain of its own (penalties, grammar, then greedy
+or top-k / typical / top-p / min-p / temperature / seeded draw: llama-cpp-python's
+order, so a request samples as it would there), decodes its pieces to text through an
+incremental UTF-8 decoder and cuts its stop strings, independently of the sequences
+decoded beside it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import random
+from typing import Any
+
+from ...errors import InferenceError
+from .generation import Generation, StopFilter
+
+PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp-python's)
+
+
+def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int) -> Any:
+    """A llama.cpp sampler chain for ``job``'s settings (a raw pointer: free it with
+    ``llama_sampler_free``)."""
+    s = job.sampling
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    links = [lib.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
+                                              s.frequency_penalty, s.presence_penalty)]
+    if s.grammar is not None:
+        grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            lib.llama_sampler_free(links[0])
+            lib.llama_sampler_free(chain)
+            raise InferenceError("ERR_INVALID_INPUT", "the grammar cannot be parsed")
+        links.append(grammar)
+    if s.temperature == 0:
+        links.append(lib.llama_sampler_init_greedy())
+    else:
+        links += [lib.llama_sampler_init_top_k(s.top_k), lib.llama_sampler_init_typical(1.0, 1),
+                  lib.llama_sampler_init_top_p(s.top_p, 1),
+                  lib.llama_sampler_init_min_p(s.min_p, 1),
+                  lib.llama_sampler_init_temp(s.temperature),
+                  lib.llama_sampler_init_dist(seed)]
+    for link in links:
+        lib.llama_sampler_chain_add(chain, link)
+    return chain
+
+
+class Sequence:
+    """A choice being generated in slot ``slot``: the prompt tokens it still has to
+    evaluate, the tokens its KV cells hold (their count is its next position), the last
+    token it sampled (the next one to decode)."""
+
+    def __init__(self, lib: Any, vocab: Any, n_vocab: int, job: Generation, choice: int,
+                 slot: int, limit: int) -> None:
+        s = job.sampling
+        self.job, self.choice, self.slot, self.limit = job, choice, slot, limit
+        seed = (s.seed + choice) if s.seed is not None else random.getrandbits(31)
+        self.sampler = sampler_chain(lib, vocab, n_vocab, job, seed)
+        self._lib, self._vocab = lib, vocab
+        self.pending: list[int] = []  # prompt tokens not yet in the KV cache
+        self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
+        self.source: Sequence | None = None  # a sibling whose prompt it will copy
+        self.last = -1  # the token sampled last, decoded at the next step
+        self.index = -1  # where this step's batch puts the logits it samples from
+        self.made = 0
+        self.first_at = 0.0  # perf_counter() of its first token
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = StopFilter(s.stop)
+        self._piece = ctypes.create_string_buffer(256)
+
+    def close(self) -> None:
+        if self.sampler:
+            self._lib.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+    def sample(self, ctx: Any) -> int:
+        """Draw the next token from the logits at ``index`` (llama.cpp also feeds it to
+        the chain's penalties and grammar)."""
+        token: int = self._lib.llama_sampler_sample(self.sampler, ctx, self.index)
+        return token
+
+    def text(self, token: int) -> tuple[str, bool]:
+        """The text ``token`` adds that is safe to emit, and whether a stop string ended
+        the choice."""
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
+        return self._stops.feed(self._decoder.decode(self._piece.raw[:max(n, 0)]))
+
+    def rest(self, reason: str) -> str:
+        """Text still held back when the choice ends (none after a stop string)."""
+        if reason == "stop" and self._stops.stopped:
+            return ""
+        return self._stops.flush(self._decoder.decode(b"", final=True))
