@@ -12,8 +12,9 @@ non-zero when a promise is broken. Loopback only; bounded in time and count.
     python -m tests.soak.soak --transport rack --minutes 5
     python -m tests.soak.soak --transport streams --minutes 2 --concurrency 8
 
-``streams`` holds that many OpenAI chat streams open back to back, each checked to
-end with its finish reason and ``[DONE]``.
+``streams`` holds that many OpenAI chat streams open back to back on a model with as
+many sequence slots, each checked to end with its finish reason and ``[DONE]``; some
+hang up early, some are cancelled, and no sequence or KV cell may be left afterwards.
 """
 
 from __future__ import annotations
@@ -249,14 +250,20 @@ PRELOAD = ["digits", "slow", "smollm2"]
 
 
 async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str, Any]:
-    """``concurrency`` OpenAI chat streams at once, one after another, for ``seconds``."""
+    """``concurrency`` OpenAI chat streams at once, one after another, for ``seconds``, on a
+    model with as many sequence slots: most run to their end, some hang up after a few
+    tokens, some are cancelled (``POST /api/inference/{id}/cancel``). Afterwards the
+    model must hold no sequence and no KV cell."""
     repo = make_repo(tmp / "repo", {"smollm2": "smollm2"})
+    spec = repo / "smollm2" / "model.json"
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "parallel": concurrency}))
     worker = Worker(repo, tmp / "streams.log", preload=["smollm2"],
                     max_concurrent_inferences=concurrency)
     sent = completed = broken = 0
     reasons: Counter[str] = Counter()
     memory: list[tuple[float, int]] = []
     process = None
+    unexpected: dict[str, int] = {}
     try:
         worker.wait_ready()
         process = psutil.Process(worker.proc.pid)
@@ -268,19 +275,33 @@ async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str,
                 rng = random.Random(seed)
                 while time.monotonic() < stop_at:
                     sent += 1
+                    ending = rng.choices(["end", "hang up", "cancel"], [6, 2, 2])[0]
+                    after = rng.randint(1, 12)
                     body = {"model": "smollm2", "stream": True, "max_tokens": rng.randint(8, 96),
                             "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}
-                    finish, done = None, False
+                    finish, done, deltas = None, False, 0
                     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                         async for line in r.aiter_lines():
                             if line == "data: [DONE]":
                                 done = True
                             elif line.startswith("data: "):
-                                for choice in json.loads(line[6:]).get("choices", []):
+                                chunk = json.loads(line[6:])
+                                deltas += 1
+                                for choice in chunk.get("choices", []):
                                     finish = choice.get("finish_reason") or finish
-                    if done and finish in ("stop", "length") and r.status_code == 200:
+                                if deltas == after and ending == "hang up":
+                                    break
+                                if deltas == after and ending == "cancel":
+                                    ident = chunk["id"].removeprefix("chatcmpl-")
+                                    await client.post(f"/api/inference/{ident}/cancel")
+                    if ending == "hang up" and not done:
+                        reasons["hung up"] += 1
                         completed += 1
-                        reasons[finish] += 1
+                    elif done and r.status_code == 200 and (
+                            finish in ("stop", "length") or ending == "cancel"):
+                        completed += 1
+                        reasons[finish if ending == "end" or finish in ("stop", "length")
+                                else f"cancel: {finish}"] += 1
                     else:
                         broken += 1
 
@@ -290,7 +311,15 @@ async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str,
                     await asyncio.sleep(2)
 
             await asyncio.gather(sample(), *(one(i) for i in range(concurrency)))
-        alive = worker.proc.poll() is None
+            for _ in range(100):  # hung-up streams end at their next token: wait for idle
+                slots = (await client.get("/api/capacity")).json()["sequences"]["smollm2"]
+                if slots["running"] == slots["waiting"] == 0 and slots["kvCacheUse"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                unexpected["sequences left when idle"] = slots["running"] + slots["waiting"]
+        if worker.proc.poll() is not None:
+            unexpected["worker exited"] = 1
     finally:
         worker.terminate()
     warm = [m for t, m in memory if t >= seconds * 0.3] or [m for _, m in memory]
@@ -298,8 +327,7 @@ async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str,
     growth = (np.mean(last) - np.mean(first)) / np.mean(first)
     return {"seconds": seconds, "concurrency": concurrency, "sent": sent, "answered": completed,
             "lost": sent - completed - broken, "hung": 0, "wrongAnswers": broken,
-            "unexpected": {} if alive else {"worker exited": 1},
-            "outcomes": dict(reasons),
+            "unexpected": unexpected, "outcomes": dict(reasons),
             "memoryAfterWarmupMB": [round(float(np.mean(first)) / 2**20, 1),
                                     round(float(np.mean(last)) / 2**20, 1)],
             "memoryGrowth": round(float(growth), 4), "latencyMs": {"p50": 0, "p99": 0}}

@@ -48,6 +48,10 @@ async def _unload(worker: InferenceWorker, call: Call) -> Response:
     return JSON(await worker.unload_model(call.params["modelId"]))
 
 
+async def _cancel(worker: InferenceWorker, call: Call) -> Response:
+    return JSON(await worker.cancel(call.params["inferenceId"]))
+
+
 async def _capacity(worker: InferenceWorker, call: Call) -> Response:
     return JSON(await worker.check_capacity(call.query.get("modelId")))
 
@@ -74,6 +78,8 @@ _BODY: dict[str, Any] = {"requestBody": {
 TABLE = Table("seed", "seed API", (
     Route("POST", "/api/inference/{modelId}", inference, fast=True, summary="Run inference",
           responses=(400, 401, 404, 409, 413, 429, 500, 503, 504), openapi=_BODY),
+    Route("POST", "/api/inference/{inferenceId}/cancel", _cancel,
+          summary="Stop a running generation", responses=(400, 401)),
     Route("GET", "/health", _health, summary="Health", responses=(503,)),
     Route("POST", "/api/models/{modelId}/load", _load, summary="Load a model",
           responses=(401, 404, 422, 429, 503)),
