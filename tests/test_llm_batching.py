@@ -22,7 +22,7 @@ from .test_batcher import started_worker
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
            "The three primary colours are", "In 1492,", "Water boils at",
            "My favourite food is", "The best way to learn"]
-GREEDY = {"temperature": 0, "max_tokens": 24, "logprobs": True, "top_logprobs": 2}
+GREEDY = {"temperature": 0, "logprobs": True, "top_logprobs": 5}
 
 
 async def _worker(tmp_path: Path, model: str, **spec: Any) -> InferenceWorker:
@@ -53,13 +53,14 @@ def kernel_drift(model: str, copies: int = 8, steps: int = 4) -> float:
 
     from .helpers import EXAMPLES
 
-    llm = Llama(str(EXAMPLES / model / "model.gguf"), n_ctx=256, n_threads=2, verbose=False)
+    llm = Llama(str(EXAMPLES / model / "model.gguf"), n_ctx=256, n_threads=2, flash_attn=True,
+                verbose=False)
     prompt = llm.tokenize(PROMPTS[0].encode())
     n_vocab = llm.n_vocab()
 
     def decode(seqs: int) -> list[Any]:
         params = lib.llama_context_default_params()
-        params.flash_attn_type = llm.context_params.flash_attn_type
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as the worker
         params.n_threads = params.n_threads_batch = 2
         params.n_ctx, params.n_seq_max, params.kv_unified = 256 * seqs, seqs, False
         ctx = lib.llama_init_from_model(llm._model.model, params)
@@ -97,14 +98,19 @@ async def test_a_batch_of_eight_answers_as_each_request_alone(tmp_path: Path,
                                                               model: str) -> None:
     """Greedy answers in a batch of 8 equal the answers alone where llama.cpp's kernels
     compute a batch as they compute one sequence. Where they round by batch shape (the
-    probe measures it), an answer may differ only from a token whose two best
-    candidates were closer than that rounding can move them; anything else is a bug."""
+    probe measures by how much), an answer may part only at a token whose logit, alone,
+    was closer to the best one's than that rounding can move two logits; anything else
+    is a bug."""
     drift = kernel_drift(model)
     worker = await _worker(tmp_path, model, parallel=8)
     try:
-        alone = [await _generate(worker, model, p, GREEDY) for p in PROMPTS]
-        together = await asyncio.gather(*(_generate(worker, model, p, GREEDY)
-                                          for p in PROMPTS))
+        # lengths differ, so sequences end one by one and the later ones move down into
+        # the freed slots (a copy of their cells) while the others decode
+        options = [{**GREEDY, "max_tokens": 10 + 3 * i} for i in range(len(PROMPTS))]
+        alone = [await _generate(worker, model, p, o) for p, o in zip(PROMPTS, options,
+                                                                       strict=True)]
+        together = await asyncio.gather(*(_generate(worker, model, p, o)
+                                          for p, o in zip(PROMPTS, options, strict=True)))
         identical, notes = 0, []
         for one, batched in zip(alone, together, strict=True):
             a, b = one["choices"][0]["logprobs"], batched["choices"][0]["logprobs"]
@@ -119,12 +125,12 @@ async def test_a_batch_of_eight_answers_as_each_request_alone(tmp_path: Path,
                                                                           b[:first],
                                                                           strict=True)),
                         default=0.0)
-            top = a[first]["top"]
-            margin = top[0][1] - top[1][1]
-            assert {b[first]["token"], a[first]["token"]} <= {t for t, _ in top}, (a[first],
-                                                                                  b[first])
+            # the batched choice was, alone, within what rounding moves of the best one
+            best, picked = a[first]["top"][0][1], dict(a[first]["top"]).get(b[first]["token"])
+            assert picked is not None, (a[first], b[first])
+            margin = best - picked
             assert margin < 2 * drift and moved < 2 * drift, (first, margin, moved, drift)
-            notes.append(f"token {first}: top-2 margin {margin:.3f}, "
+            notes.append(f"token {first}: margin {margin:.3f} alone, "
                          f"max |dlogprob| before {moved:.3f}")
         print(f"{model}: kernel drift (max |dlogit|, batch of 8 vs alone) {drift:.3f}; "  # noqa: T201
               f"{identical}/8 identical; divergences: {notes or 'none'}")
@@ -189,9 +195,11 @@ async def test_n_choices_read_the_prompt_once_and_a_repeated_prompt_is_reused(
         assert warm < cold / 3, (cold, warm)  # the idle slot's cells were reused
         result = await _generate(worker, "smollm2", prompt + " four", {**one, "n": 4,
                                                                       "max_tokens": 8})
-        texts = {c["text"] for c in result["choices"]}
+        texts = [c["text"] for c in result["choices"]]
         alone = await _generate(worker, "smollm2", prompt + " four", {**one, "max_tokens": 8})
-        assert texts == {alone["text"]}  # greedy: the four copies answer alike
+        # greedy and decoded side by side: the copies answer alike (a wrong copy of the
+        # prompt's cells would not); against the answer alone, only up to batch rounding
+        assert len(set(texts)) == 1 and texts[0], texts
         assert result["usage"]["promptTokens"] == alone["usage"]["promptTokens"]
         fresh = prompt.replace("Tell", "Give")
         single, _ = await _first_token_s(worker, "smollm2", fresh, one)

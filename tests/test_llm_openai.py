@@ -47,7 +47,7 @@ def reference() -> Any:
 
     threads = len(os.sched_getaffinity(0))
     return Llama(str(GGUF), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                 n_batch=512, seed=0, verbose=False)
+                 n_batch=512, flash_attn=True, seed=0, verbose=False)
 
 
 def test_a_factual_question_is_answered(client: openai.OpenAI) -> None:
@@ -309,6 +309,7 @@ def test_capacity_and_metrics_show_sequences(llm: Worker, client: openai.OpenAI)
     metrics = httpx.get(f"{llm.url}/metrics").text
     for name in ("wrk_llm_time_to_first_token_seconds_bucket", "wrk_llm_prompt_tokens_total",
                  "wrk_llm_generated_tokens_total", "wrk_llm_tokens_per_second_bucket",
-                 "wrk_llm_inter_token_latency_seconds_bucket", 'wrk_llm_kv_cache_use{model="smollm2"}',
+                 "wrk_llm_inter_token_latency_seconds_bucket",
+                 'wrk_llm_kv_cache_use{model="smollm2"}',
                  "wrk_llm_sequences_running", "wrk_llm_sequences_waiting"):
         assert name in metrics, name

@@ -284,7 +284,8 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
     repo = make_repo(tmp_path / "repo", {"smollm2": "smollm2"})
     threads = len(os.sched_getaffinity(0))
     reference = Llama(str(repo / "smollm2" / "model.gguf"), n_ctx=2048, n_threads=threads,
-                      n_threads_batch=threads, n_batch=512, seed=0, verbose=False)
+                      n_threads_batch=threads, n_batch=512, flash_attn=True, seed=0,
+                      verbose=False)
     expected = reference.create_completion("The capital of France is", temperature=0,
                                            max_tokens=32)["choices"][0]["text"]
     long = {"prompt": "Once upon a time"}

@@ -70,7 +70,8 @@ def expected_texts() -> dict[str, str]:
 
     threads = len(os.sched_getaffinity(0))
     llm = Llama(str(EXAMPLES / "smollm2" / "model.gguf"), n_ctx=2048, n_threads=threads,
-                n_threads_batch=threads, n_batch=512, seed=0, verbose=False)
+                n_threads_batch=threads, n_batch=512, flash_attn=True, seed=0,
+                verbose=False)
     texts = {p: llm.create_completion(p, temperature=0, max_tokens=LLM_TOKENS)["choices"][0]
              ["text"] for p in PROMPTS}
     llm.close()

@@ -103,6 +103,8 @@ class ModelSpec(BaseModel):
                               description="prompt tokens read per step beside the "
                               "decoding sequences")
     threads: int = Field(0, ge=0, le=1024, description="llama.cpp threads; 0 = usable cores")
+    flash_attention: bool = Field(True, alias="flashAttention",
+                                  description="llama.cpp's fused attention kernels")
     chat_template: str | None = Field(None, alias="chatTemplate",
                                       description="Jinja chat template; default: the GGUF's")
     stop: list[str] = Field(default_factory=list, description="always-on stop strings")

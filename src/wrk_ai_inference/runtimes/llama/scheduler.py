@@ -63,10 +63,10 @@ class Scheduler:
         self.taken = 0  # generations taken off the FIFO and given all their slots
         self.running = 0  # sequences holding a slot
         self._order = 0  # arrival count: the oldest reader reads first
-        self._alone: Generation | None = None  # the one generation of this step's batch
+        self._alone: Generation | None = None  # whose stop aborts the running decode
         # referenced while the context lives: llama.cpp keeps the raw pointer
         self._abort = lib.ggml_abort_callback(self._should_abort)
-        lib.llama_set_abort_callback(ctx, self._abort, None)
+        self._no_abort = lib.ggml_abort_callback()  # a NULL function pointer
 
     # ---- the loop -------------------------------------------------------------------
     def serve(self) -> None:
@@ -231,12 +231,12 @@ class Scheduler:
         if not live:
             return
         n = self._fill(live)
-        # a batch of one generation may stop inside llama_decode (a long prompt read
-        # alone); a shared one stops between steps, so that the others go on
-        jobs = {id(s.job) for s in live}
-        self._alone = live[0].job if len(jobs) == 1 else None
+        # a prompt chunk of a lone generation may stop inside llama_decode; a shared
+        # batch stops between steps, so that the others go on. The callback runs per
+        # graph node and takes the GIL each time: it is installed only for such steps.
+        alone = n > len(live) and len({id(s.job) for s in live}) == 1
+        self._arm(live[0].job if alone else None)
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
-        self._alone = None
         stopped = live[0].job.stop_reason
         if status == 2 and stopped is not None:  # aborted mid-batch: drop its cells
             for seq in live:
@@ -267,6 +267,13 @@ class Scheduler:
     def cells_used(self) -> int:
         """KV cells held by running sequences (read from other threads: a snapshot)."""
         return sum(len(s.kv) for s in list(self.slots) if s is not None)
+
+    def _arm(self, job: Generation | None) -> None:
+        """Install the abort callback for ``job``, or remove it."""
+        if (job is None) != (self._alone is None):
+            callback = self._abort if job else self._no_abort
+            self._lib.llama_set_abort_callback(self._ctx, callback, None)
+        self._alone = job
 
     def _should_abort(self, _data: Any) -> bool:
         job = self._alone

@@ -119,7 +119,8 @@ class LlamaRuntime:
         try:
             # its own context stays minimal: generation runs on the one made below
             llm = Llama(str(artifact), n_ctx=256, n_batch=256, n_threads=threads,
-                        n_threads_batch=threads, seed=0, verbose=False)
+                        n_threads_batch=threads, flash_attn=spec.flash_attention, seed=0,
+                        verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model}': llama.cpp cannot load {spec.file}: "
