@@ -288,6 +288,8 @@ async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str,
                             elif line.startswith("data: "):
                                 chunk = json.loads(line[6:])
                                 deltas += 1
+                                if "error" in chunk:  # the deadline passed mid-stream
+                                    finish = chunk["error"].get("code")
                                 for choice in chunk.get("choices", []):
                                     finish = choice.get("finish_reason") or finish
                                 if deltas == after and ending == "hang up":
@@ -299,12 +301,14 @@ async def soak_streams(seconds: float, concurrency: int, tmp: Path) -> dict[str,
                         reasons["hung up"] += 1
                         completed += 1
                     elif done and r.status_code == 200 and (
-                            finish in ("stop", "length") or ending == "cancel"):
+                            finish in ("stop", "length", "ERR_INFERENCE_TIMEOUT")
+                            or ending == "cancel"):
                         completed += 1
                         reasons[finish if ending == "end" or finish in ("stop", "length")
                                 else f"cancel: {finish}"] += 1
                     else:
                         broken += 1
+                        reasons[f"broken: {r.status_code}, {finish}, done={done}"] += 1
 
             async def sample() -> None:
                 while time.monotonic() < stop_at:

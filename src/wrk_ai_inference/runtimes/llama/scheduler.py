@@ -200,19 +200,17 @@ class Scheduler:
 
     def _from_source(self, seq: Sequence) -> None:
         """A follower choice takes its sibling's prompt once the sibling has read it."""
-        source = seq.source
-        if source is None or self.slots[source.slot] is not source:
-            seq.source = None  # the sibling is gone: read the prompt itself
+        source, prompt = seq.source, seq.job.tokens
+        # gone, or a sliding-window cache that went on past the prompt (no longer holds
+        # all of it): read the prompt itself
+        if (source is None or self.slots[source.slot] is not source
+                or (self._swa > 0 and len(source.kv) > len(prompt))):
+            seq.source = None
             self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
-            seq.pending = list(seq.job.tokens)
+            seq.pending = list(prompt)
             return
-        prompt = seq.job.tokens
         if source.pending:
             return
-        if self._swa and len(source.kv) > len(prompt):
-            # its window slid past the prompt's end: the copy would lack cells
-            seq.source = source = None
-            return self._from_source(seq)
         self._copy(source.slot, seq.slot)
         self._lib.llama_memory_seq_rm(self._mem, seq.slot, len(prompt) - 1, -1)
         seq.kv = prompt[:-1]
