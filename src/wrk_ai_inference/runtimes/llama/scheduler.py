@@ -157,9 +157,10 @@ class Scheduler:
         """Put the next choice of ``job`` in the lowest free slot."""
         slot = self.running
         prompt = job.tokens
+        limit = self.cells - len(prompt)
         asked = job.sampling.max_tokens or job.sampling.default_max_tokens
-        limit = self.cells - len(prompt) if asked is None else min(self.cells - len(prompt),
-                                                                   asked)
+        if asked is not None:
+            limit = min(limit, asked)
         seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
         sibling = next((s for s in self.slots
                         if s is not None and s.job is job and s.source is None), None)
@@ -222,8 +223,7 @@ class Scheduler:
         for seq in self._live():
             if seq.job.stop_reason is not None:
                 self._end(seq, seq.job.stop_reason)
-        for seq in self._live():
-            if seq.source is not None:
+            elif seq.source is not None:
                 self._from_source(seq)
         live = [s for s in self._live() if s.source is None]
         if not live:
@@ -236,11 +236,9 @@ class Scheduler:
         self._arm(live[0].job if alone else None)
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
         stopped = live[0].job.stop_reason
-        if status == 2 and stopped is not None:  # aborted mid-batch: drop its cells
+        if status == 2 and stopped is not None:  # aborted mid-batch: its cells are partial
             for seq in live:
-                seq.kv = []
-                self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
-                self._end(seq, stopped)
+                self._end(seq, stopped, drop=True)
             return
         if status != 0:
             log.error("decode failed", extra={"modelId": self.model, "status": status,
@@ -260,7 +258,7 @@ class Scheduler:
                 told.add(id(seq.job))
                 seq.job.stop("error")
                 seq.job.emit(("error", error))
-            self._end(seq, "error", quiet=True)
+            self._end(seq, "error", quiet=True, drop=True)
 
     def cells_used(self) -> int:
         """KV cells held by running sequences (read from other threads: a snapshot)."""
@@ -337,8 +335,10 @@ class Scheduler:
         else:
             seq.last = token
 
-    def _end(self, seq: Sequence, reason: str, quiet: bool = False) -> None:
-        """Finish one choice and free its slot; the others carry on."""
+    def _end(self, seq: Sequence, reason: str, quiet: bool = False, drop: bool = False
+             ) -> None:
+        """Finish one choice and free its slot; the others carry on. ``drop``: its cells
+        cannot be trusted (a failed or aborted decode), so none is kept for reuse."""
         job = seq.job
         if not quiet:
             rest = seq.rest(reason)
@@ -349,8 +349,8 @@ class Scheduler:
         slot = seq.slot
         self.slots[slot] = None
         self.running -= 1
-        self._cached[slot] = seq.kv if seq.source is None and reason != "error" else []
-        if reason == "error":
+        self._cached[slot] = seq.kv if seq.source is None and not drop else []
+        if drop:
             self._lib.llama_memory_seq_rm(self._mem, slot, -1, -1)
         last = self.running  # the highest occupied slot moves into the gap
         if last != slot:
@@ -383,17 +383,13 @@ class Scheduler:
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
         peak = logits.max()
         log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
-        entry: dict[str, Any] = {"token": self.piece(token),
+        entry: dict[str, Any] = {"token": seq.piece(token),
                                  "logprob": float(logits[token] - log_norm)}
         if top:
             best = np.argpartition(-logits, top)[:top]
             best = best[np.argsort(-logits[best], kind="stable")]
-            entry["top"] = [(self.piece(int(i)), float(logits[i] - log_norm)) for i in best]
+            entry["top"] = [(seq.piece(int(i)), float(logits[i] - log_norm)) for i in best]
         return entry
-
-    def piece(self, token: int) -> str:
-        raw: bytes = self._llm.detokenize([token])
-        return raw.decode("utf-8", errors="replace")
 
     def _shut(self) -> None:
         """The session closed (the engine stopped every generation first): answer what is

@@ -84,8 +84,15 @@ class Sequence:
     def text(self, token: int) -> tuple[str, bool]:
         """The text ``token`` adds that is safe to emit, and whether a stop string ended
         the choice."""
+        return self._stops.feed(self._decoder.decode(self._bytes(token)))
+
+    def piece(self, token: int) -> str:
+        """One token's text on its own (for logprobs)."""
+        return self._bytes(token).decode("utf-8", errors="replace")
+
+    def _bytes(self, token: int) -> bytes:
         n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
-        return self._stops.feed(self._decoder.decode(self._piece.raw[:max(n, 0)]))
+        return self._piece.raw[:max(n, 0)]
 
     def rest(self, reason: str) -> str:
         """Text still held back when the choice ends (none after a stop string)."""

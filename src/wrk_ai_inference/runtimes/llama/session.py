@@ -94,11 +94,6 @@ class LlamaSession(ModelSession):
     def close(self) -> None:
         self._scheduler.jobs.put(None)
 
-    def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        tokens: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos,
-                                              special=True)
-        return tokens
-
 
 class LlamaRuntime:
     """Loads GGUF files with the threads, context and sequence slots model.json gives."""
