@@ -324,18 +324,19 @@ class InferenceEngine:
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
-            def on_event(event: tuple[Any, ...]) -> None:
-                if event[0] in ("end", "error"):  # the thread is done with it: free at once
-                    hold.release()
-                    if self._generations.get(inference_id) is job:
-                        del self._generations[inference_id]
-                events.put_nowait(event)
+            def on_events(batch: list[tuple[Any, ...]]) -> None:
+                for event in batch:
+                    if event[0] in ("end", "error"):  # the thread is done with it: free now
+                        hold.release()
+                        if self._generations.get(inference_id) is job:
+                            del self._generations[inference_id]
+                    events.put_nowait(event)
 
-            def emit(event: tuple[Any, ...]) -> None:  # on the model's thread
+            def deliver(batch: list[tuple[Any, ...]]) -> None:  # on the model's thread
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                    loop.call_soon_threadsafe(on_event, event)
+                    loop.call_soon_threadsafe(on_events, batch)
 
-            job = task.generation(request, emit)
+            job = task.generation(request, deliver)
             self._generations[inference_id] = job
             def expire() -> None:
                 # the thread stops within a token (or a graph node of the prompt) and then

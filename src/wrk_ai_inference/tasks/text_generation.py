@@ -225,8 +225,8 @@ class TextGeneration(Task):
             stop=_stops(o.get("stop")), logprobs=wanted,
             grammar=_grammar(o.get("response_format")), n=n)
 
-    def generation(self, request: GenerationRequest, emit: Any) -> Generation:
-        return Generation(request.prompt, request.add_bos, request.sampling, emit,
+    def generation(self, request: GenerationRequest, deliver: Any) -> Generation:
+        return Generation(request.prompt, request.add_bos, request.sampling, deliver,
                           request_id_var.get() or "-")
 
 

@@ -2,8 +2,9 @@
 
 The event loop builds a ``Generation`` and hands it over; from then on it writes only
 ``stop_reason`` (cancel, deadline, a client gone), and the thread reports back through
-``emit``: ("prompt", tokens), ("delta", choice, text, logprob), ("finish", choice,
-reason, tokens), ("end", reason, tokens) or ("error", InferenceError).
+``deliver``, a list of events at a time: ("prompt", tokens), ("delta", choice, text,
+logprob), ("finish", choice, reason, tokens), ("end", reason, tokens) or ("error",
+InferenceError).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Generation:
     prompt: str
     add_bos: bool
     sampling: Sampling
-    emit: Callable[[tuple[Any, ...]], None]
+    deliver: Callable[[list[tuple[Any, ...]]], None]
     request_id: str = "-"
     stop_reason: str | None = None
     stop_asked: float = 0.0  # perf_counter() when the stop was asked for
@@ -52,6 +53,7 @@ class Generation:
     admitted: int = 0  # choices given a sequence slot so far
     live: int = 0  # choices generating now
     made: int = 0  # tokens generated over all its choices
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)  # events not yet delivered
 
     def stop(self, reason: str) -> None:
         """Ask the thread to stop this generation (from the event loop); the first reason

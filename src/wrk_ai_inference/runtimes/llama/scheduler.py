@@ -64,6 +64,7 @@ class Scheduler:
         self.running = 0  # sequences holding a slot
         self._order = 0  # arrival count: the oldest reader reads first
         self._alone: Generation | None = None  # whose stop aborts the running decode
+        self._posting: list[Generation] = []  # generations with events not yet delivered
         # referenced while the context lives: llama.cpp keeps the raw pointer
         self._abort = lib.ggml_abort_callback(self._should_abort)
         self._no_abort = lib.ggml_abort_callback()  # a NULL function pointer
@@ -80,6 +81,7 @@ class Scheduler:
                     log.exception("generation step failed", extra={"modelId": self.model})
                     self._fail(self._live(), InferenceError(
                         "ERR_INFERENCE_FAILED", f"the runtime failed: {first_line(exc)}"))
+                self._flush()
         finally:
             self._shut()
 
@@ -105,9 +107,9 @@ class Scheduler:
             self._check_fits(job)
         except InferenceError as exc:
             self.taken += 1
-            job.emit(("error", exc))
+            self._emit(job, ("error", exc))
             return
-        job.emit(("prompt", len(job.tokens)))
+        self._emit(job, ("prompt", len(job.tokens)))
         self._order += 1
         job.order = self._order
         self._waiting.append(job)
@@ -132,7 +134,7 @@ class Scheduler:
                 self._waiting.popleft()
                 self.taken += 1
                 for choice in range(job.admitted, job.sampling.n):
-                    job.emit(("finish", choice, job.stop_reason, 0))
+                    self._emit(job, ("finish", choice, job.stop_reason, 0))
                 job.admitted = job.sampling.n
                 self._maybe_end(job)
                 continue
@@ -147,7 +149,7 @@ class Scheduler:
                 if job.live:
                     job.admitted = job.sampling.n
                 else:
-                    job.emit(("error", exc))
+                    self._emit(job, ("error", exc))
                 continue
             if job.admitted == job.sampling.n:
                 self._waiting.popleft()
@@ -234,6 +236,7 @@ class Scheduler:
         # graph node and takes the GIL each time: it is installed only for such steps.
         alone = n > len(live) and len({id(s.job) for s in live}) == 1
         self._arm(live[0].job if alone else None)
+        self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
         stopped = live[0].job.stop_reason
         if status == 2 and stopped is not None:  # aborted mid-batch: its cells are partial
@@ -250,6 +253,21 @@ class Scheduler:
             if seq.index >= 0:
                 self._advance(seq, seq.sample(self._ctx))
 
+    def _emit(self, job: Generation, event: tuple[Any, ...]) -> None:
+        """Hold ``event`` for ``job`` until the step's flush."""
+        if not job.outbox:
+            self._posting.append(job)
+        job.outbox.append(event)
+
+    def _flush(self) -> None:
+        """Deliver the held events: one hand-over per generation and step. It happens
+        just before ``llama_decode``, so the event loop's work on them overlaps the decode
+        instead of holding the GIL while this thread samples."""
+        for job in self._posting:
+            events, job.outbox = job.outbox, []
+            job.deliver(events)
+        self._posting.clear()
+
     def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
         """Answer the generations of ``seqs`` with ``error`` and free their slots."""
         told: set[int] = set()
@@ -257,7 +275,7 @@ class Scheduler:
             if id(seq.job) not in told:
                 told.add(id(seq.job))
                 seq.job.stop("error")
-                seq.job.emit(("error", error))
+                self._emit(seq.job, ("error", error))
             self._end(seq, "error", quiet=True, drop=True)
 
     def cells_used(self) -> int:
@@ -327,7 +345,7 @@ class Scheduler:
         logprob = self._logprob(seq, token) if job.sampling.logprobs is not None else None
         text, stopped = seq.text(token)
         if text or logprob is not None:
-            job.emit(("delta", seq.choice, text, logprob))
+            self._emit(job, ("delta", seq.choice, text, logprob))
         if stopped:
             self._end(seq, "stop")
         elif seq.made >= seq.limit:
@@ -343,8 +361,8 @@ class Scheduler:
         if not quiet:
             rest = seq.rest(reason)
             if rest:
-                job.emit(("delta", seq.choice, rest, None))
-            job.emit(("finish", seq.choice, reason, seq.made))
+                self._emit(job, ("delta", seq.choice, rest, None))
+            self._emit(job, ("finish", seq.choice, reason, seq.made))
         seq.close()
         slot = seq.slot
         self.slots[slot] = None
@@ -368,7 +386,7 @@ class Scheduler:
     def _maybe_end(self, job: Generation) -> None:
         if job.live or job.admitted < job.sampling.n:
             return
-        job.emit(("end", job.stop_reason, job.made))
+        self._emit(job, ("end", job.stop_reason, job.made))
         if job.stop_reason is not None:
             log.info("generation stopped", extra={
                 "modelId": self.model, "requestId": job.request_id,
@@ -399,8 +417,9 @@ class Scheduler:
             self._end(seq, "shutdown")
         for job in self._waiting:
             job.stop("shutdown")
-            job.emit(("end", "shutdown", job.made))
+            self._emit(job, ("end", "shutdown", job.made))
         self._waiting.clear()
+        self._flush()
         self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self._ctx)
         self._llm.close()
