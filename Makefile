@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NODE_DIR := src/wrk_ai_inference/rpc/node
+NODE_DIR := src/wrk_ai_inference/p2p/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \

@@ -15,7 +15,7 @@ from typing import Any
 
 from .helpers import ROOT, ChildProcess
 
-NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "rpc" / "node" / "node_modules"
+NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "p2p" / "node" / "node_modules"
 ORCHESTRATOR = ROOT / "tests" / "node" / "orchestrator.js"
 
 

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from wrk_ai_inference.errors import HTTP_STATUS
-from wrk_ai_inference.rpc import framing
-from wrk_ai_inference.rpc.bridge import NodeBridge
+from wrk_ai_inference.p2p import framing
+from wrk_ai_inference.p2p.sidecar import Sidecar
 from wrk_ai_inference.rpc.client import RpcClient
 from wrk_ai_inference.rpc.methods import METHODS
 
@@ -156,7 +156,7 @@ async def test_malformed_frames_from_the_bridge_restart_it(frame: bytes) -> None
     """Bad frames on the stdio channel are never read as calls: the bridge is killed (the
     supervisor starts a fresh one), and a good frame before them was still delivered."""
     calls: list[dict[str, Any]] = []
-    bridge = NodeBridge({}, on_call=None)
+    bridge = Sidecar({})
     bridge._dispatch = lambda header, body, generation: calls.append(header)  # type: ignore[method-assign]
     good = framing.encode({"t": "log", "msg": "fine"})
     proc = _FakeProcess(good + frame)

@@ -1,5 +1,5 @@
 """The core under hostile or unlucky timing: preprocessing, error text, the cache bound,
-DHT topics and the bridge's replies, in-process with real models."""
+DHT topics and the sidecar's replies, in-process with real models."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import pytest
 from wrk_ai_inference.config import Settings
 from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.models.manager import ModelManager, ModelState
-from wrk_ai_inference.rpc.bridge import NODE_DIR, NodeBridge
-from wrk_ai_inference.rpc.netconfig import load_net_config
-from wrk_ai_inference.rpc.server import RackWorker, model_topic
+from wrk_ai_inference.p2p.netconfig import load_net_config
+from wrk_ai_inference.p2p.sidecar import NODE_DIR, Sidecar
+from wrk_ai_inference.rpc.server import RackWorker, internal_reply, model_topic
 
 from .helpers import DIGIT_ZERO, add_broken_model, make_repo
 from .rack_helpers import local_testnet
@@ -165,22 +165,23 @@ async def test_a_cache_full_of_busy_models_refuses_new_loads(tmp_path: Path) -> 
     assert len(m.loaded_ids()) == 2
 
 
-class _RecordingBridge:
-    """Stands in for the Node bridge in-process: records what is announced."""
+class _RecordingSidecar:
+    """Stands in for the Node sidecar in-process: records what is announced."""
 
     def __init__(self) -> None:
         self.announced: set[str] = set()
-        self.info = {"publicKey": "00" * 32, "clientKey": "11" * 32}
+        self.info = {"clientKey": "11" * 32}
         self.pid = None
         self.restarts = 0
 
-    async def command(self, header: dict[str, Any], body: bytes = b"",
-                      timeout: float = 30) -> tuple[dict[str, Any], bytes]:
-        await asyncio.sleep(0)  # a real bridge answers later: updates may interleave
-        if header["t"] == "announce":
-            self.announced |= set(header["topics"])
-        elif header["t"] == "unannounce":
-            self.announced -= set(header["topics"])
+    async def command(self, name: str, fields: dict[str, Any] | None = None,
+                      body: bytes = b"", timeout: float = 30) -> tuple[dict[str, Any], bytes]:
+        await asyncio.sleep(0)  # a real sidecar answers later: updates may interleave
+        assert fields is not None
+        if name == "dht.announce":
+            self.announced |= set(fields["topics"])
+        elif name == "dht.unannounce":
+            self.announced -= set(fields["topics"])
         return {"ok": True}, b""
 
 
@@ -192,8 +193,8 @@ async def test_a_withdrawn_topic_never_comes_back(tmp_path: Path) -> None:
                                  "storeDir": str(tmp_path / "store"),
                                  "statusDir": str(tmp_path / "status")})
     rack = RackWorker(settings, net, "race", "test")
-    bridge = _RecordingBridge()
-    rack.bridge = bridge  # type: ignore[assignment]
+    bridge = _RecordingSidecar()
+    rack.sidecar = bridge  # type: ignore[assignment]
     rack.worker.models.add_listener(rack._on_model_change)
     await rack.worker.start()
     await rack.worker.wait_ready()
@@ -255,12 +256,13 @@ async def test_every_bridge_call_gets_one_reply_even_when_the_handler_raises(
         return body
 
     with local_testnet(3) as bootstrap:
-        bridge = NodeBridge({"mode": "server", "seed": "ab" * 32, "dhtSeed": "cd" * 32,
-                             "bootstrap": bootstrap, "host": "127.0.0.1", "allow": None,
-                             "methods": ["boom", "echo"], "poolLinger": 300_000,
-                             "announceInterval": 300_000, "keepAlive": 2000,
-                             "connectionTimeout": 7000}, on_call=handler)
-        info = await bridge.start()
+        bridge = Sidecar({"dhtSeed": "cd" * 32, "bootstrap": bootstrap, "host": "127.0.0.1",
+                          "keepAlive": 2000, "storeDir": None,
+                          "rpc": {"seed": "ab" * 32, "poolLinger": 300_000,
+                                  "connectionTimeout": 7000, "announceInterval": 300_000}})
+        bridge.on_call, bridge.on_call_error = handler, internal_reply
+        await bridge.start()
+        info, _ = await bridge.command("rpc.serve", {"allow": None, "methods": ["boom", "echo"]})
         try:
             async with RpcClient(bootstrap) as client:
                 started = time.perf_counter()

@@ -87,7 +87,7 @@ async def test_bad_manifest_and_graph_mismatch(tmp_path: Path) -> None:
                             ("escape", "relative path")):
         with pytest.raises(InferenceError, match=words):
             await m.load(model_id)
-    listed = {x["id"]: x for x in m.list_models()}
+    listed = {x["id"]: x for x in await m.list_models()}
     assert listed["typo"]["state"] == "failed" and "maxBatchSise" in listed["typo"]["error"]
 
 

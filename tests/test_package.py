@@ -2,7 +2,7 @@
 
 The fresh venv gets only the wheel; its dependencies are the checkout venv's (a .pth
 line), so nothing is downloaded and the checkout's own sources are not on its path.
-The bridge's npm packages are installed on first use into a cache of its own.
+The sidecar's npm packages are installed on first use into a cache of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from wrk_ai_inference.rpc.client import RpcClient
 from .helpers import DIGIT_ZERO, ROOT, make_repo
 from .rack_helpers import local_testnet
 
-NODE_FILES = ("bridge.js", "frames.js", "testnet.js", "package.json", "package-lock.json")
+NODE_FILES = ("sidecar.js", "frames.js", "dht.js", "rpc.js", "drive.js", "testnet.js",
+              "package.json", "package-lock.json")
 
 
 def _wheel(out: Path) -> Path:
@@ -59,7 +60,7 @@ async def test_the_wheel_runs_rack_mode_from_a_fresh_venv(tmp_path: Path) -> Non
     wheel = _wheel(tmp_path / "dist")
     names = zipfile.ZipFile(wheel).namelist()
     for name in NODE_FILES:
-        assert f"wrk_ai_inference/rpc/node/{name}" in names, name
+        assert f"wrk_ai_inference/p2p/node/{name}" in names, name
     assert not [n for n in names if "node_modules" in n]
 
     python = _fresh_venv(tmp_path / "venv", wheel)
@@ -90,7 +91,7 @@ async def test_the_wheel_runs_rack_mode_from_a_fresh_venv(tmp_path: Path) -> Non
                 time.sleep(0.2)
             logs = (tmp_path / "rack.log").read_text()
             assert status.get("state") == "ready", logs[-3000:]
-            assert "installing the Node bridge's packages" in logs
+            assert "installing the Node sidecar's packages" in logs
             caches = list((tmp_path / "cache" / "wrk-ai-inference").glob("node-*"))
             assert len(caches) == 1 and (caches[0] / "node_modules" / "hyperdht").is_dir()
             async with RpcClient(bootstrap) as client:

@@ -134,7 +134,7 @@ def test_lookup_follows_load_and_unload(rack: Rack, bootstrap: list[str]) -> Non
 def test_link_reliability_and_loopback_only(rack: Rack, bootstrap: list[str]) -> None:
     [fresh] = orchestrate(bootstrap, rack.key, [{"fresh": 50, "call": "ping", "payload": 1}])
     assert fresh == {"ok": True, "result": 50}
-    bridge = psutil.Process(rack.status()["bridgePid"])
+    bridge = psutil.Process(rack.status()["sidecarPid"])
     addresses = {c.laddr.ip for c in bridge.net_connections(kind="inet")}
     assert addresses and addresses <= {"127.0.0.1"}, addresses
 
@@ -231,7 +231,7 @@ async def test_bridge_killed_under_load_restarts_with_same_key(bootstrap: list[s
     payload = {"modelId": "slow", **slow_body(slow_iterations(0.5))}
     with running_rack(tmp_path, "rack-kill", bootstrap, repo, preload=["slow", "digits"],
                       max_concurrent_inferences=2) as r:
-        key, bridge_pid = r.key, r.status()["bridgePid"]
+        key, bridge_pid = r.key, r.status()["sidecarPid"]
         async with RpcClient(bootstrap, timeout_ms=20_000) as client:
             calls = [asyncio.create_task(client.request(key, "runInference", payload))
                      for _ in range(8)]
@@ -244,7 +244,7 @@ async def test_bridge_killed_under_load_restarts_with_same_key(bootstrap: list[s
             assert all(f.code == "ERR_RPC_UNAVAILABLE" for f in failed), failed
             assert time.monotonic() - started < 10  # failed within the connection timeout
             for _ in range(100):
-                if r.status()["bridgeRestarts"] == 1 and r.status()["bridgePid"] != bridge_pid:
+                if r.status()["sidecarRestarts"] == 1 and r.status()["sidecarPid"] != bridge_pid:
                     break
                 await asyncio.sleep(0.1)
             assert r.key == key
@@ -252,7 +252,7 @@ async def test_bridge_killed_under_load_restarts_with_same_key(bootstrap: list[s
                                           {"modelId": "digits", "inputData": [0] * 64})
             assert result["success"] is True
             assert key in await client.lookup("ai-inference:digits")
-    assert "Node bridge restarted" in r.logs()
+    assert "Node sidecar restarted" in r.logs()
 
 
 def test_sigterm_withdraws_topics_and_exits_zero(bootstrap: list[str], tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def _tune_interpreter() -> None:
 
 
 def _net_config(args: argparse.Namespace) -> Any:
-    from .rpc.netconfig import load_net_config
+    from .p2p.netconfig import load_net_config
 
     boot = args.bootstrap
     bootstrap: list[str] | str | None = None
@@ -112,7 +112,7 @@ def _testnet(nodes: int) -> int:
     import os
 
     from .errors import InferenceError
-    from .rpc.bridge import node_binary, node_dir
+    from .p2p.sidecar import node_binary, node_dir
 
     if nodes < 2:
         setup_logging()

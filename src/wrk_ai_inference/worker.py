@@ -27,6 +27,8 @@ from .logs import get_logger
 from .metrics import Metrics
 from .models.manager import ModelManager, ModelState
 from .models.spec import check_model_id
+from .p2p.drives import Drives
+from .p2p.sidecar import Sidecar
 from .runtimes.llama import LlamaSession
 
 log = get_logger("worker")
@@ -74,14 +76,19 @@ class _InFlight:
 
 
 class InferenceWorker:
-    def __init__(self, settings: Settings) -> None:
+    """``sidecar``: the worker's Holepunch process (rack mode, model drives), started by
+    whoever needs it first and closed by ``stop``; None where the worker has no DHT."""
+
+    def __init__(self, settings: Settings, sidecar: Sidecar | None = None) -> None:
         self.settings = settings
+        self.sidecar = sidecar
         self.state = WorkerState.STARTING
         self.started_at = time.time()
         self.metrics = Metrics()
         self.capacity = CapacityTracker(settings.max_concurrent_inferences,
                                         settings.max_queued_inferences)
-        self.models = ModelManager(settings)
+        self.models = ModelManager(settings,
+                                   drives=Drives(sidecar) if sidecar is not None else None)
         self.history = History(settings.history_size)
         self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
                                       self.metrics)
@@ -138,6 +145,8 @@ class InferenceWorker:
                 await task
         self.engine.shutdown()
         bodies.shutdown()
+        if self.sidecar is not None:
+            await self.sidecar.close()
         log.info("worker stopped")
 
     def _admitted(self) -> _InFlight:
@@ -241,10 +250,10 @@ class InferenceWorker:
         return {"models": self.models.loaded_ids()}
 
     async def list_models(self) -> dict[str, Any]:
-        return {"models": self.models.list_models()}
+        return {"models": await self.models.list_models()}
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
-        return self.models.get_model(model_id)
+        return await self.models.get_model(model_id)
 
     async def get_stats(self) -> dict[str, Any]:
         return self.history.stats()

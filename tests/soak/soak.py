@@ -362,7 +362,7 @@ async def soak_rack(seconds: float, concurrency: int, tmp: Path) -> dict[str, An
                     max_concurrent_inferences=8, max_queued_inferences=16)
         try:
             status = rack.wait_ready()
-            processes = [psutil.Process(rack.proc.pid), psutil.Process(status["bridgePid"])]
+            processes = [psutil.Process(rack.proc.pid), psutil.Process(status["sidecarPid"])]
             async with RpcClient(bootstrap) as client:
                 soak = Soak(rpc_caller(client, status["rpcPublicKey"]), processes, seconds,
                             concurrency, slow_iterations(1.0))

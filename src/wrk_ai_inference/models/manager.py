@@ -4,20 +4,19 @@ Loaded models sit in an LRU bounded by ``modelCacheSize`` (count) and
 ``memoryLimit`` (bytes, measured as the process's resident-memory growth across
 the load, never less than the artifact's size). A model that is serving a
 request is pinned: it is never evicted, and an unload waits for its running
-requests. Many requests for one cold model share a single load.
+requests. Many requests for one cold model share a single load (and a single fetch,
+for a model whose files come from a source).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -25,17 +24,20 @@ import psutil
 from ..config import Settings
 from ..errors import InferenceError, first_line
 from ..logs import get_logger
+from ..p2p.drives import Drives
 from ..runtimes import get_runtime
 from ..runtimes.base import ModelSession
 from ..tasks import Task, load_task
-from .repository import MANIFEST, LocalRepository
-from .spec import ModelSpec, check_model_id, read_spec
+from .repository import LocalRepository, ModelFiles, ModelRepository, unknown_model
+from .sources import FetchProgress, Sources
+from .spec import ModelSpec, check_model_id
 
 log = get_logger("models")
 
 
 class ModelState(StrEnum):
     AVAILABLE = "available"
+    FETCHING = "fetching"
     LOADING = "loading"
     LOADED = "loaded"
     UNLOADING = "unloading"
@@ -53,6 +55,7 @@ class ModelEntry:
     labels: list[str] | None = None
     pipeline: Task | None = None  # the task and its resources (a tokenizer, ...)
     error: str | None = None
+    fetch: FetchProgress | None = None  # while its files are being fetched
     memory_bytes: int = 0
     artifact_bytes: int = 0
     loaded_at: float | None = None
@@ -92,24 +95,22 @@ class ModelEntry:
             inFlight=self.in_flight,
             error=self.error,
         )
+        if self.fetch is not None:
+            data["fetch"] = self.fetch.view()
         return data
 
 
 ChangeListener = Callable[[str, ModelState], None]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: states in which an entry is busy with its model, whatever the repository says now
+_BUSY = (ModelState.FETCHING, ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING)
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, repository: LocalRepository | None = None) -> None:
+    def __init__(self, settings: Settings, repository: ModelRepository | None = None,
+                 drives: Drives | None = None) -> None:
         self.settings = settings
-        self.repository = repository or LocalRepository(settings.model_repository)
+        self.repository: ModelRepository = repository or LocalRepository(
+            settings.model_repository, Sources(drives))
         self._entries: dict[str, ModelEntry] = {}
         self._lru: OrderedDict[str, ModelEntry] = OrderedDict()
         # Loads run one at a time so that the memory each one adds can be measured.
@@ -136,30 +137,30 @@ class ModelManager:
         """The entry for a repository model; ERR_MODEL_NOT_FOUND for anything else."""
         check_model_id(model_id)
         entry = self._entries.get(model_id)
-        if entry is not None and entry.state in (ModelState.LOADED, ModelState.LOADING,
-                                                  ModelState.UNLOADING):
+        if entry is not None and entry.state in _BUSY:
             return entry
-        self.repository.model_dir(model_id)  # raises ERR_MODEL_NOT_FOUND
+        if not self.repository.has(model_id):
+            raise unknown_model(model_id)
         if entry is None:
             entry = self._entries[model_id] = ModelEntry(id=model_id)
             entry.idle.set()
         return entry
 
-    def _describe(self, model_id: str) -> ModelEntry:
+    async def _describe(self, model_id: str) -> ModelEntry:
         entry = self.entry(model_id)
         if entry.spec is None and entry.state in (ModelState.AVAILABLE, ModelState.FAILED):
             try:
-                entry.spec = read_spec(model_id, self.repository.model_dir(model_id) / MANIFEST)
+                entry.spec = await self.repository.describe(model_id)
             except InferenceError as exc:
                 entry.state, entry.error = ModelState.FAILED, exc.message
         return entry
 
-    def list_models(self) -> list[dict[str, Any]]:
-        ids = set(self.repository.list_ids()) | set(self._lru)
-        return [self._describe(i).metadata() for i in sorted(ids)]
+    async def list_models(self) -> list[dict[str, Any]]:
+        ids = set(await self.repository.list_ids()) | set(self._lru)
+        return [(await self._describe(i)).metadata() for i in sorted(ids)]
 
-    def get_model(self, model_id: str) -> dict[str, Any]:
-        return self._describe(model_id).metadata()
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        return (await self._describe(model_id)).metadata()
 
     def known(self, model_id: object) -> bool:
         """True for ids already checked against the repository (cheap, no disk access)."""
@@ -226,7 +227,7 @@ class ModelManager:
             await entry.idle.wait()
             while entry.state is ModelState.UNLOADING:
                 await asyncio.sleep(0.01)
-        if entry.load_task is None:
+        if entry.load_task is None:  # a fetch under way is part of the load under way
             entry.load_task = asyncio.get_running_loop().create_task(self._load(entry))
         # shield: a caller that goes away must not cancel the load others wait for
         return await asyncio.shield(entry.load_task), False
@@ -236,15 +237,12 @@ class ModelManager:
         self._notify(entry.id, entry.state)
         started = time.perf_counter()
         try:
-            spec = read_spec(entry.id, self.repository.model_dir(entry.id) / MANIFEST)
+            spec = await self.repository.describe(entry.id)
             if entry.overrides:
                 spec = spec.model_copy(update=entry.overrides)
-            artifact = self.repository.artifact_path(entry.id, spec.file)
-            if not artifact.is_file():
-                raise InferenceError(
-                    "ERR_MODEL_LOAD_FAILED", f"model '{entry.id}': artifact {spec.file} is missing"
-                )
             entry.spec = spec
+            files = await self._fetch(entry, spec)
+            artifact = files.artifact
             entry.artifact_bytes = artifact.stat().st_size
             runtime = get_runtime(spec.runtime, self.settings.supported_model_types,
                                   self.settings.intra_op_threads, self.settings.inter_op_threads,
@@ -256,9 +254,9 @@ class ModelManager:
                     f"larger than memoryLimit ({self.settings.memory_limit} bytes)",
                 )
             await self._reserve(entry, entry.artifact_bytes)
-            labels = self._labels(entry.id, spec)
+            labels = self._labels(files, spec)
             session, pipeline, grown = await asyncio.to_thread(
-                self._load_blocking, runtime, artifact, spec, entry.id, labels)
+                self._load_blocking, runtime, files, spec, labels)
         except InferenceError as exc:
             self._fail(entry, exc.message)
             raise
@@ -274,6 +272,7 @@ class ModelManager:
             self._lru[entry.id] = entry  # its place moves from the reservations to the LRU
         finally:
             entry.load_task = None
+            entry.fetch = None
             self._unreserve(entry)
         self._enforce_memory(keep=entry)
         log.info("model loaded", extra={"modelId": entry.id, "memoryBytes": entry.memory_bytes,
@@ -281,22 +280,26 @@ class ModelManager:
         self._notify(entry.id, entry.state)
         return entry
 
-    def _load_blocking(self, runtime: Any, artifact: Path, spec: ModelSpec, model_id: str,
+    async def _fetch(self, entry: ModelEntry, spec: ModelSpec) -> ModelFiles:
+        """The model's files from the repository; a model with a source is ``fetching``
+        meanwhile, with its progress in the entry."""
+        if spec.source is None:
+            return await self.repository.fetch(entry.id, spec, FetchProgress(entry.id))
+        entry.state, entry.fetch = ModelState.FETCHING, FetchProgress(entry.id)
+        self._notify(entry.id, entry.state)
+        files = await self.repository.fetch(entry.id, spec, entry.fetch)
+        entry.state = ModelState.LOADING
+        self._notify(entry.id, entry.state)
+        return files
+
+    def _load_blocking(self, runtime: Any, files: ModelFiles, spec: ModelSpec,
                        labels: list[str] | None) -> tuple[ModelSession, Task, int]:
+        model_id = files.model_id
         with self._load_lock:
-            if spec.sha256 is not None:
-                actual = _sha256(artifact)
-                if actual.lower() != spec.sha256.lower():
-                    raise InferenceError(
-                        "ERR_MODEL_LOAD_FAILED",
-                        f"model '{model_id}': checksum mismatch for {spec.file}: model.json says "
-                        f"sha256 {spec.sha256}, the file has {actual}",
-                    )
             before = self._process.memory_info().rss
-            session: ModelSession = runtime.load(artifact, spec, model_id)
+            session: ModelSession = runtime.load(files.artifact, spec, model_id)
             try:
-                task = load_task(spec, self.repository.model_dir(model_id), labels, session,
-                                 model_id)
+                task = load_task(spec, files.folder, labels, session, model_id)
                 if spec.warmup:
                     from ..engine.warmup import warm_up
 
@@ -306,10 +309,11 @@ class ModelManager:
                 raise
             return session, task, max(0, self._process.memory_info().rss - before)
 
-    def _labels(self, model_id: str, spec: ModelSpec) -> list[str] | None:
+    def _labels(self, files: ModelFiles, spec: ModelSpec) -> list[str] | None:
+        model_id = files.model_id
         if spec.labels is None or isinstance(spec.labels, list):
             return spec.labels
-        path = self.repository.artifact_path(model_id, spec.labels)
+        path = files.path(spec.labels)
         try:
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except OSError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..datatypes import V2_TO_NUMPY
 from ..errors import InferenceError, first_line
@@ -61,6 +61,25 @@ class TensorSpec(BaseModel):
         return bool(self.shape) and self.shape[0] == -1
 
 
+class DriveSource(BaseModel):
+    """The model's files are the folder ``path`` of a Hyperdrive, at ``version`` (the
+    drive's latest when absent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hyperdrive: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="the drive's key")
+    path: str = Field(pattern=r"^/[A-Za-z0-9._-]+$", description="the model's folder")
+    version: int | None = Field(None, ge=1)
+
+
+class UrlSource(BaseModel):
+    """The artifact is at ``url`` (http or https); the other files are local."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+
+
 class Sampling(BaseModel):
     """A language model's default sampling; each request may override every field."""
 
@@ -86,6 +105,8 @@ class ModelSpec(BaseModel):
                   "image-classification", "text-generation"] = "tensor"
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    source: DriveSource | UrlSource | None = Field(
+        None, description="where the files are fetched from when not on disk")
     labels: list[str] | str | None = None
     inputs: list[TensorSpec] | None = None
     outputs: list[TensorSpec] | None = None
@@ -109,6 +130,13 @@ class ModelSpec(BaseModel):
                                       description="Jinja chat template; default: the GGUF's")
     stop: list[str] = Field(default_factory=list, description="always-on stop strings")
     sampling: Sampling = Field(default_factory=lambda: Sampling.model_validate({}))
+
+    @model_validator(mode="after")
+    def _fetched_files_are_checked(self) -> ModelSpec:
+        if self.source is not None and self.sha256 is None:
+            raise ValueError("a model with a 'source' needs the artifact's 'sha256': fetched "
+                             "bytes are loaded only once they match it")
+        return self
 
     @field_validator("file")
     @classmethod

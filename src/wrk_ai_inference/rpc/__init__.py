@@ -1,1 +1,1 @@
-"""Rack worker mode: the core behind Hyperswarm RPC, through a Node bridge process."""
+"""Rack worker mode: the core behind Hyperswarm RPC, through the Node sidecar."""

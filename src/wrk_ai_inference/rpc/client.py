@@ -1,7 +1,7 @@
 """A Python client for rack workers: by public key or by DHT topic.
 
-It runs its own bridge in client mode, so it speaks exactly what a Node
-orchestrator speaks. Connections are pooled by the bridge and linger 300 s
+It runs a sidecar of its own, so it speaks exactly what a Node orchestrator
+speaks. Connections are pooled by the sidecar and linger 300 s
 after their last request (as hp-svc-facs-net sets it); a connection silent for
 ``connection_timeout_ms`` (keep-alives included) is dropped, so a call to a
 worker that crashed fails in seconds with ERR_RPC_UNAVAILABLE.
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..errors import InferenceError
-from .bridge import NodeBridge
+from ..p2p.sidecar import Sidecar
 from .methods import parse_reply
 
 
@@ -29,28 +29,28 @@ class RpcClient:
                  host: str = "127.0.0.1", keep_alive_ms: int = 2_000,
                  connection_timeout_ms: int = 7_000) -> None:
         self.timeout_ms = timeout_ms
-        self._bridge = NodeBridge({"mode": "client", "seed": None, "dhtSeed": seed,
-                                   "bootstrap": bootstrap, "host": host, "allow": None,
-                                   "methods": [], "poolLinger": pool_linger_ms,
-                                   "announceInterval": 300_000, "keepAlive": keep_alive_ms,
-                                   "connectionTimeout": connection_timeout_ms})
+        self._sidecar = Sidecar({"dhtSeed": seed, "bootstrap": bootstrap, "host": host,
+                                 "keepAlive": keep_alive_ms, "storeDir": None,
+                                 "rpc": {"seed": None, "poolLinger": pool_linger_ms,
+                                         "connectionTimeout": connection_timeout_ms,
+                                         "announceInterval": 300_000}})
 
     @property
     def client_key(self) -> str:
-        return str(self._bridge.info.get("clientKey"))
+        return str(self._sidecar.info.get("clientKey"))
 
     async def __aenter__(self) -> RpcClient:
-        await self._bridge.start()
+        await self._sidecar.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._bridge.close()
+        await self._sidecar.close()
 
     async def request_raw(self, key: str, method: str, body: bytes,
                           timeout_ms: int | None = None) -> bytes:
         timeout = timeout_ms or self.timeout_ms
-        _, reply = await self._bridge.command(
-            {"t": "request", "key": key, "method": method, "timeout": timeout}, body,
+        _, reply = await self._sidecar.command(
+            "rpc.request", {"key": key, "method": method, "timeout": timeout}, body,
             timeout=timeout / 1000 + 5)
         return reply
 
@@ -61,7 +61,7 @@ class RpcClient:
         return parse_reply(await self.request_raw(key, method, body, timeout_ms))
 
     async def lookup(self, topic: str) -> list[str]:
-        result, _ = await self._bridge.command({"t": "lookup", "topic": topic}, timeout=30)
+        result, _ = await self._sidecar.command("dht.lookup", {"topic": topic}, timeout=30)
         return list(result.get("peers", []))
 
     async def request_topic(self, topic: str, method: str, payload: Any = None,

@@ -17,7 +17,7 @@ from .. import bodies, json_tensors
 from ..errors import HTTP_STATUS, InferenceError
 from ..logs import get_logger, new_id, request_id_var
 from ..worker import InferenceWorker
-from .framing import ERR_PREFIX, error_reply
+from .wire import ERR_PREFIX, error_reply
 
 log = get_logger("rpc")
 

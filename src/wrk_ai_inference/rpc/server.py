@@ -1,7 +1,8 @@
-"""The rack worker: InferenceWorker + Node bridge + keys, status and DHT topics.
+"""The rack worker: InferenceWorker + the sidecar's RPC server + keys, status and topics.
 
 Keys come from seeds persisted under ``<storeDir>/<rack>/`` (mode 0600), so the
-public key survives restarts. Topics: ``ai-inference`` while running and
+public key survives restarts; the rack's model drives live in
+``<storeDir>/<rack>/corestore``. Topics: ``ai-inference`` while running and
 ``ai-inference:<modelId>`` for each loaded model, announced on load and
 re-announced every ``announceInterval``, withdrawn on unload and shutdown.
 The status file says ``state`` (starting, ready, draining, stopped), so a
@@ -24,11 +25,11 @@ from ..config import Settings
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..models.manager import ModelState
+from ..p2p.netconfig import NetConfig
+from ..p2p.sidecar import Sidecar
 from ..worker import InferenceWorker
-from .bridge import NodeBridge
-from .framing import error_reply
 from .methods import METHODS, dispatch
-from .netconfig import NetConfig
+from .wire import error_reply
 
 log = get_logger("rpc.server")
 
@@ -53,23 +54,29 @@ def load_seeds(store: Path) -> dict[str, str]:
     return seeds
 
 
+def internal_reply(exc: Exception) -> bytes:
+    """The reply to a call whose handler failed: ERR_INTERNAL, no internals."""
+    error = InferenceError.internal(exc)
+    return error_reply(error.code, error.message)
+
+
 class RackWorker:
     def __init__(self, settings: Settings, net: NetConfig, rack: str, env: str) -> None:
         self.settings = settings
         self.net = net
         self.rack = rack
         self.env = env
-        self.worker = InferenceWorker(settings)
         self.topics: set[str] = set()
         self.status_path = Path(net.status_dir) / f"wrk-ai-inference.{rack}.json"
-        seeds = load_seeds(Path(net.store_dir) / rack)
-        self.bridge = NodeBridge(
-            {"mode": "server", "seed": seeds["rpcSeed"], "dhtSeed": seeds["dhtSeed"],
-             "bootstrap": net.bootstrap_for_bridge(), "host": net.bind_host(),
-             "allow": net.allow or None, "methods": [*METHODS, "ping"],
-             "poolLinger": net.pool_linger, "announceInterval": net.announce_interval,
-             "keepAlive": net.keep_alive, "connectionTimeout": net.connection_timeout},
-            on_call=self._on_call, on_restart=self._after_restart)
+        store = Path(net.store_dir) / rack
+        seeds = load_seeds(store)
+        self.sidecar = Sidecar(net.sidecar_init(store / "corestore", seeds["dhtSeed"],
+                                                seeds["rpcSeed"]))
+        self.sidecar.on_call = self._on_call
+        self.sidecar.on_call_error = internal_reply
+        self.sidecar.after_restart(self._after_restart)
+        self.worker = InferenceWorker(settings, self.sidecar)
+        self.public_key: str | None = None
         self._topic_lock = asyncio.Lock()
         self._topic_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -86,8 +93,14 @@ class RackWorker:
             await asyncio.shield(self._topic_task)
         return reply
 
+    async def _serve(self) -> None:
+        result, _ = await self.sidecar.command(
+            "rpc.serve", {"allow": self.net.allow or None, "methods": [*METHODS, "ping"]})
+        self.public_key = str(result["publicKey"])
+
     async def start(self) -> None:
-        info = await self.bridge.start()
+        await self.sidecar.start()
+        await self._serve()
         self._write_status()  # starting: the key is known, the models are not loaded yet
         self.worker.models.add_listener(self._on_model_change)
         await self.worker.start()
@@ -95,7 +108,7 @@ class RackWorker:
         self.state = "ready"
         await self._set_topics()
         log.info("rack worker ready", extra={"rack": self.rack, "env": self.env,
-                                             "rpcPublicKey": info["publicKey"],
+                                             "rpcPublicKey": self.public_key,
                                              "topics": sorted(self.topics)})
 
     def _on_model_change(self, model_id: str, state: ModelState) -> None:
@@ -120,28 +133,30 @@ class RackWorker:
             self.topics = set(wanted)
             try:
                 if remove:
-                    await self.bridge.command({"t": "unannounce", "topics": remove}, timeout=60)
+                    await self.sidecar.command("dht.unannounce", {"topics": remove},
+                                               timeout=60)
                 if add:
-                    await self.bridge.command({"t": "announce", "topics": add}, timeout=60)
+                    await self.sidecar.command("dht.announce", {"topics": add}, timeout=60)
             except InferenceError as exc:
                 log.error("topic update failed", extra={"error": exc.message, "add": add,
                                                         "remove": remove})
             self._write_status()
 
     async def _after_restart(self) -> None:
+        await self._serve()
         topics = sorted(self.topics)
         if topics:
-            await self.bridge.command({"t": "announce", "topics": topics}, timeout=60)
+            await self.sidecar.command("dht.announce", {"topics": topics}, timeout=60)
         self._write_status()
 
     def _write_status(self) -> None:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         status: dict[str, Any] = {
             "rack": self.rack, "env": self.env, "state": self.state,
-            "rpcPublicKey": self.bridge.info.get("publicKey"),
-            "rpcClientKey": self.bridge.info.get("clientKey"),
-            "topics": sorted(self.topics), "pid": os.getpid(), "bridgePid": self.bridge.pid,
-            "bridgeRestarts": self.bridge.restarts, "updatedAt": int(time.time() * 1000),
+            "rpcPublicKey": self.public_key,
+            "rpcClientKey": self.sidecar.info.get("clientKey"),
+            "topics": sorted(self.topics), "pid": os.getpid(), "sidecarPid": self.sidecar.pid,
+            "sidecarRestarts": self.sidecar.restarts, "updatedAt": int(time.time() * 1000),
         }
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
@@ -153,8 +168,7 @@ class RackWorker:
         self._write_status()
         await self.worker.drain(self.settings.shutdown_grace_period / 1000.0)
         await self._set_topics(set())
-        await self.bridge.close()
-        await self.worker.stop()
+        await self.worker.stop()  # closes the sidecar
         self.state = "stopped"
         self._write_status()
         log.info("rack worker stopped", extra={"rack": self.rack})

@@ -238,13 +238,13 @@ def _describe(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _models(worker: InferenceWorker, call: Call) -> Response:
-    listed = worker.models.list_models()
+    listed = await worker.models.list_models()
     return JSON({"object": "list",
                  "data": [_describe(m) for m in listed if m.get("state") != "failed"]})
 
 
 async def _model_info(worker: InferenceWorker, call: Call) -> Response:
-    return JSON(_describe(worker.models.get_model(call.params["model"])))
+    return JSON(_describe(await worker.models.get_model(call.params["model"])))
 
 
 _ERRORS = (400, 401, 404, 409, 413, 429, 500, 503, 504)

@@ -8,6 +8,7 @@ Inference is a ``fast`` route: the protocol-level server answers it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from .. import v2_codec, v2_config
 from ..routing import Call, Route, Table
 
 _STATES = {ModelState.LOADED: "READY", ModelState.LOADING: "LOADING",
+           ModelState.FETCHING: "LOADING",
            ModelState.UNLOADING: "UNLOADING", ModelState.AVAILABLE: "UNAVAILABLE",
            ModelState.FAILED: "UNAVAILABLE"}
 
@@ -64,9 +66,9 @@ async def _infer(worker: InferenceWorker, call: Call) -> Response:
     return Response(payload, headers=out_headers)
 
 
-def _metadata(worker: InferenceWorker, model: str) -> dict[str, Any]:
+async def _metadata(worker: InferenceWorker, model: str) -> dict[str, Any]:
     entry = worker.models.entry(model)
-    meta = worker.models.get_model(model)
+    meta = await worker.models.get_model(model)
     if meta.get("inputs") is None:
         raise InferenceError("ERR_MODEL_NOT_AVAILABLE", f"model '{model}' is not loaded and "
                              "its model.json does not declare its inputs")
@@ -77,14 +79,14 @@ def _metadata(worker: InferenceWorker, model: str) -> dict[str, Any]:
             "inputs": meta["inputs"], "outputs": meta.get("outputs") or []}
 
 
-def _config(worker: InferenceWorker, model: str) -> dict[str, Any]:
+async def _config(worker: InferenceWorker, model: str) -> dict[str, Any]:
     """Triton's model configuration of a loaded model, or one whose model.json declares
     its inputs and outputs."""
     entry = worker.models.entry(model)
     if entry.session is not None:
         inputs, outputs = entry.session.inputs, entry.session.outputs
     else:
-        worker.models.get_model(model)  # reads model.json
+        await worker.models.get_model(model)  # reads model.json
         spec = entry.spec
         if spec is None or spec.inputs is None or spec.outputs is None:
             raise InferenceError("ERR_MODEL_NOT_AVAILABLE", f"model '{model}' is not loaded and "
@@ -160,8 +162,8 @@ async def _all_stats(worker: InferenceWorker, call: Call) -> Response:
 
 async def _model_stats(worker: InferenceWorker, call: Call) -> Response:
     model = call.params["model"]
-    return _describe(worker, model, call.params.get("version"),
-                     lambda: {"model_stats": [_stats(worker, model)]})
+    return await _describe(worker, model, call.params.get("version"),
+                           lambda: {"model_stats": [_stats(worker, model)]})
 
 
 async def _model_ready(worker: InferenceWorker, call: Call) -> Response:
@@ -176,14 +178,14 @@ async def _model_ready(worker: InferenceWorker, call: Call) -> Response:
 
 async def _model_metadata(worker: InferenceWorker, call: Call) -> Response:
     model = call.params["model"]
-    return _describe(worker, model, call.params.get("version"),
-                     lambda: _metadata(worker, model))
+    return await _describe(worker, model, call.params.get("version"),
+                           lambda: _metadata(worker, model))
 
 
 async def _model_config(worker: InferenceWorker, call: Call) -> Response:
     model = call.params["model"]
-    return _describe(worker, model, call.params.get("version"),
-                     lambda: _config(worker, model))
+    return await _describe(worker, model, call.params.get("version"),
+                           lambda: _config(worker, model))
 
 
 async def _index(worker: InferenceWorker, call: Call) -> Response:
@@ -196,7 +198,7 @@ async def _index(worker: InferenceWorker, call: Call) -> Response:
             raise InferenceError("ERR_INVALID_REQUEST", "body is not JSON") from None
         only_ready = isinstance(parsed, dict) and parsed.get("ready") is True
     rows = []
-    for meta in worker.models.list_models():
+    for meta in await worker.models.list_models():
         state = _STATES[ModelState(meta["state"])]
         if only_ready and state != "READY":
             continue
@@ -213,7 +215,7 @@ async def _load(worker: InferenceWorker, call: Call) -> Response:
     if parameters is not None:
         # the override is checked against the model as it is: load it first
         await worker.load_model(model)
-        changes = v2_config.overrides(model, parameters, _config(worker, model))
+        changes = v2_config.overrides(model, parameters, await _config(worker, model))
         await worker.load_model(model, changes)
     else:
         await worker.load_model(model)
@@ -249,11 +251,13 @@ TABLE = Table("v2", "v2 (Open Inference Protocol)", (
 ))
 
 
-def _describe(worker: InferenceWorker, model: str, version: str | None,
-              describe: Callable[[], Any]) -> Response:
-    """A route that describes one model (and version): its JSON."""
+async def _describe(worker: InferenceWorker, model: str, version: str | None,
+                    describe: Callable[[], Any]) -> Response:
+    """A route that describes one model (and version): its JSON (``describe`` may be a
+    coroutine function)."""
     _check_version(worker, model, version)
-    return _json(describe())
+    value = describe()
+    return _json(await value if inspect.isawaitable(value) else value)
 
 
 def _json(value: Any) -> Response:

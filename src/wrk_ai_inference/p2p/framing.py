@@ -1,4 +1,4 @@
-"""Length-prefixed frames between Python and the Node bridge.
+"""Length-prefixed frames between Python and the Node sidecar.
 
 ``u32be total | u32be headerLength | header JSON | body bytes``: the JSON header
 carries the routing (type, id, method) and the body carries the RPC payload
@@ -13,8 +13,6 @@ from typing import Any
 import orjson
 
 _U32 = struct.Struct(">I")
-#: hp-svc-facs-net's failure reply: the JSON string "[HRPC_ERR]=<CODE>: <message>".
-ERR_PREFIX = "[HRPC_ERR]="
 MAX_FRAME = 256 * 1024 * 1024
 
 
@@ -39,8 +37,3 @@ def read_length(prefix: bytes) -> int:
     if total < 4 or total > MAX_FRAME:
         raise ValueError(f"bad frame length {total}")
     return int(total)
-
-
-def error_reply(code: str, message: str | None = None) -> bytes:
-    """An RPC failure as hp-svc-facs-net sends it."""
-    return orjson.dumps(ERR_PREFIX + (f"{code}: {message}" if message else code))

@@ -1,4 +1,4 @@
-"""``config/facs/net.config.json``: how the rack worker joins the DHT.
+"""``config/facs/net.config.json``: how the worker joins the DHT (rack mode, and drives).
 
 Bootstrap must be given: a list of ``host:port`` (tests and local testnets), or
 the word ``"public"`` to join the public Hyperswarm DHT on purpose. An empty
@@ -62,7 +62,18 @@ class NetConfig(BaseModel):
             raise ValueError(f"allow holds 64-hex-digit public keys; not keys: {bad[:3]}")
         return [k.lower() for k in value]
 
-    def bootstrap_for_bridge(self) -> list[str] | None:
+    def sidecar_init(self, store: Path | None, dht_seed: str | None = None,
+                     rpc_seed: str | None = None) -> dict[str, Any]:
+        """The sidecar's init frame: keys from the seeds (random when None), drives in
+        ``store`` (none when None)."""
+        return {"dhtSeed": dht_seed, "bootstrap": self.bootstrap_for_sidecar(),
+                "host": self.bind_host(), "keepAlive": self.keep_alive,
+                "storeDir": str(store) if store is not None else None,
+                "rpc": {"seed": rpc_seed, "poolLinger": self.pool_linger,
+                        "connectionTimeout": self.connection_timeout,
+                        "announceInterval": self.announce_interval}}
+
+    def bootstrap_for_sidecar(self) -> list[str] | None:
         """The list for HyperDHT, or None for its public default (only when asked for)."""
         boot = self.dht_opts.bootstrap
         if boot == "public":

@@ -1,0 +1,180 @@
+"""Fetching a model's files from where its model.json says they are.
+
+Both kinds of source write ``<name>.part`` beside each final name and resume from what
+a part file already holds. Nothing is renamed into place before the artifact's sha256
+matches model.json, and only then is a drive seeded. A mismatch discards the bytes
+(the part files, and the drive's blobs in the sidecar's store), so a tampered artifact
+is never loaded, never served and never seeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ..errors import InferenceError, first_line
+from ..logs import get_logger
+from ..p2p.drives import Drives
+from .spec import DriveSource, ModelSpec, UrlSource
+
+log = get_logger("models.fetch")
+
+_CHUNK = 1 << 20
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FetchProgress:
+    """A fetch under way, as ``GET /api/models/{id}`` shows it; it logs bytes, rate and
+    ETA every few seconds."""
+
+    model_id: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _logged: float = 0.0
+    _first_done: int | None = None  # what was already there when bytes began to move
+
+    def update(self, done: int, total: int) -> None:
+        if self._first_done is None:
+            self._first_done = done
+        self.bytes_done, self.bytes_total = done, total
+        now = time.monotonic()
+        if now - self._logged >= 2.0 or (total and done >= total):
+            self._logged = now
+            log.info("fetching model", extra={"modelId": self.model_id, **self.view()})
+
+    def rate(self) -> float:
+        """Bytes per second moved in this run (resumed bytes do not count)."""
+        elapsed = time.monotonic() - self.started
+        moved = self.bytes_done - (self._first_done or 0)
+        return moved / elapsed if elapsed > 0 else 0.0
+
+    def view(self) -> dict[str, float | int | None]:
+        rate = self.rate()
+        left = self.bytes_total - self.bytes_done
+        return {"bytesDone": self.bytes_done, "bytesTotal": self.bytes_total,
+                "mbPerS": round(rate / 1e6, 2),
+                "etaS": round(left / rate, 1) if rate > 0 and left > 0 else None}
+
+
+class Sources:
+    """Fetches into a model's own folder. ``drives`` is None where the worker has no
+    sidecar (no ``--bootstrap``): a drive source then fails with a message saying so."""
+
+    def __init__(self, drives: Drives | None, wait_s: float = 30.0) -> None:
+        self.drives = drives
+        self.wait_s = wait_s
+
+    async def ensure(self, model_id: str, spec: ModelSpec, folder: Path,
+                     progress: FetchProgress) -> None:
+        """Make ``folder`` hold the model's verified files, fetching what is missing."""
+        source, expected = spec.source, spec.sha256
+        assert source is not None and expected is not None  # model.json's validation
+        artifact = folder / spec.file
+        if artifact.is_file():
+            if await asyncio.to_thread(sha256_of, artifact) == expected.lower():
+                await self._seed(source)
+                return
+            log.warning("model file on disk does not match its sha256; fetching it again",
+                        extra={"modelId": model_id, "file": spec.file})
+            artifact.unlink()
+        names = await self._fetch(model_id, spec, source, folder, progress)
+        part = folder / f"{spec.file}.part"
+        actual = await asyncio.to_thread(sha256_of, part)
+        if actual != expected.lower():
+            for name in names:
+                (folder / f"{name}.part").unlink(missing_ok=True)
+            if isinstance(source, DriveSource) and self.drives is not None:
+                await self.drives.forget(source.hyperdrive.lower(), source.path)
+            raise InferenceError(
+                "ERR_MODEL_LOAD_FAILED",
+                f"model '{model_id}': the fetched {spec.file} has sha256 {actual}, model.json "
+                f"says {expected}; the bytes were discarded and are not served")
+        for name in names:
+            (folder / f"{name}.part").replace(folder / name)
+        await self._seed(source)
+        log.info("model fetched and verified", extra={"modelId": model_id,
+                                                      "bytes": progress.bytes_total})
+
+    async def _fetch(self, model_id: str, spec: ModelSpec, source: DriveSource | UrlSource,
+                     folder: Path, progress: FetchProgress) -> list[str]:
+        """Fetch into part files; returns the names fetched (the artifact among them)."""
+        if isinstance(source, UrlSource):
+            await self._http(source.url, folder / f"{spec.file}.part", progress)
+            return [spec.file]
+        drives = self._drives(model_id)
+        fetched = await drives.fetch(source.hyperdrive.lower(), source.path, source.version,
+                                     folder, progress.update, self.wait_s, skip=("model.json",))
+        log.info("drive fetch done", extra={
+            "modelId": model_id, "driveVersion": fetched.version,
+            "bytesTotal": fetched.bytes_total, "bytesResumed": fetched.bytes_resumed,
+            "bytesNetwork": fetched.bytes_network})
+        if spec.file not in fetched.files:
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"model '{model_id}': the drive's {source.path} has no "
+                                 f"{spec.file} (it has {', '.join(fetched.files)})")
+        return fetched.files
+
+    def _drives(self, model_id: str) -> Drives:
+        if self.drives is None:
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"model '{model_id}' comes from a Hyperdrive, and this worker "
+                                 "has no DHT: start it with --bootstrap HOST:PORT and "
+                                 "--store-dir DIR")
+        return self.drives
+
+    async def _seed(self, source: DriveSource | UrlSource) -> None:
+        if isinstance(source, DriveSource) and self.drives is not None:
+            await self.drives.seed(source.hyperdrive.lower())
+
+    async def _http(self, url: str, part: Path, progress: FetchProgress) -> None:
+        """GET ``url`` into ``part``, asking only for the bytes it lacks."""
+        have = part.stat().st_size if part.is_file() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        timeout = httpx.Timeout(self.wait_s)
+        try:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client, \
+                    client.stream("GET", url, headers=headers) as reply:
+                if reply.status_code == 416 and have:  # the part is longer than the file
+                    part.unlink()
+                    return await self._http(url, part, progress)
+                if reply.status_code == 206:
+                    match = _CONTENT_RANGE.match(reply.headers.get("content-range", ""))
+                    if match is None or int(match.group(1)) != have:
+                        raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                             f"GET {url}: a range reply that does not start "
+                                             f"at byte {have}")
+                    total = int(match.group(3)) if match.group(3) != "*" else 0
+                    mode = "ab"
+                elif reply.status_code == 200:
+                    have, mode = 0, "wb"  # no ranges: start again
+                    total = int(reply.headers.get("content-length") or 0)
+                else:
+                    raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                         f"GET {url} answered HTTP {reply.status_code}")
+                done = have
+                progress.update(done, total)
+                with part.open(mode) as fh:
+                    async for chunk in reply.aiter_bytes(_CHUNK):
+                        fh.write(chunk)
+                        done += len(chunk)
+                        progress.update(done, total)
+        except httpx.HTTPError as exc:
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"GET {url} failed: {first_line(exc) or type(exc).__name__}"
+                                 ) from exc

@@ -1,0 +1,83 @@
+"""Hyperdrive model drives through the sidecar: publish, fetch, seed, forget.
+
+The sidecar moves the bytes; what is trusted is decided above (the model source
+checks the artifact's sha256 before anything is seeded). Sidecar errors carry a code
+of their own (``ERR_NO_PEERS: …``); a fetch that finds no peer or no file becomes
+ERR_MODEL_LOAD_FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InferenceError
+from .sidecar import Sidecar
+
+#: (bytesDone, bytesTotal)
+FetchProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch wrote: ``<dest>/<name>.part`` for each name in ``files``."""
+
+    version: int
+    files: list[str]
+    bytes_total: int
+    bytes_resumed: int  # already in part files before this fetch
+    bytes_network: int  # received from peers during this fetch
+
+
+class Drives:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+
+    async def _command(self, name: str, fields: dict[str, Any], timeout: float,
+                       progress: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any]:
+        await self.sidecar.start()
+        result, _ = await self.sidecar.command(name, fields, timeout=timeout, progress=progress)
+        return result
+
+    async def publish(self, folders: list[Path]) -> dict[str, Any]:
+        """Put each folder under /<its name> of this store's drive and seed it."""
+        dirs = [{"name": f.name, "path": str(f.resolve())} for f in folders]
+        return await self._command("drive.publish", {"dirs": dirs}, timeout=3600)
+
+    async def fetch(self, key: str, folder: str, version: int | None, dest: Path,
+                    progress: FetchProgress, wait_s: float, skip: tuple[str, ...] = ()
+                    ) -> Fetched:
+        """Stream the files under ``folder`` of drive ``key`` (but those in ``skip``) into
+        part files in ``dest``, resuming what part files hold. ``wait_s`` bounds each wait
+        for a peer or a block."""
+        def report(frame: dict[str, Any]) -> None:
+            progress(int(frame.get("bytesDone", 0)), int(frame.get("bytesTotal", 0)))
+
+        try:
+            result = await self._command(
+                "drive.fetch", {"key": key, "folder": folder, "version": version,
+                                "skip": list(skip), "dest": str(dest),
+                                "timeout": int(wait_s * 1000)},
+                timeout=24 * 3600, progress=report)
+        except InferenceError as exc:
+            reason = str(exc.details.get("reason") or exc.message)
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"fetching {folder} from drive {key[:12]}… failed: {reason}"
+                                 ) from exc
+        return Fetched(int(result["version"]), [str(f["name"]) for f in result["files"]],
+                       int(result["bytesTotal"]), int(result["bytesResumed"]),
+                       int(result["bytesNetwork"]))
+
+    async def seed(self, key: str) -> None:
+        await self._command("drive.seed", {"key": key}, timeout=60)
+
+    async def forget(self, key: str, folder: str) -> None:
+        """Stop serving drive ``key`` and delete its blobs under ``folder``."""
+        await self._command("drive.forget", {"key": key, "folder": folder}, timeout=60)
+
+    async def stats(self, key: str) -> dict[str, int]:
+        result = await self._command("drive.stats", {"key": key}, timeout=10)
+        return {"uploaded": int(result["uploaded"]), "downloaded": int(result["downloaded"])}

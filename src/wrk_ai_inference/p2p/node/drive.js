@@ -1,0 +1,241 @@
+'use strict'
+/*
+ * Model drives: Hyperdrive over Hyperswarm, kept in the Corestore at init's storeDir
+ * (opened on first use). Commands:
+ *   drive.publish {dirs:[{name, path}]} -> {key, version, models}
+ *     put each folder's files under /<name> of this store's own drive (a file whose
+ *     sha256 has not changed is kept), delete what is gone, and seed the drive
+ *   drive.fetch {key, version|null, folder, skip:[name], dest, timeout} -> {version,
+ *     files:[{name, size}], bytesTotal, bytesResumed, bytesNetwork}
+ *     stream each file directly under `folder` (as of `version`; not those in `skip`) into
+ *     <dest>/<name>.part, appending to what a part file already holds (resume), with
+ *     progress frames {bytesDone, bytesTotal}; the drive's swarm is joined as a client
+ *     only, so nothing is served from it until drive.seed
+ *   drive.seed {key}            serve the drive to peers (the worker verified it)
+ *   drive.forget {key, folder}  stop serving it and delete its blobs under folder
+ *   drive.stats {key} -> {uploaded, downloaded}: blob bytes sent and received
+ * Files are streamed, never held whole in memory (drive.get would hold them).
+ */
+
+const fs = require('fs')
+const path = require('path')
+const crypto = require('crypto')
+const { pipeline } = require('stream/promises')
+const Corestore = require('corestore')
+const Hyperdrive = require('hyperdrive')
+const Hyperswarm = require('hyperswarm')
+
+const PROGRESS_EVERY_MS = 250
+
+function withTimeout (promise, ms, message) {
+  let timer
+  const timeout = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+function sha256 (file) {
+  return new Promise((resolve, reject) => {
+    const hash = crypto.createHash('sha256')
+    fs.createReadStream(file).on('data', (c) => hash.update(c)).on('error', reject)
+      .on('end', () => resolve(hash.digest('hex')))
+  })
+}
+
+function sizeOf (file) {
+  try {
+    return fs.statSync(file).size
+  } catch {
+    return 0
+  }
+}
+
+module.exports = function drive (ctx) {
+  let store = null
+  let swarm = null
+  const drives = new Map() // key hex -> {drive, blobs, sessions, serving, uploaded, downloaded}
+
+  function open () {
+    if (store) return
+    if (!ctx.settings.storeDir) throw new Error('drives need a store: start the worker with --store-dir')
+    store = new Corestore(ctx.settings.storeDir)
+    swarm = new Hyperswarm({ dht: ctx.dht })
+    swarm.on('connection', (conn) => store.replicate(conn))
+  }
+
+  async function track (drive) {
+    await drive.ready()
+    const key = ctx.hex(drive.key)
+    let d = drives.get(key)
+    if (!d) {
+      d = { key, drive, blobs: null, sessions: [], serving: false, uploaded: 0, downloaded: 0 }
+      drives.set(key, d)
+    }
+    return d
+  }
+
+  async function remote (key) {
+    open()
+    return drives.get(key) || track(new Hyperdrive(store, Buffer.from(key, 'hex')))
+  }
+
+  // count blob bytes both ways, once the blobs core is known (after the first sync)
+  async function counted (d) {
+    if (d.blobs) return
+    d.blobs = await d.drive.getBlobs()
+    d.blobs.core.on('upload', (index, bytes) => { d.uploaded += bytes })
+    d.blobs.core.on('download', (index, bytes) => { d.downloaded += bytes })
+  }
+
+  async function join (d, server) {
+    if (server && d.serving) return
+    const session = swarm.join(d.drive.discoveryKey, { server, client: true })
+    d.sessions.push(session)
+    d.serving = d.serving || server
+    if (server) await session.flushed()
+  }
+
+  // a drive that never synced answers entry() with null at once: wait for a peer and
+  // its length first; one already in the store with the wanted version needs neither
+  async function synced (d, version, timeout) {
+    const core = d.drive.core
+    if (core.length > 0 && version && d.drive.version >= version) return
+    if (core.peers.length === 0) {
+      await withTimeout(new Promise((resolve) => core.once('peer-add', resolve)), timeout,
+        'ERR_NO_PEERS: no peer holding this drive was found')
+    }
+    await withTimeout(d.drive.update({ wait: true }), timeout, 'ERR_NO_PEERS: the drive did not sync')
+    if (version && d.drive.version < version) {
+      throw new Error(`ERR_NO_VERSION: the drive is at version ${d.drive.version}, not ${version}`)
+    }
+  }
+
+  async function files (snapshot, folder, skip, timeout) {
+    const found = []
+    for await (const name of snapshot.readdir(folder)) {
+      if (skip.includes(name)) continue
+      const entry = await snapshot.entry(`${folder}/${name}`, { timeout })
+      if (entry && entry.value.blob) found.push({ name, entry })
+    }
+    if (found.length === 0) throw new Error(`ERR_NOT_IN_DRIVE: no files under ${folder}`)
+    return found
+  }
+
+  async function fetch ({ key, version, folder, skip = [], dest, timeout }, body, progress) {
+    const d = await remote(key)
+    await join(d, false)
+    await synced(d, version, timeout)
+    await counted(d)
+    const snapshot = version ? d.drive.checkout(version) : d.drive
+    const wanted = await files(snapshot, folder, skip, timeout)
+    const bytesTotal = wanted.reduce((n, f) => n + f.entry.value.blob.byteLength, 0)
+    const networkBefore = d.downloaded
+    let bytesDone = 0
+    let bytesResumed = 0
+    let reported = 0
+    const report = (force) => {
+      const now = Date.now()
+      if (force || now - reported >= PROGRESS_EVERY_MS) {
+        reported = now
+        progress({ bytesDone, bytesTotal })
+      }
+    }
+    fs.mkdirSync(dest, { recursive: true })
+    for (const { name, entry } of wanted) {
+      const size = entry.value.blob.byteLength
+      const part = path.join(dest, `${name}.part`)
+      let have = sizeOf(part)
+      if (have > size) {
+        fs.truncateSync(part, 0)
+        have = 0
+      }
+      bytesResumed += have
+      bytesDone += have
+      if (have === size) {
+        fs.closeSync(fs.openSync(part, 'a'))
+        continue
+      }
+      const source = snapshot.createReadStream(`${folder}/${name}`, { start: have, timeout })
+      source.on('data', (chunk) => { bytesDone += chunk.length; report(false) })
+      await pipeline(source, fs.createWriteStream(part, { flags: 'a' }))
+    }
+    report(true)
+    return {
+      version: snapshot.version,
+      files: wanted.map((f) => ({ name: f.name, size: f.entry.value.blob.byteLength })),
+      bytesTotal,
+      bytesResumed,
+      bytesNetwork: d.downloaded - networkBefore
+    }
+  }
+
+  async function seed ({ key }) {
+    const d = await remote(key)
+    await counted(d)
+    await join(d, true)
+    return { version: d.drive.version }
+  }
+
+  async function forget ({ key, folder }) {
+    const d = drives.get(key)
+    if (!d) return {}
+    for (const session of d.sessions.splice(0)) await session.destroy().catch(() => {})
+    d.serving = false
+    let cleared = 0
+    for await (const entry of d.drive.list(folder, { recursive: false })) {
+      if (entry.value.blob) {
+        await d.drive.clear(entry.key)
+        cleared++
+      }
+    }
+    return { cleared }
+  }
+
+  async function publish ({ dirs }) {
+    open()
+    const d = await track(new Hyperdrive(store.namespace('publish')))
+    const { drive } = d
+    for (const { name, path: dir } of dirs) {
+      const folder = `/${name}`
+      const present = new Set()
+      for (const file of fs.readdirSync(dir, { withFileTypes: true })) {
+        if (!file.isFile() || file.name.endsWith('.part')) continue
+        const target = `${folder}/${file.name}`
+        present.add(target)
+        const digest = await sha256(path.join(dir, file.name))
+        const old = await drive.entry(target)
+        if (old && old.value.metadata && old.value.metadata.sha256 === digest) continue
+        await pipeline(fs.createReadStream(path.join(dir, file.name)),
+          drive.createWriteStream(target, { metadata: { sha256: digest } }))
+      }
+      for await (const entry of drive.list(folder, { recursive: false })) {
+        if (!present.has(entry.key)) await drive.del(entry.key)
+      }
+    }
+    await counted(d)
+    await join(d, true)
+    return { key: d.key, version: drive.version, models: dirs.map((x) => x.name) }
+  }
+
+  function stats ({ key }) {
+    const d = drives.get(key)
+    return { uploaded: d ? d.uploaded : 0, downloaded: d ? d.downloaded : 0 }
+  }
+
+  async function close () {
+    if (swarm) await swarm.destroy().catch(() => {}) // also destroys the shared DHT node
+    if (store) await store.close().catch(() => {})
+  }
+
+  return {
+    commands: {
+      'drive.publish': publish,
+      'drive.fetch': fetch,
+      'drive.seed': seed,
+      'drive.forget': forget,
+      'drive.stats': stats
+    },
+    close
+  }
+}
