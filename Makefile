@@ -11,7 +11,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm bench-fetch
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -106,6 +106,10 @@ $(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
 
 bench-llm: setup $(LLM_BENCH_VENV)/.installed $(LLM_BENCH_VENV)/.llama-server
 	$(BIN)/python benchmarks/llm_bench.py
+
+# Fetching a model from peers (Hyperdrive) against plain HTTP, and ten fetchers at once.
+bench-fetch: setup
+	$(BIN)/python benchmarks/fetch_bench.py
 
 # Not part of `make test`: minutes on each transport at the capacity limit.
 SOAK_MINUTES ?= 5

@@ -27,19 +27,32 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             if name.startswith("cfg_") and value is not None}
 
 
+def _add_dht_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] or 'public'")
+    parser.add_argument("--store-dir", help="keys and model drives (a Corestore)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wrk-ai-inference", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     http = sub.add_parser("http", help="standalone HTTP microservice")
+    _add_dht_flags(http)
     _add_config_flags(http)
     rack = sub.add_parser("rack", help="rack worker behind Hyperswarm RPC")
     rack.add_argument("--rack", required=True, help="rack name: keys live in <store-dir>/<rack>")
     rack.add_argument("--env", default="development")
-    rack.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] or 'public'")
-    rack.add_argument("--store-dir")
+    _add_dht_flags(rack)
     rack.add_argument("--status-dir")
     rack.add_argument("--announce-interval", type=int, metavar="MS")
     _add_config_flags(rack)
+    publish = sub.add_parser("publish", help="put model folders on a Hyperdrive and seed it")
+    publish.add_argument("dirs", nargs="+", metavar="DIR", help="model folders (model.json)")
+    _add_dht_flags(publish)
+    publish.add_argument("--config", metavar="DIR", help="folder holding facs/net.config.json")
+    seed = sub.add_parser("seed", help="keep serving this store's drives")
+    seed.add_argument("--key", action="append", default=[], help="another drive to serve")
+    _add_dht_flags(seed)
+    seed.add_argument("--config", metavar="DIR", help="folder holding facs/net.config.json")
     testnet = sub.add_parser("testnet", help="a local HyperDHT testnet on 127.0.0.1")
     testnet.add_argument("--nodes", type=int, default=3)
     examples = sub.add_parser("examples", help="build the example models")
@@ -58,24 +71,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "testnet":
         return _testnet(args.nodes)
+    if args.command in ("publish", "seed"):
+        return _publish(args)
     try:
         settings = load_settings(args.config, _overrides(args))
-        net = _net_config(args) if args.command == "rack" else None
+        net = _net_config(args)
+        _check_repository(settings.model_repository, net)
     except ConfigError as exc:
         setup_logging()
         get_logger("cli").error("configuration error", extra={"error": str(exc)})
         return 2
     setup_logging(settings.debug)
     _tune_interpreter()
-    if net is not None:
+    if args.command == "rack":
         from .rpc.server import serve_rack
 
         serve_rack(settings, net, args.rack, args.env)
         return 0
     from .http.server import serve
 
-    serve(settings)
+    serve(settings, net)
     return 0
+
+
+def _check_repository(repository: str, net: Any) -> None:
+    from .models.drive_repository import drive_location
+
+    if drive_location(repository) is not None and not net.dht_opts.bootstrap:
+        raise ConfigError(f"modelRepository {repository!r} is a Hyperdrive: give --bootstrap "
+                          "HOST:PORT (and --store-dir DIR) so the worker can reach it")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .p2p.publish import run_publisher
+
+    setup_logging()
+    try:
+        net = _net_config(args)
+        net.bootstrap_for_sidecar()  # a publisher with no DHT is a mistake: say so now
+    except ConfigError as exc:
+        get_logger("cli").error("configuration error", extra={"error": str(exc)})
+        return 2
+    return run_publisher(net, getattr(args, "dirs", []), getattr(args, "key", []))
 
 
 def _tune_interpreter() -> None:
@@ -104,8 +141,9 @@ def _net_config(args: argparse.Namespace) -> Any:
     if boot is not None:
         bootstrap = boot if boot == "public" else [b.strip() for b in boot.split(",") if b]
     return load_net_config(args.config, {"bootstrap": bootstrap, "storeDir": args.store_dir,
-                                         "statusDir": args.status_dir,
-                                         "announceInterval": args.announce_interval})
+                                         "statusDir": getattr(args, "status_dir", None),
+                                         "announceInterval": getattr(args, "announce_interval",
+                                                                     None)})
 
 
 def _testnet(nodes: int) -> int:

@@ -83,6 +83,9 @@ class Settings(BaseModel):
                                                "event loop thread; 0 = never")
     inter_op_threads: int = Field(1, alias="interOpThreads", ge=1)
     default_top_k: int = Field(5, alias="defaultTopK", ge=1)
+    fetch_timeout: int = Field(30_000, alias="fetchTimeout", ge=100,
+                               description="ms a model fetch waits for a peer, a block or "
+                                           "an HTTP read before it fails")
 
     @field_validator("memory_limit", "max_request_bytes", "max_string_bytes", mode="before")
     @classmethod

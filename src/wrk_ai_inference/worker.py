@@ -110,6 +110,7 @@ class InferenceWorker:
         self._tasks.append(asyncio.create_task(self._loop_lag_monitor()))
 
     async def _preload(self) -> None:
+        await self.models.refresh()
         for model_id in self.settings.preload:
             try:
                 await self.models.load(model_id)

@@ -16,6 +16,8 @@ import uvicorn
 
 from ..config import Settings
 from ..logs import get_logger
+from ..p2p.netconfig import NetConfig
+from ..p2p.sidecar import Sidecar
 from ..worker import InferenceWorker
 from .app import create_app
 from .protocol import inference_protocol
@@ -49,8 +51,13 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings) -> None:
-    worker = InferenceWorker(settings)
+def serve(settings: Settings, net: NetConfig | None = None) -> None:
+    """``net`` with a bootstrap gives the worker a sidecar, started on first use, for
+    models whose files come from a Hyperdrive."""
+    sidecar = None
+    if net is not None and net.dht_opts.bootstrap:
+        sidecar = Sidecar(net.sidecar_init(net.corestore()))
+    worker = InferenceWorker(settings, sidecar)
     app = create_app(worker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, loop="auto", http=inference_protocol(app, worker),

@@ -28,6 +28,7 @@ from ..p2p.drives import Drives
 from ..runtimes import get_runtime
 from ..runtimes.base import ModelSession
 from ..tasks import Task, load_task
+from .drive_repository import DriveRepository, drive_location
 from .repository import LocalRepository, ModelFiles, ModelRepository, unknown_model
 from .sources import FetchProgress, Sources
 from .spec import ModelSpec, check_model_id
@@ -105,12 +106,23 @@ ChangeListener = Callable[[str, ModelState], None]
 _BUSY = (ModelState.FETCHING, ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING)
 
 
+def repository_for(settings: Settings, drives: Drives | None) -> ModelRepository:
+    """``modelRepository`` is a folder, or ``hyperdrive:<key>[@<version>]``."""
+    sources = Sources(drives, settings.fetch_timeout / 1000.0)
+    location = drive_location(settings.model_repository)
+    if location is None:
+        return LocalRepository(settings.model_repository, sources)
+    if drives is None:
+        raise InferenceError("ERR_MODEL_LOAD_FAILED", "modelRepository is a Hyperdrive: start "
+                             "the worker with --bootstrap HOST:PORT and --store-dir DIR")
+    return DriveRepository(*location, drives, sources)
+
+
 class ModelManager:
     def __init__(self, settings: Settings, repository: ModelRepository | None = None,
                  drives: Drives | None = None) -> None:
         self.settings = settings
-        self.repository: ModelRepository = repository or LocalRepository(
-            settings.model_repository, Sources(drives))
+        self.repository = repository or repository_for(settings, drives)
         self._entries: dict[str, ModelEntry] = {}
         self._lru: OrderedDict[str, ModelEntry] = OrderedDict()
         # Loads run one at a time so that the memory each one adds can be measured.
@@ -154,6 +166,14 @@ class ModelManager:
             except InferenceError as exc:
                 entry.state, entry.error = ModelState.FAILED, exc.message
         return entry
+
+    async def refresh(self) -> None:
+        """Read the repository's list of models (a drive repository knows its ids from
+        it); a failure is logged, and the next listing tries again."""
+        try:
+            await self.repository.list_ids()
+        except InferenceError as exc:
+            log.error("listing the model repository failed", extra={"error": exc.message})
 
     async def list_models(self) -> list[dict[str, Any]]:
         ids = set(await self.repository.list_ids()) | set(self._lru)

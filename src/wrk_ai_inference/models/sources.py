@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ def sha256_of(path: Path) -> str:
 @dataclass
 class FetchProgress:
     """A fetch under way, as ``GET /api/models/{id}`` shows it; it logs bytes, rate and
-    ETA every few seconds."""
+    ETA every few seconds, and draws a bar where stderr is a terminal (``make run``)."""
 
     model_id: str
     bytes_done: int = 0
@@ -54,9 +55,22 @@ class FetchProgress:
             self._first_done = done
         self.bytes_done, self.bytes_total = done, total
         now = time.monotonic()
-        if now - self._logged >= 2.0 or (total and done >= total):
+        finished = bool(total) and done >= total
+        if now - self._logged >= 2.0 or finished:
             self._logged = now
             log.info("fetching model", extra={"modelId": self.model_id, **self.view()})
+        if sys.stderr.isatty():
+            self._draw(finished)
+
+    def _draw(self, finished: bool) -> None:
+        share = self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+        view = self.view()
+        eta = f"ETA {view['etaS']:.0f} s" if view["etaS"] is not None else ""
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\r\x1b[K{self.model_id} [{bar:<30}] {share:4.0%} "
+                         f"{self.bytes_done / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB "
+                         f"{view['mbPerS']} MB/s {eta}" + ("\n" if finished else ""))
+        sys.stderr.flush()
 
     def rate(self) -> float:
         """Bytes per second moved in this run (resumed bytes do not count)."""
@@ -118,8 +132,17 @@ class Sources:
             await self._http(source.url, folder / f"{spec.file}.part", progress)
             return [spec.file]
         drives = self._drives(model_id)
-        fetched = await drives.fetch(source.hyperdrive.lower(), source.path, source.version,
-                                     folder, progress.update, self.wait_s, skip=("model.json",))
+        assert spec.sha256 is not None
+        try:
+            fetched = await drives.fetch(source.hyperdrive.lower(), source.path,
+                                         source.version, folder, progress.update, self.wait_s,
+                                         skip=("model.json",), expect={spec.file: spec.sha256})
+        except InferenceError as exc:
+            if "ERR_SHA256_MISMATCH" not in exc.message:
+                raise
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"model '{model_id}': {exc.message}; model.json says "
+                                 f"{spec.sha256}: refused before fetching it") from exc
         log.info("drive fetch done", extra={
             "modelId": model_id, "driveVersion": fetched.version,
             "bytesTotal": fetched.bytes_total, "bytesResumed": fetched.bytes_resumed,

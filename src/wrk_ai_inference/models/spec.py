@@ -156,6 +156,11 @@ def read_spec(model_id: str, path: Path) -> ModelSpec:
             "ERR_MODEL_LOAD_FAILED",
             f"model '{model_id}': model.json is unreadable: {first_line(exc)}",
         ) from exc
+    return parse_spec(model_id, raw)
+
+
+def parse_spec(model_id: str, raw: Any) -> ModelSpec:
+    """Validate a parsed model.json, raising ERR_MODEL_LOAD_FAILED with what is wrong."""
     try:
         return ModelSpec.model_validate(raw)
     except ValidationError as exc:

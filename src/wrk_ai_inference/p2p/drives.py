@@ -34,6 +34,9 @@ class Fetched:
 class Drives:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
+        store = sidecar.store_dir
+        #: where models of a drive repository keep their files: beside the Corestore
+        self.files_dir = store.parent / "models" if store is not None else None
 
     async def _command(self, name: str, fields: dict[str, Any], timeout: float,
                        progress: Callable[[dict[str, Any]], None] | None = None
@@ -48,28 +51,54 @@ class Drives:
         return await self._command("drive.publish", {"dirs": dirs}, timeout=3600)
 
     async def fetch(self, key: str, folder: str, version: int | None, dest: Path,
-                    progress: FetchProgress, wait_s: float, skip: tuple[str, ...] = ()
-                    ) -> Fetched:
+                    progress: FetchProgress, wait_s: float, skip: tuple[str, ...] = (),
+                    expect: dict[str, str] | None = None) -> Fetched:
         """Stream the files under ``folder`` of drive ``key`` (but those in ``skip``) into
-        part files in ``dest``, resuming what part files hold. ``wait_s`` bounds each wait
-        for a peer or a block."""
+        part files in ``dest``, resuming what part files hold. ``expect`` (name: sha256)
+        refuses a file whose signed entry says otherwise before fetching it. ``wait_s``
+        bounds each wait for a peer or a block."""
         def report(frame: dict[str, Any]) -> None:
             progress(int(frame.get("bytesDone", 0)), int(frame.get("bytesTotal", 0)))
 
         try:
             result = await self._command(
                 "drive.fetch", {"key": key, "folder": folder, "version": version,
-                                "skip": list(skip), "dest": str(dest),
+                                "skip": list(skip), "expect": expect or {},
+                                "dest": str(dest),
                                 "timeout": int(wait_s * 1000)},
                 timeout=24 * 3600, progress=report)
         except InferenceError as exc:
-            reason = str(exc.details.get("reason") or exc.message)
-            raise InferenceError("ERR_MODEL_LOAD_FAILED",
-                                 f"fetching {folder} from drive {key[:12]}… failed: {reason}"
-                                 ) from exc
+            raise self._failed(key, f"fetching {folder}", exc) from exc
         return Fetched(int(result["version"]), [str(f["name"]) for f in result["files"]],
                        int(result["bytesTotal"]), int(result["bytesResumed"]),
                        int(result["bytesNetwork"]))
+
+    async def list(self, key: str, version: int | None, wait_s: float) -> dict[str, Any]:
+        """The drive's model folders: ``{"version", "folders": [{"name", "files": [{"name",
+        "size", "sha256"}]}]}`` (sha256 as publish signed it, or None)."""
+        try:
+            return await self._command("drive.list", {"key": key, "version": version,
+                                                      "timeout": int(wait_s * 1000)},
+                                       timeout=wait_s * 4 + 30)
+        except InferenceError as exc:
+            raise self._failed(key, "listing", exc) from exc
+
+    async def read(self, key: str, version: int | None, path: str, wait_s: float) -> bytes:
+        """A small file of the drive (1 MiB at most)."""
+        await self.sidecar.start()
+        try:
+            _, body = await self.sidecar.command(
+                "drive.read", {"key": key, "version": version, "path": path,
+                               "timeout": int(wait_s * 1000)}, timeout=wait_s * 4 + 30)
+        except InferenceError as exc:
+            raise self._failed(key, f"read {path}", exc) from exc
+        return body
+
+    @staticmethod
+    def _failed(key: str, what: str, exc: InferenceError) -> InferenceError:
+        reason = str(exc.details.get("reason") or exc.message)
+        return InferenceError("ERR_MODEL_LOAD_FAILED",
+                              f"{what} of drive {key[:12]}… failed: {reason}")
 
     async def seed(self, key: str) -> None:
         await self._command("drive.seed", {"key": key}, timeout=60)

@@ -62,6 +62,12 @@ class NetConfig(BaseModel):
             raise ValueError(f"allow holds 64-hex-digit public keys; not keys: {bad[:3]}")
         return [k.lower() for k in value]
 
+    def corestore(self, rack: str | None = None) -> Path:
+        """Where the model drives live: ``<storeDir>/<rack>/corestore`` for a rack,
+        ``<storeDir>/corestore`` for an HTTP worker or a publisher (one process each)."""
+        base = Path(self.store_dir)
+        return (base / rack if rack else base) / "corestore"
+
     def sidecar_init(self, store: Path | None, dht_seed: str | None = None,
                      rpc_seed: str | None = None) -> dict[str, Any]:
         """The sidecar's init frame: keys from the seeds (random when None), drives in

@@ -139,6 +139,12 @@ class Sidecar:
     def started(self) -> bool:
         return self._supervisor is not None
 
+    @property
+    def store_dir(self) -> Path | None:
+        """The Corestore folder, where the sidecar keeps drives (None: no drives)."""
+        store = self._init.get("storeDir")
+        return Path(store) if store else None
+
     def after_restart(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` each time the sidecar has been started again."""
         self._on_restart.append(step)

@@ -70,7 +70,7 @@ class RackWorker:
         self.status_path = Path(net.status_dir) / f"wrk-ai-inference.{rack}.json"
         store = Path(net.store_dir) / rack
         seeds = load_seeds(store)
-        self.sidecar = Sidecar(net.sidecar_init(store / "corestore", seeds["dhtSeed"],
+        self.sidecar = Sidecar(net.sidecar_init(net.corestore(rack), seeds["dhtSeed"],
                                                 seeds["rpcSeed"]))
         self.sidecar.on_call = self._on_call
         self.sidecar.on_call_error = internal_reply

@@ -5,12 +5,20 @@
  *   drive.publish {dirs:[{name, path}]} -> {key, version, models}
  *     put each folder's files under /<name> of this store's own drive (a file whose
  *     sha256 has not changed is kept), delete what is gone, and seed the drive
- *   drive.fetch {key, version|null, folder, skip:[name], dest, timeout} -> {version,
- *     files:[{name, size}], bytesTotal, bytesResumed, bytesNetwork}
+ *   drive.fetch {key, version|null, folder, skip:[name], expect:{name: sha256}, dest,
+ *     timeout} -> {version, files:[{name, size}], bytesTotal, bytesResumed, bytesNetwork}
  *     stream each file directly under `folder` (as of `version`; not those in `skip`) into
  *     <dest>/<name>.part, appending to what a part file already holds (resume), with
- *     progress frames {bytesDone, bytesTotal}; the drive's swarm is joined as a client
- *     only, so nothing is served from it until drive.seed
+ *     progress frames {bytesDone, bytesTotal}. A file of `expect` whose entry carries
+ *     another sha256 (publish signs one into each entry's metadata) is refused before a
+ *     byte of it moves: ERR_SHA256_MISMATCH. Where every expected file's entry vouches
+ *     for the expected sha256, the fetcher serves the blocks it has to the other
+ *     fetchers while it fetches (a fleet then pulls a model from each other, not all
+ *     from the publisher); otherwise it joins as a client only, and serves nothing
+ *     until drive.seed, after the worker checked the bytes itself
+ *   drive.list {key, version|null, timeout} -> {version, folders:[{name, files:[{name,
+ *     size, sha256|null}]}]}: the top-level folders that hold a model.json
+ *   drive.read {key, version|null, path, timeout} -> body: a small file (1 MiB at most)
  *   drive.seed {key}            serve the drive to peers (the worker verified it)
  *   drive.forget {key, folder}  stop serving it and delete its blobs under folder
  *   drive.stats {key} -> {uploaded, downloaded}: blob bytes sent and received
@@ -55,6 +63,7 @@ module.exports = function drive (ctx) {
   let store = null
   let swarm = null
   const drives = new Map() // key hex -> {drive, blobs, sessions, serving, uploaded, downloaded}
+  const opening = new Map() // key hex -> the promise of its entry (concurrent commands share it)
 
   function open () {
     if (store) return
@@ -75,21 +84,27 @@ module.exports = function drive (ctx) {
     return d
   }
 
-  async function remote (key) {
+  function remote (key) {
     open()
-    return drives.get(key) || track(new Hyperdrive(store, Buffer.from(key, 'hex')))
+    if (!opening.has(key)) opening.set(key, track(new Hyperdrive(store, Buffer.from(key, 'hex'))))
+    return opening.get(key)
   }
 
   // count blob bytes both ways, once the blobs core is known (after the first sync)
-  async function counted (d) {
-    if (d.blobs) return
-    d.blobs = await d.drive.getBlobs()
-    d.blobs.core.on('upload', (index, bytes) => { d.uploaded += bytes })
-    d.blobs.core.on('download', (index, bytes) => { d.downloaded += bytes })
+  function counted (d) {
+    if (!d.blobs) {
+      d.blobs = d.drive.getBlobs().then((blobs) => {
+        blobs.core.on('upload', (index, bytes) => { d.uploaded += bytes })
+        blobs.core.on('download', (index, bytes) => { d.downloaded += bytes })
+        return blobs
+      })
+    }
+    return d.blobs
   }
 
+  // one client session per drive, and one server session once it serves
   async function join (d, server) {
-    if (server && d.serving) return
+    if (server ? d.serving : d.sessions.length > 0) return
     const session = swarm.join(d.drive.discoveryKey, { server, client: true })
     d.sessions.push(session)
     d.serving = d.serving || server
@@ -111,6 +126,19 @@ module.exports = function drive (ctx) {
     }
   }
 
+  // the whole file tree (the metadata core; small) and the small files the worker skips
+  // (its model.json): a worker that serves the drive then serves all of the folder
+  async function complete (d, snapshot, folder, skip, timeout) {
+    const tree = d.drive.core.download({ start: 0, end: d.drive.core.length })
+    await withTimeout(tree.done(), timeout, 'ERR_NO_PEERS: the drive\'s file tree did not sync')
+    for (const name of skip) {
+      const entry = await snapshot.entry(`${folder}/${name}`, { timeout })
+      if (entry && entry.value.blob && entry.value.blob.byteLength <= (1 << 20)) {
+        await snapshot.get(`${folder}/${name}`, { timeout })
+      }
+    }
+  }
+
   async function files (snapshot, folder, skip, timeout) {
     const found = []
     for await (const name of snapshot.readdir(folder)) {
@@ -122,13 +150,29 @@ module.exports = function drive (ctx) {
     return found
   }
 
-  async function fetch ({ key, version, folder, skip = [], dest, timeout }, body, progress) {
+  // whether the signed entries vouch for every expected sha256; throws on a mismatch
+  function vouched (wanted, expect) {
+    let all = true
+    for (const [name, digest] of Object.entries(expect)) {
+      const file = wanted.find((f) => f.name === name)
+      const claimed = file && file.entry.value.metadata && file.entry.value.metadata.sha256
+      if (claimed && claimed.toLowerCase() !== digest.toLowerCase()) {
+        throw new Error(`ERR_SHA256_MISMATCH: the drive's entry for ${name} says sha256 ${claimed}`)
+      }
+      if (!claimed) all = false
+    }
+    return all
+  }
+
+  async function fetch ({ key, version, folder, skip = [], expect = {}, dest, timeout }, body, progress) {
     const d = await remote(key)
     await join(d, false)
     await synced(d, version, timeout)
-    await counted(d)
+    const blobs = await counted(d)
     const snapshot = version ? d.drive.checkout(version) : d.drive
+    await complete(d, snapshot, folder, skip, timeout)
     const wanted = await files(snapshot, folder, skip, timeout)
+    if (vouched(wanted, expect)) await join(d, true)
     const bytesTotal = wanted.reduce((n, f) => n + f.entry.value.blob.byteLength, 0)
     const networkBefore = d.downloaded
     let bytesDone = 0
@@ -156,9 +200,20 @@ module.exports = function drive (ctx) {
         fs.closeSync(fs.openSync(part, 'a'))
         continue
       }
+      // blocks in random order, as BitTorrent does rarest-first: fetchers that start
+      // together then hold different blocks and serve each other, instead of all
+      // asking the publisher for the same next block; the stream writes them in order
+      // (from the block the part file ends in: what it holds is never asked for again)
+      const { blockOffset, blockLength, byteOffset } = entry.value.blob
+      const [first] = have ? await blobs.core.seek(byteOffset + have, { timeout }) : [blockOffset]
+      const spread = blobs.core.download({ start: first, end: blockOffset + blockLength, linear: false })
       const source = snapshot.createReadStream(`${folder}/${name}`, { start: have, timeout })
       source.on('data', (chunk) => { bytesDone += chunk.length; report(false) })
-      await pipeline(source, fs.createWriteStream(part, { flags: 'a' }))
+      try {
+        await pipeline(source, fs.createWriteStream(part, { flags: 'a' }))
+      } finally {
+        spread.destroy()
+      }
     }
     report(true)
     return {
@@ -168,6 +223,38 @@ module.exports = function drive (ctx) {
       bytesResumed,
       bytesNetwork: d.downloaded - networkBefore
     }
+  }
+
+  async function opened (key, version, timeout) {
+    const d = await remote(key)
+    await join(d, d.serving)
+    await synced(d, version, timeout)
+    return version ? d.drive.checkout(version) : d.drive
+  }
+
+  async function list ({ key, version, timeout }) {
+    const snapshot = await opened(key, version, timeout)
+    const folders = []
+    for await (const name of snapshot.readdir('/')) {
+      if (!(await snapshot.entry(`/${name}/model.json`, { timeout }))) continue
+      const files = []
+      for await (const file of snapshot.readdir(`/${name}`)) {
+        const entry = await snapshot.entry(`/${name}/${file}`, { timeout })
+        if (!entry || !entry.value.blob) continue
+        const meta = entry.value.metadata
+        files.push({ name: file, size: entry.value.blob.byteLength, sha256: (meta && meta.sha256) || null })
+      }
+      folders.push({ name, files })
+    }
+    return { version: snapshot.version, folders }
+  }
+
+  async function read ({ key, version, path: file, timeout }) {
+    const snapshot = await opened(key, version, timeout)
+    const entry = await snapshot.entry(file, { timeout })
+    if (!entry || !entry.value.blob) throw new Error(`ERR_NOT_IN_DRIVE: no file ${file}`)
+    if (entry.value.blob.byteLength > (1 << 20)) throw new Error(`ERR_TOO_LARGE: ${file} is over 1 MiB`)
+    return { body: await snapshot.get(file, { timeout }) }
   }
 
   async function seed ({ key }) {
@@ -199,14 +286,15 @@ module.exports = function drive (ctx) {
     for (const { name, path: dir } of dirs) {
       const folder = `/${name}`
       const present = new Set()
-      for (const file of fs.readdirSync(dir, { withFileTypes: true })) {
-        if (!file.isFile() || file.name.endsWith('.part')) continue
-        const target = `${folder}/${file.name}`
+      for (const name of fs.readdirSync(dir)) {
+        const file = path.join(dir, name) // links are followed: stat, not the dirent
+        if (!fs.statSync(file).isFile() || name.endsWith('.part')) continue
+        const target = `${folder}/${name}`
         present.add(target)
-        const digest = await sha256(path.join(dir, file.name))
+        const digest = await sha256(file)
         const old = await drive.entry(target)
         if (old && old.value.metadata && old.value.metadata.sha256 === digest) continue
-        await pipeline(fs.createReadStream(path.join(dir, file.name)),
+        await pipeline(fs.createReadStream(file),
           drive.createWriteStream(target, { metadata: { sha256: digest } }))
       }
       for await (const entry of drive.list(folder, { recursive: false })) {
@@ -232,6 +320,8 @@ module.exports = function drive (ctx) {
     commands: {
       'drive.publish': publish,
       'drive.fetch': fetch,
+      'drive.list': list,
+      'drive.read': read,
       'drive.seed': seed,
       'drive.forget': forget,
       'drive.stats': stats

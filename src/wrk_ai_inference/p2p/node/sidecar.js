@@ -115,6 +115,7 @@ const reader = new FrameReader((header, body) => {
 })
 process.stdin.on('data', (chunk) => reader.push(chunk))
 process.stdin.on('end', close)
+process.stdout.on('error', close) // the worker is gone (EPIPE): close the store cleanly
 process.on('SIGTERM', close)
 process.on('SIGINT', () => {}) // the worker decides when we stop
 process.on('uncaughtException', (err) => {

@@ -1,0 +1,347 @@
+"""Models from peers: Hyperdrive and URL sources, fetched, verified, resumed and seeded.
+
+Real processes on a local HyperDHT testnet: a publisher (`wrk-ai-inference publish`),
+HTTP workers with empty stores, and a small HTTP file server for URL sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from .helpers import DIGIT_ZERO, EXAMPLES, ROOT, Worker, make_repo, running_worker
+from .rack_helpers import local_testnet
+
+SENTENCES = ["peers serve the weights", "a fleet without a hub"]
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Iterator[list[str]]:
+    with local_testnet(3) as boot:
+        yield boot
+
+
+class Publisher:
+    """``wrk-ai-inference publish`` in a child process; ``line`` is what it printed."""
+
+    def __init__(self, folders: list[Path], bootstrap: list[str], store: Path,
+                 log_path: Path) -> None:
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wrk_ai_inference.cli", "publish", *map(str, folders),
+             "--bootstrap", ",".join(bootstrap), "--store-dir", str(store)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, log_path.read_text()[-3000:]
+        self.line: dict[str, Any] = json.loads(line)
+        self.key, self.version = str(self.line["key"]), int(self.line["version"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def publishing(folders: list[Path], bootstrap: list[str], root: Path) -> Iterator[Publisher]:
+    publisher = Publisher(folders, bootstrap, root / "publisher-store", root / "publisher.log")
+    try:
+        yield publisher
+    finally:
+        publisher.stop()
+
+
+def sourced_repo(root: Path, models: dict[str, Path], source: dict[str, Any] | None = None,
+                 sha256: dict[str, str] | None = None) -> Path:
+    """A repository of model.json files only, each naming where its files come from:
+    ``source`` with its ``path`` set per model (a drive), or per model URLs in
+    ``source["url"]`` (a dict)."""
+    root.mkdir(parents=True)
+    for model_id, folder in models.items():
+        spec = json.loads((folder / "model.json").read_text())
+        digest = (sha256 or {}).get(model_id) or hashlib.sha256(
+            (folder / spec["file"]).read_bytes()).hexdigest()
+        where = dict(source or {})
+        if "hyperdrive" in where:
+            where["path"] = f"/{folder.name}"
+        elif isinstance(where.get("url"), dict):
+            where["url"] = where["url"][model_id]
+        (root / model_id).mkdir()
+        (root / model_id / "model.json").write_text(
+            json.dumps({**spec, "sha256": digest, "source": where}))
+    return root
+
+
+def drive_worker(repo: Path, root: Path, name: str, bootstrap: list[str],
+                 **config: Any) -> Worker:
+    return Worker(repo, root / f"{name}.log", bootstrap=",".join(bootstrap),
+                  store_dir=str(root / f"{name}-store"), preload=[], **config)
+
+
+def answers(url: str) -> dict[str, Any]:
+    """What digits and minilm answer: the parts that do not change between loads."""
+    digits = httpx.post(f"{url}/api/inference/digits", json={"inputData": DIGIT_ZERO},
+                        timeout=30).json()["result"]
+    embed = httpx.post(f"{url}/api/inference/minilm", json={"inputData": SENTENCES},
+                       timeout=30).json()["result"]
+    return {"digits": digits, "minilm": embed}
+
+
+def load(url: str, model_id: str, timeout: float = 300) -> httpx.Response:
+    return httpx.post(f"{url}/api/models/{model_id}/load", timeout=timeout)
+
+
+def fetch_logs(worker: Worker, model_id: str) -> list[dict[str, Any]]:
+    return [line for line in worker.log_lines()
+            if line.get("msg") == "drive fetch done" and line.get("modelId") == model_id]
+
+
+@pytest.fixture(scope="module")
+def local_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("local")
+    repo = make_repo(root / "repo", {"digits": "digits", "minilm": "minilm"})
+    with running_worker(repo, root / "w.log", preload=["digits", "minilm"]) as worker:
+        return answers(worker.url)
+
+
+def test_a_worker_fetches_from_the_publisher_and_the_next_from_that_worker(
+        bootstrap: list[str], tmp_path: Path, local_answers: dict[str, Any]) -> None:
+    folders = {m: EXAMPLES / m for m in ("digits", "minilm")}
+    with publishing(list(folders.values()), bootstrap, tmp_path) as publisher:
+        source = {"hyperdrive": publisher.key, "version": publisher.version}
+        repo_a = sourced_repo(tmp_path / "repo-a", folders, source)
+        a = drive_worker(repo_a, tmp_path, "a", bootstrap)
+        try:
+            a.wait_ready()
+            with ThreadPoolExecutor(3) as pool:  # concurrent loads of one model fetch once
+                loads = list(pool.map(lambda m: load(a.url, m), ["minilm", "digits", "minilm"]))
+            assert [r.status_code for r in loads] == [200, 200, 200], loads[0].text
+            assert len(fetch_logs(a, "minilm")) == 1
+            assert answers(a.url) == local_answers
+            assert sorted(p.name for p in (repo_a / "minilm").iterdir()) == \
+                ["model.json", "model.onnx", "tokenizer.json"]
+            publisher.stop()  # from here on, only worker A has the files
+
+            # worker B takes the whole drive as its repository (modelRepository
+            # hyperdrive:<key>@<version>): model.json files from the drive, sha256 as signed
+            drive = Path(f"hyperdrive:{publisher.key}@{publisher.version}")
+            with running_worker(drive, tmp_path / "b.log", bootstrap=",".join(bootstrap),
+                                store_dir=str(tmp_path / "b-store"), preload=[]) as b:
+                listed = httpx.get(f"{b.url}/api/models", timeout=30).json()["models"]
+                assert {m["id"]: m["state"] for m in listed} == \
+                    {"digits": "available", "minilm": "available"}
+                for model_id in folders:
+                    reply = load(b.url, model_id)
+                    assert reply.status_code == 200, reply.text
+                assert answers(b.url) == local_answers
+                fetched = fetch_logs(b, "minilm")[0]
+                assert fetched["bytesNetwork"] == fetched["bytesTotal"] > 20_000_000
+                assert (tmp_path / "b-store" / "models" / "minilm" / "tokenizer.json").is_file()
+        finally:
+            a.terminate()
+
+
+def test_a_killed_fetch_resumes_where_it_stopped(bootstrap: list[str], tmp_path: Path) -> None:
+    """mlp (100 MB): the worker is killed a third of the way in; started again, it fetches
+    only what its part file lacks."""
+    folders = {"mlp": EXAMPLES / "mlp"}
+    with publishing(list(folders.values()), bootstrap, tmp_path) as publisher:
+        repo = sourced_repo(tmp_path / "repo", folders,
+                            {"hyperdrive": publisher.key, "version": publisher.version})
+        first = drive_worker(repo, tmp_path, "c", bootstrap)
+        seen: list[dict[str, Any]] = []
+        try:
+            first.wait_ready()
+            def doomed() -> None:  # its worker is killed under it
+                with contextlib.suppress(httpx.HTTPError):
+                    load(first.url, "mlp")
+
+            threading.Thread(target=doomed, daemon=True).start()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                meta = httpx.get(f"{first.url}/api/models/mlp", timeout=5).json()
+                if meta["state"] == "fetching":
+                    seen.append(meta["fetch"])
+                    if meta["fetch"]["bytesDone"] > meta["fetch"]["bytesTotal"] / 3:
+                        break
+                time.sleep(0.02)
+            sidecars = psutil.Process(first.proc.pid).children()
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(10)
+            psutil.wait_procs(sidecars, timeout=20)  # it lets go of the store when stdin ends
+        finally:
+            first.terminate()
+        assert seen and seen[-1]["bytesTotal"] == (EXAMPLES / "mlp" / "model.onnx").stat().st_size
+        killed_at = seen[-1]["bytesDone"]
+        part = (repo / "mlp" / "model.onnx.part").stat().st_size
+        assert killed_at - (1 << 20) <= part < seen[-1]["bytesTotal"]  # writes trail reads
+
+        again = drive_worker(repo, tmp_path, "c-again", bootstrap)
+        try:
+            again.wait_ready()
+            reply = load(again.url, "mlp")
+            assert reply.status_code == 200, reply.text
+            done = fetch_logs(again, "mlp")[0]
+            assert done["bytesResumed"] == part
+            # only the rest crossed the network (blocks already in the store are local; the
+            # block the part file ends in may come whole)
+            assert done["bytesNetwork"] <= done["bytesTotal"] - part + 65536
+            result = httpx.post(f"{again.url}/api/inference/mlp",
+                                json={"inputData": [[0.5] * 1024]}, timeout=30)
+            assert result.status_code == 200, result.text
+        finally:
+            again.terminate()
+        print(f"\nmlp: killed at {killed_at} bytes ({part} in the part file); the restart "  # noqa: T201
+              f"fetched {done['bytesNetwork']} of {done['bytesTotal']} over the network")
+
+
+def test_a_tampered_artifact_is_refused_and_never_served(bootstrap: list[str],
+                                                         tmp_path: Path) -> None:
+    """The publisher's digits differs from what model.json pins: worker A refuses it and
+    keeps none of it; worker B, which would accept those very bytes, cannot get them
+    from A."""
+    tampered = tmp_path / "pub" / "digits"
+    shutil.copytree(EXAMPLES / "digits", tampered)
+    with (tampered / "model.onnx").open("ab") as fh:
+        fh.write(b"\0" * 64)
+    honest = hashlib.sha256((EXAMPLES / "digits" / "model.onnx").read_bytes()).hexdigest()
+    actual = hashlib.sha256((tampered / "model.onnx").read_bytes()).hexdigest()
+    with publishing([tampered], bootstrap, tmp_path) as publisher:
+        source = {"hyperdrive": publisher.key, "version": publisher.version}
+        repo_a = sourced_repo(tmp_path / "repo-a", {"digits": tampered}, source,
+                              sha256={"digits": honest})
+        a = drive_worker(repo_a, tmp_path, "a", bootstrap, fetch_timeout=3000)
+        try:
+            a.wait_ready()
+            reply = load(a.url, "digits")
+            assert reply.status_code == 422 and reply.json()["error"] == "ERR_MODEL_LOAD_FAILED"
+            assert actual in reply.json()["message"] and honest in reply.json()["message"]
+            assert sorted(p.name for p in (repo_a / "digits").iterdir()) == ["model.json"]
+            meta = httpx.get(f"{a.url}/api/models/digits", timeout=5).json()
+            assert meta["state"] == "failed"
+            publisher.stop()
+
+            repo_b = sourced_repo(tmp_path / "repo-b", {"digits": tampered}, source,
+                                  sha256={"digits": actual})
+            with running_worker(repo_b, tmp_path / "b.log", bootstrap=",".join(bootstrap),
+                                store_dir=str(tmp_path / "b-store"), preload=[],
+                                fetch_timeout=3000) as b:
+                reply = load(b.url, "digits")
+                assert reply.status_code == 422, reply.text
+                assert "no peer" in reply.json()["message"], reply.text
+                assert not (repo_b / "digits" / "model.onnx").exists()
+        finally:
+            a.terminate()
+
+
+class _Files(BaseHTTPRequestHandler):
+    """Serves one file with byte ranges; the first GET is cut off half-way."""
+
+    path_served: Path
+    ranges: list[str | None]
+    cut_first: bool
+
+    def do_GET(self) -> None:
+        data = self.path_served.read_bytes()
+        wanted = self.headers.get("Range")
+        self.ranges.append(wanted)
+        start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
+        if start >= len(data):
+            self.send_response(416)
+            self.end_headers()
+            return
+        body = data[start:]
+        self.send_response(206 if wanted else 200)
+        if wanted:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut_first and len(self.ranges) == 1:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection dies half-way
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def file_server(path: Path, cut_first: bool) -> Iterator[tuple[str, list[str | None]]]:
+    ranges: list[str | None] = []
+    handler = type("Handler", (_Files,), {"path_served": path, "ranges": ranges,
+                                          "cut_first": cut_first})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}", ranges
+    finally:
+        server.shutdown()
+
+
+def test_a_url_source_resumes_with_a_range_request(tmp_path: Path,
+                                                   local_answers: dict[str, Any]) -> None:
+    artifact = EXAMPLES / "minilm" / "model.onnx"
+    with file_server(artifact, cut_first=True) as (url, ranges):
+        repo = sourced_repo(tmp_path / "repo", {"minilm": EXAMPLES / "minilm"},
+                            {"url": {"minilm": url}})
+        shutil.copy2(EXAMPLES / "minilm" / "tokenizer.json", repo / "minilm")
+        with running_worker(repo, tmp_path / "w.log", preload=[], fetch_timeout=5000) as w:
+            first = load(w.url, "minilm")
+            assert first.status_code == 422 and "GET " in first.json()["message"]
+            part = (repo / "minilm" / "model.onnx.part").stat().st_size
+            assert 0 < part < artifact.stat().st_size
+            second = load(w.url, "minilm")
+            assert second.status_code == 200, second.text
+            assert ranges == [None, f"bytes={part}-"]
+            embed = httpx.post(f"{w.url}/api/inference/minilm", json={"inputData": SENTENCES},
+                               timeout=30).json()["result"]
+            assert embed == local_answers["minilm"]
+
+
+def test_a_url_source_with_the_wrong_bytes_is_refused(tmp_path: Path) -> None:
+    with file_server(EXAMPLES / "digits" / "model.onnx", cut_first=False) as (url, _):
+        repo = sourced_repo(tmp_path / "repo", {"digits": EXAMPLES / "digits"},
+                            {"url": {"digits": url}}, sha256={"digits": "ab" * 32})
+        with running_worker(repo, tmp_path / "w.log", preload=[]) as w:
+            reply = load(w.url, "digits")
+            assert reply.status_code == 422 and "ab" * 32 in reply.json()["message"]
+            assert sorted(p.name for p in (repo / "digits").iterdir()) == ["model.json"]
+
+
+def test_a_source_needs_a_sha256_and_a_drive_needs_a_dht(tmp_path: Path) -> None:
+    repo = sourced_repo(tmp_path / "repo", {"digits": EXAMPLES / "digits",
+                                            "nosha": EXAMPLES / "digits"},
+                        {"hyperdrive": "ab" * 32})
+    spec = json.loads((repo / "nosha" / "model.json").read_text())
+    del spec["sha256"]
+    (repo / "nosha" / "model.json").write_text(json.dumps(spec))
+    with running_worker(repo, tmp_path / "w.log", preload=[]) as w:
+        reply = load(w.url, "nosha")
+        assert reply.status_code == 422 and "sha256" in reply.json()["message"]
+        reply = load(w.url, "digits")
+        assert reply.status_code == 422 and "--bootstrap" in reply.json()["message"]
