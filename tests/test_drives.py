@@ -25,8 +25,10 @@ import httpx
 import psutil
 import pytest
 
+from wrk_ai_inference.rpc.client import RpcClient
+
 from .helpers import DIGIT_ZERO, EXAMPLES, ROOT, Worker, make_repo, running_worker
-from .rack_helpers import local_testnet
+from .rack_helpers import local_testnet, running_rack
 
 SENTENCES = ["peers serve the weights", "a fleet without a hub"]
 
@@ -38,13 +40,15 @@ def bootstrap() -> Iterator[list[str]]:
 
 
 class Publisher:
-    """``wrk-ai-inference publish`` in a child process; ``line`` is what it printed."""
+    """``wrk-ai-inference publish`` (or, with no folders, ``seed``) in a child process;
+    ``line`` is what it printed."""
 
     def __init__(self, folders: list[Path], bootstrap: list[str], store: Path,
                  log_path: Path) -> None:
         self._log = log_path.open("wb")
+        command = ["publish", *map(str, folders)] if folders else ["seed"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wrk_ai_inference.cli", "publish", *map(str, folders),
+            [sys.executable, "-m", "wrk_ai_inference.cli", *command,
              "--bootstrap", ",".join(bootstrap), "--store-dir", str(store)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log)
         assert self.proc.stdout is not None
@@ -161,6 +165,30 @@ def test_a_worker_fetches_from_the_publisher_and_the_next_from_that_worker(
                 assert (tmp_path / "b-store" / "models" / "minilm" / "tokenizer.json").is_file()
         finally:
             a.terminate()
+
+
+async def test_a_rack_loads_from_a_drive_that_seed_serves_again(bootstrap: list[str],
+                                                               tmp_path: Path) -> None:
+    """The publisher stops; `seed` on its store serves the same drive; a rack worker's
+    loadModel fetches from it (its drives in <store>/<rack>/corestore)."""
+    with publishing([EXAMPLES / "digits"], bootstrap, tmp_path) as publisher:
+        key, version = publisher.key, publisher.version
+    again = Publisher([], bootstrap, tmp_path / "publisher-store", tmp_path / "seed.log")
+    try:
+        assert (again.key, again.version) == (key, version)
+        repo = sourced_repo(tmp_path / "repo", {"digits": EXAMPLES / "digits"},
+                            {"hyperdrive": key, "version": version})
+        (tmp_path / "rack").mkdir()
+        with running_rack(tmp_path / "rack", "drives", bootstrap, repo, preload=[]) as rack:
+            async with RpcClient(bootstrap) as client:
+                loaded = await client.request(rack.key, "loadModel", {"modelId": "digits"})
+                assert loaded["model"]["state"] == "loaded"
+                result = await client.request(rack.key, "runInference",
+                                              {"modelId": "digits", "inputData": DIGIT_ZERO})
+                assert result["result"]["predictions"][0][0]["label"] == "0"
+            assert (tmp_path / "rack" / "store" / "drives" / "corestore").is_dir()
+    finally:
+        again.stop()
 
 
 def test_a_killed_fetch_resumes_where_it_stopped(bootstrap: list[str], tmp_path: Path) -> None:
