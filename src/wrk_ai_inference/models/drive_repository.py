@@ -81,7 +81,6 @@ class DriveRepository:
                     ) -> ModelFiles:
         folder = self.folder / check_model_id(model_id)
         folder.mkdir(parents=True, exist_ok=True)
-        files = ModelFiles(model_id, folder, folder)
-        artifact = files.path(spec.file)
+        files = ModelFiles.of(model_id, folder, spec.file)
         await self.sources.ensure(model_id, spec, folder, progress)
-        return ModelFiles(model_id, folder, artifact)
+        return files

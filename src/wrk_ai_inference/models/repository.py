@@ -37,6 +37,12 @@ class ModelFiles:
     folder: Path
     artifact: Path
 
+    @classmethod
+    def of(cls, model_id: str, folder: Path, file: str) -> ModelFiles:
+        """The files of a model whose artifact is ``file`` in ``folder`` (checked to stay
+        inside it)."""
+        return cls(model_id, folder, cls(model_id, folder, folder).path(file))
+
     def path(self, name: str) -> Path:
         """A file of the model's folder, refusing names that leave it."""
         path = (self.folder / name).resolve()
@@ -92,10 +98,10 @@ class LocalRepository:
 
     async def fetch(self, model_id: str, spec: ModelSpec, progress: FetchProgress
                     ) -> ModelFiles:
-        folder = self._folder(model_id)
-        artifact = ModelFiles(model_id, folder, folder).path(spec.file)
+        files = ModelFiles.of(model_id, self._folder(model_id), spec.file)
+        artifact = files.artifact
         if spec.source is not None:
-            await self.sources.ensure(model_id, spec, folder, progress)
+            await self.sources.ensure(model_id, spec, files.folder, progress)
         elif not artifact.is_file():
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model_id}': artifact {spec.file} is missing")
@@ -106,7 +112,7 @@ class LocalRepository:
                     "ERR_MODEL_LOAD_FAILED",
                     f"model '{model_id}': checksum mismatch for {spec.file}: model.json says "
                     f"sha256 {spec.sha256}, the file has {actual}")
-        return ModelFiles(model_id, folder, artifact)
+        return files
 
     def _folder(self, model_id: str) -> Path:
         """The model's folder, refusing anything that resolves outside the root."""

@@ -41,9 +41,13 @@ class Drives:
     async def _command(self, name: str, fields: dict[str, Any], timeout: float,
                        progress: Callable[[dict[str, Any]], None] | None = None
                        ) -> dict[str, Any]:
+        return (await self._call(name, fields, timeout, progress))[0]
+
+    async def _call(self, name: str, fields: dict[str, Any], timeout: float,
+                    progress: Callable[[dict[str, Any]], None] | None = None
+                    ) -> tuple[dict[str, Any], bytes]:
         await self.sidecar.start()
-        result, _ = await self.sidecar.command(name, fields, timeout=timeout, progress=progress)
-        return result
+        return await self.sidecar.command(name, fields, timeout=timeout, progress=progress)
 
     async def publish(self, folders: list[Path]) -> dict[str, Any]:
         """Put each folder under /<its name> of this store's drive and seed it."""
@@ -85,11 +89,11 @@ class Drives:
 
     async def read(self, key: str, version: int | None, path: str, wait_s: float) -> bytes:
         """A small file of the drive (1 MiB at most)."""
-        await self.sidecar.start()
         try:
-            _, body = await self.sidecar.command(
-                "drive.read", {"key": key, "version": version, "path": path,
-                               "timeout": int(wait_s * 1000)}, timeout=wait_s * 4 + 30)
+            _, body = await self._call("drive.read", {"key": key, "version": version,
+                                                      "path": path,
+                                                      "timeout": int(wait_s * 1000)},
+                                       timeout=wait_s * 4 + 30)
         except InferenceError as exc:
             raise self._failed(key, f"read {path}", exc) from exc
         return body
