@@ -83,6 +83,10 @@ class Settings(BaseModel):
                                                "event loop thread; 0 = never")
     inter_op_threads: int = Field(1, alias="interOpThreads", ge=1)
     default_top_k: int = Field(5, alias="defaultTopK", ge=1)
+    request_id_window: int = Field(10_000, alias="requestIdWindow", ge=0,
+                                   description="finished calls remembered by requestId")
+    request_id_ttl: int = Field(600_000, alias="requestIdTtl", ge=1000,
+                                description="ms a finished call's answer is kept")
     fetch_timeout: int = Field(30_000, alias="fetchTimeout", ge=100,
                                description="ms a model fetch waits for a peer, a block or "
                                            "an HTTP read before it fails")

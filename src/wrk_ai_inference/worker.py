@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import time
 from collections.abc import AsyncGenerator
 from enum import StrEnum
@@ -22,6 +23,7 @@ from .capacity import CapacityTracker
 from .config import Settings
 from .engine.engine import InferenceEngine
 from .engine.history import History
+from .engine.request_ids import RequestIds, check_request_id
 from .errors import InferenceError
 from .logs import get_logger
 from .metrics import Metrics
@@ -90,6 +92,8 @@ class InferenceWorker:
         self.models = ModelManager(settings,
                                    drives=Drives(sidecar) if sidecar is not None else None)
         self.history = History(settings.history_size)
+        self.request_ids = RequestIds(settings.request_id_window,
+                                      settings.request_id_ttl / 1000.0)
         self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
                                       self.metrics)
         self.metrics.bind_gauges(lambda: self.capacity.running, lambda: self.capacity.queued)
@@ -101,6 +105,7 @@ class InferenceWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
         self.max_loop_lag = 0.0
+        self._capacity_seq = itertools.count(1)  # capacity answers, so stale ones can be dropped
 
     # ---- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -156,8 +161,18 @@ class InferenceWorker:
         return self._in_flight
 
     # ---- RPC-shaped API ---------------------------------------------------------
-    async def run_inference(self, model_id: str, input_data: Any, options: Any = None
-                            ) -> dict[str, Any]:
+    async def run_inference(self, model_id: str, input_data: Any, options: Any = None,
+                            request_id: str | None = None) -> dict[str, Any]:
+        """``request_id``: at most one execution for that id (``engine/request_ids.py``)."""
+        if check_request_id(request_id) is None:
+            return await self._run_inference(model_id, input_data, options)
+        assert request_id is not None
+        result: dict[str, Any] = await self.request_ids.once(
+            request_id, model_id, lambda: self._run_inference(model_id, input_data, options))
+        return {**result, "requestId": request_id}
+
+    async def _run_inference(self, model_id: str, input_data: Any, options: Any
+                             ) -> dict[str, Any]:
         with self._admitted():
             result = await self.engine.infer(model_id, input_data, options)
         return {"success": True, **result}
@@ -221,6 +236,7 @@ class InferenceWorker:
             "available": self.state is WorkerState.READY and cap.has_room,
             "availableModels": self.models.loaded_ids(),
             "state": self.state.value,
+            "seq": next(self._capacity_seq),
         }
         sequences = self._sequences()
         if sequences:
@@ -257,7 +273,12 @@ class InferenceWorker:
         return await self.models.get_model(model_id)
 
     async def get_stats(self) -> dict[str, Any]:
-        return self.history.stats()
+        """The history's statistics, and ``executions``: requests admitted to run, per
+        model (a repeated requestId that was answered again is not one)."""
+        ids = self.request_ids
+        return {**self.history.stats(), "executions": dict(self.engine.started),
+                "requestIds": {"remembered": len(ids), "joined": ids.joined,
+                               "replayed": ids.replayed}}
 
     async def get_health(self) -> dict[str, Any]:
         status = "healthy" if self.state is WorkerState.READY else self.state.value

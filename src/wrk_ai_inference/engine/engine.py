@@ -159,6 +159,7 @@ class InferenceEngine:
                                            thread_name_prefix="inference")
         self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
         self.executions: dict[str, int] = {}  # runtime calls per model (a batch is one)
+        self.started: dict[str, int] = {}  # requests per model that were admitted to run
         # Runs that take microseconds are done on the loop thread, where a hop to a worker
         # thread and back would cost more than the run (see ModelSession.run_seconds).
         self._inline_s = settings.inline_run_micros / 1_000_000
@@ -222,11 +223,11 @@ class InferenceEngine:
                              tensor_inputs(entry.session.inputs, input_data,
                                            self.settings.max_tensor_elements,
                                            self.settings.max_string_bytes))
-                    queue_s = await self._admit(deadline)
+                    queue_s = await self._admit(deadline, model_id)
                     hold.slot = True
                 else:
                     # decoding images and tokenising cost CPU: they take a slot first
-                    queue_s = await self._admit(deadline)
+                    queue_s = await self._admit(deadline, model_id)
                     hold.slot = True
                     feeds = await self._preprocess(entry, task, input_data, deadline, hold)
                 hold.handed_over()  # from here the run's end releases both slot and pin
@@ -319,7 +320,7 @@ class InferenceEngine:
                 raise InferenceError("ERR_INVALID_REQUEST",
                                      f"a generation with inferenceId {inference_id!r} is "
                                      "already running")
-            queue_s = await self._admit(deadline)
+            queue_s = await self._admit(deadline, model_id)
             hold.slot = True
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -448,12 +449,15 @@ class InferenceEngine:
         finally:
             timer.cancel()
 
-    async def _admit(self, deadline: float) -> float:
+    async def _admit(self, deadline: float, model_id: str) -> float:
+        """Wait for a running slot; from here the request counts as started."""
         remaining = deadline - time.perf_counter()
         try:
-            return await self.capacity.acquire(max(remaining, 0.0))
+            queued = await self.capacity.acquire(max(remaining, 0.0))
         except TimeoutError:
             raise self._timeout("while waiting in the queue") from None
+        self.started[model_id] = self.started.get(model_id, 0) + 1
+        return queued
 
     def _timeout(self, where: str) -> InferenceError:
         return InferenceError("ERR_INFERENCE_TIMEOUT", f"the request's deadline passed {where}")

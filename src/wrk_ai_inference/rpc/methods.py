@@ -36,7 +36,8 @@ def _model_id(payload: dict[str, Any]) -> str:
 async def _run_inference(worker: InferenceWorker, p: dict[str, Any]) -> Any:
     if "inputData" not in p:
         raise InferenceError("ERR_INVALID_REQUEST", "inputData is required")
-    return await worker.run_inference(_model_id(p), p["inputData"], p.get("options"))
+    return await worker.run_inference(_model_id(p), p["inputData"], p.get("options"),
+                                      p.get("requestId"))
 
 
 async def _check_capacity(worker: InferenceWorker, p: dict[str, Any]) -> Any:

@@ -1,0 +1,87 @@
+"""At most once per requestId: joins while running, the same answer after, refusals
+forgotten; over RPC with a real rack worker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from wrk_ai_inference.engine.request_ids import RequestIds
+from wrk_ai_inference.errors import InferenceError
+from wrk_ai_inference.rpc.client import RpcClient
+
+from .helpers import make_repo, slow_body, slow_iterations
+from .rack_helpers import local_testnet, running_rack
+
+
+async def test_a_repeat_joins_the_running_call_and_later_gets_its_answer() -> None:
+    ids = RequestIds(limit=100, ttl_s=60)
+    runs = 0
+
+    async def work() -> dict[str, int]:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.05)
+        return {"run": runs}
+
+    both = await asyncio.gather(ids.once("r1", "m", work), ids.once("r1", "m", work))
+    again = await ids.once("r1", "m", work)
+    assert both == [{"run": 1}, {"run": 1}] and again == {"run": 1} and runs == 1
+    assert (ids.joined, ids.replayed) == (1, 1)
+    with pytest.raises(InferenceError, match="was used for model 'm'"):
+        await ids.once("r1", "other", work)
+
+
+async def test_a_refusal_is_forgotten_and_a_failure_is_remembered() -> None:
+    ids = RequestIds(limit=100, ttl_s=60)
+    calls: list[str] = []
+
+    def failing(code: str):  # type: ignore[no-untyped-def]
+        async def work() -> None:
+            calls.append(code)
+            raise InferenceError(code, "no")
+        return work
+
+    for _ in range(2):
+        with pytest.raises(InferenceError):
+            await ids.once("busy", "m", failing("ERR_CAPACITY_EXCEEDED"))
+        with pytest.raises(InferenceError):
+            await ids.once("bad", "m", failing("ERR_INFERENCE_FAILED"))
+    # the refusal ran twice (it did not run the first time); the failure once
+    assert calls == ["ERR_CAPACITY_EXCEEDED", "ERR_INFERENCE_FAILED", "ERR_CAPACITY_EXCEEDED"]
+
+
+async def test_the_window_is_bounded_by_count_and_age() -> None:
+    ids = RequestIds(limit=1000, ttl_s=0.2)
+
+    async def work() -> list[float]:
+        return [0.0] * 10
+
+    for i in range(5000):
+        await ids.once(f"id-{i}", "m", work)
+    assert len(ids) == 1000
+    await asyncio.sleep(0.25)
+    await ids.once("late", "m", work)
+    assert len(ids) == 1
+
+
+async def test_a_duplicate_request_id_over_rpc_runs_once(tmp_path: Path) -> None:
+    """Sent while the first call runs, and again after it ended: one execution
+    (getStats' executions), the same answer three times."""
+    repo = make_repo(tmp_path / "repo", {"slow": "slow"})
+    body = {"modelId": "slow", "requestId": "order-42", **slow_body(slow_iterations(1.0))}
+    with local_testnet(3) as bootstrap, \
+            running_rack(tmp_path, "rack-ids", bootstrap, repo, preload=["slow"]) as rack:
+        async with RpcClient(bootstrap) as client:
+            before = (await client.request(rack.key, "getStats", {}))["executions"]
+            first = asyncio.create_task(client.request(rack.key, "runInference", body))
+            await asyncio.sleep(0.3)  # the first is running
+            joined = await client.request(rack.key, "runInference", body)
+            answer = await first
+            later = await client.request(rack.key, "runInference", body)
+            stats = await client.request(rack.key, "getStats", {})
+    assert answer == joined == later and answer["requestId"] == "order-42"
+    assert stats["executions"].get("slow", 0) - before.get("slow", 0) == 1
+    assert stats["requestIds"] == {"remembered": 1, "joined": 1, "replayed": 1}
