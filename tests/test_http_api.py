@@ -149,10 +149,13 @@ def test_load_is_idempotent_and_unload(client: Client) -> None:
     assert again["success"] is True and again["message"] == "Model already loaded"
     cap = client.get("/api/capacity", params={"modelId": "slow"}).json()
     assert cap["modelLoaded"] is True and "slow" in cap["availableModels"]
+    assert "slow" not in cap["cachedModels"]
     gone = client.post("/api/models/slow/unload").json()
     assert gone == {"success": True, "message": "Model unloaded"}
-    cap = client.get("/api/capacity", params={"modelId": "slow"}).json()
-    assert cap["modelLoaded"] is False and cap["modelAvailable"] is False
+    later = client.get("/api/capacity", params={"modelId": "slow"}).json()
+    assert later["modelLoaded"] is False and later["modelAvailable"] is False
+    # on disk, not loaded: what a router tries after the warm workers
+    assert "slow" in later["cachedModels"] and later["seq"] > cap["seq"]
 
 
 def test_capacity_health_models_and_stats(client: Client) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -316,3 +318,43 @@ def test_capacity_and_metrics_show_sequences(llm: Worker, client: openai.OpenAI)
                  'wrk_llm_kv_cache_use{model="smollm2"}',
                  "wrk_llm_sequences_running", "wrk_llm_sequences_waiting"):
         assert name in metrics, name
+
+
+def _gauge(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_gateway_api_gauges_follow_the_load(llm: Worker) -> None:
+    """The gauges Kubernetes' Gateway API inference extension routes on, under vLLM's
+    names: six generations on four sequence slots are 4 running and 2 waiting."""
+    body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 1000, "stream": True,
+            "temperature": 0.8, "seed": 1}
+    done = threading.Event()
+
+    def stream() -> None:  # hangs up once the gauges are read: the worker stops it
+        with httpx.stream("POST", f"{llm.url}/v1/completions", json=body, timeout=120) as r:
+            for _ in r.iter_lines():
+                if done.is_set():
+                    return
+
+    pool = ThreadPoolExecutor(6)
+    for _ in range(6):
+        pool.submit(stream)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seqs = httpx.get(f"{llm.url}/api/capacity").json()["sequences"]["smollm2"]
+            if seqs["running"] == 4 and seqs["waiting"] == 2:
+                break
+            time.sleep(0.05)
+        text = httpx.get(f"{llm.url}/metrics").text
+        seqs = httpx.get(f"{llm.url}/api/capacity").json()["sequences"]["smollm2"]
+        assert (seqs["running"], seqs["waiting"]) == (4, 2)
+        assert _gauge(text, "vllm:num_requests_waiting") == 2
+        assert _gauge(text, "vllm:num_requests_running") == 4
+        assert 0 < _gauge(text, "vllm:kv_cache_usage_perc") <= 1
+    finally:
+        done.set()
+        pool.shutdown(wait=True)
+    _free(llm, within_s=30)

@@ -148,6 +148,14 @@ class Metrics:
                                        "a sequence slot", registry=r)
         self.kv_cache_use = Gauge("wrk_llm_kv_cache_use", "Fraction of the model's KV-cache "
                                   "cells held by running sequences", ["model"], registry=r)
+        # the names the Kubernetes Gateway API inference extension scrapes (vLLM's), so its
+        # endpoint picker can route to this worker as it does to vLLM
+        self.gie_waiting = Gauge("vllm:num_requests_waiting", "Requests waiting: for a slot, "
+                                 "or for a sequence of a language model", registry=r)
+        self.gie_running = Gauge("vllm:num_requests_running", "Requests being served",
+                                 registry=r)
+        self.gie_kv_cache = Gauge("vllm:kv_cache_usage_perc", "KV-cache use of the fullest "
+                                  "loaded language model, 1 = full", registry=r)
 
     def request_done(self, model: str, outcome: str, total_s: float, queue_s: float,
                      compute_s: float) -> None:
@@ -163,6 +171,12 @@ class Metrics:
                        ) -> None:
         self.sequences_running.set_function(running)
         self.sequences_waiting.set_function(waiting)
+
+    def bind_router_gauges(self, waiting: Callable[[], float], running: Callable[[], float],
+                           kv_cache: Callable[[], float]) -> None:
+        self.gie_waiting.set_function(waiting)
+        self.gie_running.set_function(running)
+        self.gie_kv_cache.set_function(kv_cache)
 
     def bind_kv_cache(self, model: str, use: Callable[[], float]) -> None:
         self.kv_cache_use.labels(model).set_function(use)

@@ -97,6 +97,8 @@ class InferenceWorker:
         self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
                                       self.metrics)
         self.metrics.bind_gauges(lambda: self.capacity.running, lambda: self.capacity.queued)
+        self.metrics.bind_router_gauges(self._waiting, lambda: self.capacity.running
+                                        - self.engine.sequences()[1], self._kv_cache_use)
         self.models.add_listener(self._on_model_change)
         self._active = 0  # admitted transport calls that have not answered yet
         self._idle = asyncio.Event()
@@ -235,6 +237,7 @@ class InferenceWorker:
             "maxQueued": cap.max_queued,
             "available": self.state is WorkerState.READY and cap.has_room,
             "availableModels": self.models.loaded_ids(),
+            "cachedModels": self.models.cached_ids(),
             "state": self.state.value,
             "seq": next(self._capacity_seq),
         }
@@ -296,6 +299,15 @@ class InferenceWorker:
         return payload
 
     # ---- internals ---------------------------------------------------------------
+    def _waiting(self) -> float:
+        """Requests queued for a slot, and generations holding one while they wait for a
+        sequence of their model."""
+        return self.capacity.queued + self.engine.sequences()[1]
+
+    def _kv_cache_use(self) -> float:
+        sessions = (self.models.entry(m).session for m in self.models.loaded_ids())
+        return max((s.kv_use() for s in sessions if isinstance(s, LlamaSession)), default=0.0)
+
     def _on_model_change(self, model_id: str, state: ModelState) -> None:
         loaded = state is ModelState.LOADED
         if state is ModelState.AVAILABLE:

@@ -77,6 +77,13 @@ class DriveRepository:
                                   "version": self.version}
         return parse_spec(model_id, manifest)
 
+    async def on_disk(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir()
+                      if MODEL_ID_RE.match(p.name) and any(
+                          not f.name.endswith(".part") for f in p.iterdir()))
+
     async def fetch(self, model_id: str, spec: ModelSpec, progress: FetchProgress
                     ) -> ModelFiles:
         folder = self.folder / check_model_id(model_id)

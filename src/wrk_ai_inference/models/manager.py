@@ -133,6 +133,7 @@ class ModelManager:
         # its artifact will take) from the moment it passed the room check.
         self._reserved: dict[str, int] = {}
         self._load_ended = asyncio.Event()
+        self._on_disk: set[str] = set()  # see cached_ids
 
     # ---- queries -----------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -169,11 +170,18 @@ class ModelManager:
 
     async def refresh(self) -> None:
         """Read the repository's list of models (a drive repository knows its ids from
-        it); a failure is logged, and the next listing tries again."""
+        it) and which of them are on disk; a failure is logged, and the next listing
+        tries again."""
         try:
             await self.repository.list_ids()
+            self._on_disk = set(await self.repository.on_disk())
         except InferenceError as exc:
             log.error("listing the model repository failed", extra={"error": exc.message})
+
+    def cached_ids(self) -> list[str]:
+        """Models whose files are on disk but that are not loaded: a router's second
+        choice after the warm ones (as of the last listing, and every load since)."""
+        return sorted(self._on_disk - set(self._lru))
 
     async def list_models(self) -> list[dict[str, Any]]:
         ids = set(await self.repository.list_ids()) | set(self._lru)
@@ -286,6 +294,7 @@ class ModelManager:
             raise InferenceError("ERR_MODEL_LOAD_FAILED", entry.error or "") from exc
         else:
             entry.session, entry.labels, entry.pipeline = session, labels, pipeline
+            self._on_disk.add(entry.id)
             entry.memory_bytes = max(grown, entry.artifact_bytes)
             entry.state, entry.loaded_at = ModelState.LOADED, time.time()
             entry.load_ms = (time.perf_counter() - started) * 1000

@@ -69,6 +69,10 @@ class ModelRepository(Protocol):
         checked against ``spec.sha256`` where it is given."""
         ...
 
+    async def on_disk(self) -> list[str]:
+        """Ids whose artifact is on this machine already (a load needs no fetch)."""
+        ...
+
 
 class LocalRepository:
     """``<root>/<modelId>/model.json`` on the local file system."""
@@ -113,6 +117,17 @@ class LocalRepository:
                     f"model '{model_id}': checksum mismatch for {spec.file}: model.json says "
                     f"sha256 {spec.sha256}, the file has {actual}")
         return files
+
+    async def on_disk(self) -> list[str]:
+        found = []
+        for model_id in await self.list_ids():
+            try:
+                spec = await self.describe(model_id)
+            except InferenceError:
+                continue
+            if (self.root / model_id / spec.file).is_file():
+                found.append(model_id)
+        return found
 
     def _folder(self, model_id: str) -> Path:
         """The model's folder, refusing anything that resolves outside the root."""
