@@ -26,7 +26,12 @@ async def test_a_repeat_joins_the_running_call_and_later_gets_its_answer() -> No
         await asyncio.sleep(0.05)
         return {"run": runs}
 
-    both = await asyncio.gather(ids.once("r1", "m", work), ids.once("r1", "m", work))
+    assert ids.state("r1") == "unknown"
+    first = asyncio.create_task(ids.once("r1", "m", work))
+    await asyncio.sleep(0)
+    assert ids.state("r1") == "running"
+    both = await asyncio.gather(first, ids.once("r1", "m", work))
+    assert ids.state("r1") == "done"
     again = await ids.once("r1", "m", work)
     assert both == [{"run": 1}, {"run": 1}] and again == {"run": 1} and runs == 1
     assert (ids.joined, ids.replayed) == (1, 1)
@@ -47,6 +52,7 @@ async def test_a_refusal_is_forgotten_and_a_failure_is_remembered() -> None:
     for _ in range(2):
         with pytest.raises(InferenceError):
             await ids.once("busy", "m", failing("ERR_CAPACITY_EXCEEDED"))
+        assert ids.state("busy") == "unknown"  # refused: it did not run
         with pytest.raises(InferenceError):
             await ids.once("bad", "m", failing("ERR_INFERENCE_FAILED"))
     # the refusal ran twice (it did not run the first time); the failure once
@@ -82,6 +88,9 @@ async def test_a_duplicate_request_id_over_rpc_runs_once(tmp_path: Path) -> None
             answer = await first
             later = await client.request(rack.key, "runInference", body)
             stats = await client.request(rack.key, "getStats", {})
+            states = [(await client.request(rack.key, "checkRequest", {"requestId": r}))["state"]
+                      for r in ("order-42", "never-sent")]
     assert answer == joined == later and answer["requestId"] == "order-42"
     assert stats["executions"].get("slow", 0) - before.get("slow", 0) == 1
     assert stats["requestIds"] == {"remembered": 1, "joined": 1, "replayed": 1}
+    assert states == ["done", "unknown"]

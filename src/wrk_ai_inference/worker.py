@@ -173,6 +173,14 @@ class InferenceWorker:
             request_id, model_id, lambda: self._run_inference(model_id, input_data, options))
         return {**result, "requestId": request_id}
 
+    async def check_request(self, request_id: Any) -> dict[str, Any]:
+        """Whether a call with ``request_id`` runs or ran here: what lets a client resend
+        to another worker without running it twice (``unknown``: it did not start)."""
+        checked = check_request_id(request_id)
+        if checked is None:
+            raise InferenceError("ERR_INVALID_REQUEST", "requestId is required")
+        return {"requestId": checked, "state": self.request_ids.state(checked)}
+
     async def _run_inference(self, model_id: str, input_data: Any, options: Any
                              ) -> dict[str, Any]:
         with self._admitted():

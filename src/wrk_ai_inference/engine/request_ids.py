@@ -51,6 +51,15 @@ class RequestIds:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def state(self, request_id: str) -> str:
+        """``running``, ``done`` (answered; kept for a repeat), or ``unknown``: it never
+        started here, or it was refused as not run, or it left the window."""
+        self._expire(time.monotonic())
+        call = self._calls.get(request_id)
+        if call is None:
+            return "unknown"
+        return "running" if call.ended is None else "done"
+
     async def once(self, request_id: str, model_id: str,
                    work: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``work`` for ``request_id`` unless it ran or runs already."""

@@ -58,6 +58,7 @@ METHODS: dict[str, Handler] = {
     "getModel": lambda w, p: w.get_model(_model_id(p)),
     "getStats": lambda w, p: w.get_stats(),
     "cancel": lambda w, p: w.cancel(p.get("inferenceId")),
+    "checkRequest": lambda w, p: w.check_request(p.get("requestId")),
 }
 
 
