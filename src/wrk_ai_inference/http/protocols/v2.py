@@ -49,6 +49,9 @@ async def _infer(worker: InferenceWorker, call: Call) -> Response:
         await bodies.decode_json(json_part, worker.settings.max_tensor_elements))
     entry = worker.models.entry(model)
     _check_version(worker, model, version)
+    if entry.session is None and worker.settings.auto_load:
+        await worker.load_model(model)  # as the seed API loads a cold model (autoLoad)
+        entry = worker.models.entry(model)
     if entry.session is None:
         raise InferenceError("ERR_MODEL_NOT_AVAILABLE", f"model '{model}' is not loaded; "
                              f"POST /v2/repository/models/{model}/load", {"retryAfter": 1})
