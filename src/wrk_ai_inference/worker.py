@@ -287,7 +287,7 @@ class InferenceWorker:
         """The history's statistics, and ``executions``: requests admitted to run, per
         model (a repeated requestId that was answered again is not one)."""
         ids = self.request_ids
-        return {**self.history.stats(), "executions": dict(self.engine.started),
+        return {**self.history.stats(), "executions": dict(self.engine.admitted),
                 "requestIds": {"remembered": len(ids), "joined": ids.joined,
                                "replayed": ids.replayed}}
 

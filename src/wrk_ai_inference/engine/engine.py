@@ -159,7 +159,7 @@ class InferenceEngine:
                                            thread_name_prefix="inference")
         self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
         self.executions: dict[str, int] = {}  # runtime calls per model (a batch is one)
-        self.started: dict[str, int] = {}  # requests per model that were admitted to run
+        self.admitted: dict[str, int] = {}  # requests per model that were admitted to run
         # Runs that take microseconds are done on the loop thread, where a hop to a worker
         # thread and back would cost more than the run (see ModelSession.run_seconds).
         self._inline_s = settings.inline_run_micros / 1_000_000
@@ -456,7 +456,7 @@ class InferenceEngine:
             queued = await self.capacity.acquire(max(remaining, 0.0))
         except TimeoutError:
             raise self._timeout("while waiting in the queue") from None
-        self.started[model_id] = self.started.get(model_id, 0) + 1
+        self.admitted[model_id] = self.admitted.get(model_id, 0) + 1
         return queued
 
     def _timeout(self, where: str) -> InferenceError:

@@ -94,8 +94,7 @@ class RequestIds:
         return result
 
     def _ended(self, request_id: str, call: _Call, forget: bool) -> None:
-        if not call.future.cancelled() and call.future.exception() is not None:
-            pass  # .exception() marks an error nobody joined as seen (no asyncio warning)
+        call.future.exception()  # marks an error nobody joined as seen (no asyncio warning)
         if forget:
             if self._calls.get(request_id) is call:
                 del self._calls[request_id]
