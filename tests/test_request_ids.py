@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wrk_ai_inference.engine.request_ids import RequestIds
+from wrk_ai_inference.engine.request_journal import RequestJournal
 from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.rpc.client import RpcClient
 
@@ -57,6 +58,63 @@ async def test_a_refusal_is_forgotten_and_a_failure_is_remembered() -> None:
             await ids.once("bad", "m", failing("ERR_INFERENCE_FAILED"))
     # the refusal ran twice (it did not run the first time); the failure once
     assert calls == ["ERR_CAPACITY_EXCEEDED", "ERR_INFERENCE_FAILED", "ERR_CAPACITY_EXCEEDED"]
+
+
+async def test_the_journal_carries_the_window_over_a_kill(tmp_path: Path) -> None:
+    """What a killed worker answered is replayed by the next process; what it was running
+    is ``lost`` (and runs afresh if sent again); refusals stay forgotten."""
+    path = tmp_path / "requests.journal"
+    ids = RequestIds(limit=100, ttl_s=60)
+    ids.attach(RequestJournal(path, 100))
+
+    async def ok() -> dict[str, str]:
+        return {"answer": "first"}
+
+    async def bad() -> None:
+        raise InferenceError("ERR_INVALID_INPUT", "not an image")
+
+    async def full() -> None:
+        raise InferenceError("ERR_CAPACITY_EXCEEDED", "busy")
+
+    await ids.once("done", "m", ok)
+    for work in (bad, full):
+        with pytest.raises(InferenceError):
+            await ids.once(work.__name__, "m", work)
+    hanging = asyncio.create_task(ids.once("running", "m", asyncio.Event().wait))
+    await asyncio.sleep(0)
+    # the process "dies" here: nothing more is written; the next one reads the file
+    again = RequestIds(limit=100, ttl_s=60)
+    again.attach(RequestJournal(path, 100))
+    assert [again.state(r) for r in ("done", "bad", "full", "running", "never")] == \
+        ["done", "done", "unknown", "lost", "unknown"]
+
+    async def must_not_run() -> None:
+        raise AssertionError("a remembered id ran again")
+
+    assert await again.once("done", "m", must_not_run) == {"answer": "first"}
+    with pytest.raises(InferenceError, match="not an image"):
+        await again.once("bad", "m", must_not_run)
+    assert await again.once("running", "m", ok) == {"answer": "first"}  # its one answer
+    assert again.state("running") == "done"
+    hanging.cancel()
+    ids.close()
+    again.close()
+
+
+def test_the_journal_rotates_into_one_previous_generation(tmp_path: Path) -> None:
+    path = tmp_path / "requests.journal"
+    journal = RequestJournal(path, limit=10)
+    journal.open()
+    for i in range(35):
+        journal.started(f"r{i}", "m")
+        journal.ended(f"r{i}", {"i": i})
+    journal.close()
+    recovered = journal.recover()
+    # at most two generations of 10 calls each: the newest calls, never the oldest
+    assert 10 <= len(recovered) <= 20 and "r34" in recovered and "r0" not in recovered
+    assert recovered["r34"].result == {"i": 34}
+    path.write_bytes(path.read_bytes() + b'{"id": "torn", "mod')  # a write cut by a kill
+    assert "torn" not in journal.recover()
 
 
 async def test_the_window_is_bounded_by_count_and_age() -> None:

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--config", metavar="DIR", help="folder holding facs/net.config.json")
     testnet = sub.add_parser("testnet", help="a local HyperDHT testnet on 127.0.0.1")
     testnet.add_argument("--nodes", type=int, default=3)
+    testnet.add_argument("--host", default="127.0.0.1", help="the address its nodes bind")
     examples = sub.add_parser("examples", help="build the example models")
     examples.add_argument("--out", default="examples/models")
     examples.add_argument("--force", action="store_true")
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_all(args.out, force=args.force)
         return 0
     if args.command == "testnet":
-        return _testnet(args.nodes)
+        return _testnet(args.nodes, args.host)
     if args.command in ("publish", "seed"):
         return _publish(args)
     try:
@@ -146,7 +147,7 @@ def _net_config(args: argparse.Namespace) -> Any:
                                                                      None)})
 
 
-def _testnet(nodes: int) -> int:
+def _testnet(nodes: int, host: str) -> int:
     import os
 
     from .errors import InferenceError
@@ -162,7 +163,7 @@ def _testnet(nodes: int) -> int:
         setup_logging()
         get_logger("cli").error("cannot start the testnet", extra={"error": exc.message})
         return 2
-    os.execv(node, [node, str(folder / "testnet.js"), str(nodes)])
+    os.execv(node, [node, str(folder / "testnet.js"), str(nodes), host])
 
 
 if __name__ == "__main__":

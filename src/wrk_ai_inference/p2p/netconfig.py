@@ -94,10 +94,15 @@ class NetConfig(BaseModel):
         """Loopback when every bootstrap node is on loopback, else all interfaces."""
         if self.dht_opts.host:
             return self.dht_opts.host
-        boot = self.dht_opts.bootstrap
-        if isinstance(boot, list) and boot and all(_is_loopback(b) for b in boot):
-            return "127.0.0.1"
-        return "0.0.0.0"
+        return bind_host_for(self.dht_opts.bootstrap)
+
+
+def bind_host_for(bootstrap: list[str] | str | None) -> str:
+    """Loopback when every bootstrap node is on loopback (a node bound to all interfaces
+    would advertise its LAN addresses to a local testnet), else all interfaces."""
+    if isinstance(bootstrap, list) and bootstrap and all(_is_loopback(b) for b in bootstrap):
+        return "127.0.0.1"
+    return "0.0.0.0"
 
 
 def _is_loopback(host_port: str) -> bool:

@@ -2,9 +2,11 @@
 
 Keys come from seeds persisted under ``<storeDir>/<rack>/`` (mode 0600), so the
 public key survives restarts; the rack's model drives live in
-``<storeDir>/<rack>/corestore``. Topics: ``ai-inference`` while running and
-``ai-inference:<modelId>`` for each loaded model, announced on load and
-re-announced every ``announceInterval``, withdrawn on unload and shutdown.
+``<storeDir>/<rack>/corestore``, and its request window in
+``<storeDir>/<rack>/requests.journal`` (so a restart keeps at-most-once). Topics:
+``ai-inference`` while running and ``ai-inference:<modelId>`` for each loaded model,
+announced on load and re-announced every ``announceInterval``, withdrawn on unload
+and shutdown.
 The status file says ``state`` (starting, ready, draining, stopped), so a
 supervisor can tell a stopped worker's leftover file from a live one.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import orjson
 
 from ..config import Settings
+from ..engine.request_journal import RequestJournal
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..models.manager import ModelState
@@ -69,6 +72,7 @@ class RackWorker:
         self.topics: set[str] = set()
         self.status_path = Path(net.status_dir) / f"wrk-ai-inference.{rack}.json"
         store = Path(net.store_dir) / rack
+        self.journal = RequestJournal(store / "requests.journal", settings.request_id_window)
         seeds = load_seeds(store)
         self.sidecar = Sidecar(net.sidecar_init(net.corestore(rack), seeds["dhtSeed"],
                                                 seeds["rpcSeed"]))
@@ -99,6 +103,7 @@ class RackWorker:
         self.public_key = str(result["publicKey"])
 
     async def start(self) -> None:
+        self.worker.request_ids.attach(self.journal)  # before the first call can arrive
         await self.sidecar.start()
         await self._serve()
         self._write_status()  # starting: the key is known, the models are not loaded yet
@@ -169,6 +174,7 @@ class RackWorker:
         await self.worker.drain(self.settings.shutdown_grace_period / 1000.0)
         await self._set_topics(set())
         await self.worker.stop()  # closes the sidecar
+        self.worker.request_ids.close()
         self.state = "stopped"
         self._write_status()
         log.info("rack worker stopped", extra={"rack": self.rack})

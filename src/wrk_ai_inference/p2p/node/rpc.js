@@ -5,7 +5,9 @@
  *     answer `methods` on the server key (from init's rpc.seed); each incoming call is
  *     sent to Python as {t:'call', id, method, peer} + body, and a peer the firewall
  *     turns away as {t:'refused', peer}
- *   rpc.request {key, method, timeout} + body -> body
+ *   rpc.request {key, method, timeout} + body -> body; fails with NOT_CONNECTED when
+ *     the encrypted stream never opened, so no byte of the request reached the server
+ *     (a fleet client may send it elsewhere at once), else with the library's code
  * Notice: rpc.reply {id} + body, the answer to call `id`.
  *
  * Outgoing requests use a pool of our own rather than rpc.request(): a connection
@@ -66,7 +68,8 @@ module.exports = function rpc (ctx) {
     }
     const client = instance.connect(Buffer.from(key, 'hex'))
     if (opts.connectionTimeout) client.stream.setTimeout(opts.connectionTimeout)
-    entry = { client, active: 0, linger: null }
+    entry = { client, active: 0, linger: null, opened: false }
+    client.stream.opened.then((opened) => { entry.opened = opened !== false }, () => {})
     client.on('close', () => { if (pool.get(key) === entry) pool.delete(key) })
     pool.set(key, entry)
     return entry
@@ -77,6 +80,9 @@ module.exports = function rpc (ctx) {
     entry.active++
     try {
       return { body: (await entry.client.request(method, body, { timeout })) || EMPTY }
+    } catch (err) {
+      if (!entry.opened) throw Object.assign(new Error('the connection never opened'), { code: 'NOT_CONNECTED' })
+      throw err
     } finally {
       if (--entry.active === 0) {
         entry.linger = setTimeout(() => entry.client.destroy(), opts.poolLinger)
