@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,28 @@ class Rack(ChildProcess):
 
     def logs(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")
+
+    def logs_since_start(self) -> str:
+        """This process's lines (the log file is shared by restarts of one rack)."""
+        return self.logs()[self._offset:]
+
+    def kill(self, strand_answers: bool = False) -> None:
+        """SIGKILL the worker and its sidecar together, as when their host dies.
+
+        ``strand_answers``: stop the sidecar first for a moment, so answers the worker
+        finishes meanwhile are written but never leave (the case a request window that
+        does not survive the kill would answer twice)."""
+        pids = [self.proc.pid]
+        with contextlib.suppress(FileNotFoundError, KeyError, ValueError):
+            pids.append(int(self.status()["sidecarPid"]))
+        if strand_answers and len(pids) == 2:
+            os.kill(pids[1], signal.SIGSTOP)
+            time.sleep(0.2)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
 
 
 

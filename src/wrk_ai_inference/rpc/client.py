@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ..errors import InferenceError
+from ..p2p.netconfig import bind_host_for
 from ..p2p.sidecar import Sidecar
 from .methods import parse_reply
 
@@ -26,10 +27,11 @@ from .methods import parse_reply
 class RpcClient:
     def __init__(self, bootstrap: list[str] | None, seed: str | None = None,
                  pool_linger_ms: int = 300_000, timeout_ms: int = 30_000,
-                 host: str = "127.0.0.1", keep_alive_ms: int = 2_000,
+                 host: str | None = None, keep_alive_ms: int = 2_000,
                  connection_timeout_ms: int = 7_000) -> None:
         self.timeout_ms = timeout_ms
-        self._sidecar = Sidecar({"dhtSeed": seed, "bootstrap": bootstrap, "host": host,
+        self._sidecar = Sidecar({"dhtSeed": seed, "bootstrap": bootstrap,
+                                 "host": host or bind_host_for(bootstrap),
                                  "keepAlive": keep_alive_ms, "storeDir": None,
                                  "rpc": {"seed": None, "poolLinger": pool_linger_ms,
                                          "connectionTimeout": connection_timeout_ms,
