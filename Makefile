@@ -11,7 +11,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm bench-fetch
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -118,6 +118,11 @@ soak: setup
 
 bench-rpc: setup
 	$(BIN)/python benchmarks/rpc_bench.py
+
+# Three rack workers on separate hosts (network namespaces; needs root), one killed
+# and brought back, one made slow: FleetClient's routing and failover, a few minutes.
+bench-fleet: setup
+	$(BIN)/python benchmarks/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(LLM_BENCH_VENV) $(NODE_DIR)/node_modules examples/models/*/model.onnx examples/models/*/model.gguf .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,9 @@ class DhtOpts(BaseModel):
 
     bootstrap: list[str] | str = Field(default_factory=list)
     host: str | None = None
+    #: HyperDHT's own option: false declares this node reachable at its address (a
+    #: server with a routable address), so peers connect to it without holepunching
+    firewalled: bool | None = None
 
     @field_validator("bootstrap")
     @classmethod
@@ -73,7 +76,8 @@ class NetConfig(BaseModel):
         """The sidecar's init frame: keys from the seeds (random when None), drives in
         ``store`` (none when None)."""
         return {"dhtSeed": dht_seed, "bootstrap": self.bootstrap_for_sidecar(),
-                "host": self.bind_host(), "keepAlive": self.keep_alive,
+                "host": self.bind_host(), "firewalled": self.dht_opts.firewalled,
+                "keepAlive": self.keep_alive,
                 "storeDir": str(store) if store is not None else None,
                 "rpc": {"seed": rpc_seed, "poolLinger": self.pool_linger,
                         "connectionTimeout": self.connection_timeout,

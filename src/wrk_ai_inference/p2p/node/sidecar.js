@@ -11,7 +11,7 @@
  * (raw bytes), read by frames.js; total = 4 + headerLength + bodyLength.
  *
  * Python -> sidecar:
- *   {t:'init', dhtSeed, bootstrap:[host:port]|null, host, keepAlive, storeDir|null,
+ *   {t:'init', dhtSeed, bootstrap:[host:port]|null, host, firewalled?, keepAlive, storeDir|null,
  *    rpc: {seed, poolLinger, connectionTimeout, announceInterval}}
  *   {t:'close'}                       withdraw everything, close, exit 0
  *   {t:<command>, id, ...}            a command from the registry below; answered by
@@ -64,7 +64,8 @@ async function init (opts) {
   ctx.settings = opts
   const bootstrap = opts.bootstrap === null ? undefined : opts.bootstrap
   const keyPair = opts.dhtSeed ? DHT.keyPair(Buffer.from(opts.dhtSeed, 'hex')) : undefined
-  ctx.dht = new DHT({ keyPair, bootstrap, host: opts.host, connectionKeepAlive: opts.keepAlive })
+  const reachable = typeof opts.firewalled === 'boolean' ? { firewalled: opts.firewalled } : {}
+  ctx.dht = new DHT({ keyPair, bootstrap, host: opts.host, connectionKeepAlive: opts.keepAlive, ...reachable })
   await ctx.dht.ready()
   parts = MODULES.map((make) => make(ctx))
   for (const part of parts) {
