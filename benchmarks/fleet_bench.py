@@ -13,7 +13,8 @@ Three parts, one run:
   kill        3 workers under load; one host killed (every process, SIGKILL) and
               started again ``--restart-after`` s later: p99 per second against the
               steady state, when the restarted worker takes load again, and every
-              request's runs counted on the workers
+              request's runs counted on the workers; once with FleetClient, once with
+              the Node example (examples/fleet-client.js) as the client
   routing     one worker made slow (``--slow-cpu`` of a core, ``--slow-slots`` slots);
               power of two choices and random choice (what hp-svc-facs-net does)
               alternated in one run: share sent to the slow worker, p50/p99
@@ -52,6 +53,7 @@ from tests.helpers import slow_body, slow_iterations  # noqa: E402
 from benchmarks import netns  # noqa: E402
 from wrk_ai_inference.errors import InferenceError  # noqa: E402
 from wrk_ai_inference.fleet import FleetClient  # noqa: E402
+from wrk_ai_inference.p2p.sidecar import node_dir  # noqa: E402
 from wrk_ai_inference.rpc.client import RpcClient  # noqa: E402
 
 WORKERS = ["w0", "w1", "w2"]
@@ -167,6 +169,42 @@ async def load(fleet: FleetClient, model: str, inputs: Any, lanes: int, seconds:
     return records
 
 
+async def node_load(bootstrap: list[str], model: str, inputs: Any, lanes: int, seconds: float,
+                    prefix: str, marks: dict[str, float], loaded: asyncio.Event
+                    ) -> tuple[list[Rec], dict[str, dict[str, Any]]]:
+    """The Node example's load, one JSON line per request; its clock starts with its
+    first answer (Node's start-up and first lookup are not part of the run)."""
+    plan = {"bootstrap": bootstrap, "host": "0.0.0.0", "modelId": model, "inputData": inputs,
+            "requests": 10**9, "concurrency": lanes, "prefix": prefix,
+            "seconds": seconds + 1}
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(ROOT / "examples" / "fleet-client.js"), json.dumps(plan),
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE, cwd=ROOT,  # open:
+        # the example stops when its stdin ends
+        env={**os.environ, "NODE_PATH": str(node_dir() / "node_modules")}, limit=1 << 24)
+    assert proc.stdout is not None
+    records: list[Rec] = []
+    stats: dict[str, dict[str, Any]] = {}
+    offset = 0.0
+    async for line in proc.stdout:
+        entry = json.loads(line)
+        if "stats" in entry:
+            stats = entry["stats"]
+            continue
+        sent, latency = entry["at"] / 1000, entry["ms"] / 1000
+        if not loaded.is_set():
+            offset = sent + 1.0  # a second to warm up, as the Python client has
+            marks["began"] = time.monotonic() - latency + 1.0
+            loaded.set()
+        if sent >= offset:
+            records.append(Rec(entry["requestId"], sent - offset, latency,
+                               entry.get("worker"), entry.get("error")))
+    await proc.wait()
+    assert proc.stdin is not None
+    proc.stdin.close()
+    return records, stats
+
+
 def summary(records: list[Rec], seconds: float) -> dict[str, Any]:
     ok = [r.latency * 1000 for r in records if r.error is None]
     result = {"requests": len(records), "errors": len(records) - len(ok),
@@ -257,13 +295,17 @@ class Bench:
                 out(f"throughput {model}, {n} worker(s): {row}")
         self.report["throughput"] = rows
 
-    async def kill(self) -> None:
+    async def kill(self, client: str) -> None:
+        """``client``: ``python`` (FleetClient) or ``node`` (examples/fleet-client.js)."""
         args, victim = self.args, self.workers[1]
         seconds = args.kill_at + args.restart_after + args.after
         marks: dict[str, float] = {}
+        loaded = asyncio.Event()  # the load runs: the clock of the kill starts
 
-        async def chaos(began: float) -> None:
-            await asyncio.sleep(args.kill_at)
+        async def chaos() -> None:
+            await loaded.wait()
+            began = marks["began"]
+            await asyncio.sleep(max(0.0, began + args.kill_at - time.monotonic()))
             await asyncio.to_thread(victim.kill)
             marks["killed"] = time.monotonic() - began
             await asyncio.sleep(args.restart_after)
@@ -271,13 +313,20 @@ class Bench:
             ready = await asyncio.to_thread(victim.wait_ready)
             marks["ready"] = ready - began
 
-        async with self.fleet() as fleet:
-            await load(fleet, args.model, self.inputs, args.lanes, 1.0, "kill-warm")
-            began = time.monotonic()
-            records, _ = await asyncio.gather(
-                load(fleet, args.model, self.inputs, args.lanes, seconds, "kill"),
-                chaos(began))
-            stats = fleet.stats()
+        stats: dict[str, dict[str, Any]]
+        if client == "python":
+            async with self.fleet() as fleet:
+                await load(fleet, args.model, self.inputs, args.lanes, 1.0, "kill-warm")
+                marks["began"] = time.monotonic()
+                loaded.set()
+                records, _ = await asyncio.gather(
+                    load(fleet, args.model, self.inputs, args.lanes, seconds, "kill"),
+                    chaos())
+                stats = fleet.stats()
+        else:
+            (records, stats), _ = await asyncio.gather(
+                node_load(self.bootstrap, args.model, self.inputs, args.lanes, seconds,
+                          "kill-node", marks, loaded), chaos())
         killed, ready = marks["killed"], marks["ready"]
         steady = [r.latency * 1000 for r in records
                   if r.error is None and 1.0 <= r.sent < killed]
@@ -305,14 +354,15 @@ class Bench:
             "restartedFirstAnswerAfterReadyS": None if first_load is None
             else round(first_load - ready, 2),
             "restartedAnswers": len(after),
+            "slowestMs": sorted(round(r.latency * 1000) for r in records)[-8:],
             "runsThatAnswered": dict(collections.Counter(ended[i] for i in ids)),
             "startedTwice": sum(1 for i in ids if started[i] > 1),
             "answeredButNoRun": sum(1 for i in ids if ended[i] == 0),
             "restartedWorkerRequestIds": victim_stats.get("requestIds"),
             "failedOver": sum(s["failedOver"] for s in stats.values()),
         }
-        self.report["kill"] = result
-        out("kill:", json.dumps(result))
+        self.report[f"kill-{client}"] = result
+        out(f"kill ({client} client):", json.dumps(result))
 
     async def routing(self) -> None:
         args, slow = self.args, self.workers[2]
@@ -408,7 +458,8 @@ async def inside(args: argparse.Namespace) -> int:
     bench = Bench(args, hosts, work, bootstrap)
     try:
         await bench.throughput()
-        await bench.kill()
+        await bench.kill("python")
+        await bench.kill("node")
         await bench.routing()
     finally:
         for worker in bench.workers:

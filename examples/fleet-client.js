@@ -190,7 +190,8 @@ module.exports = { Fleet }
 async function main () {
   const plan = JSON.parse(process.argv[2])
   const fleet = new Fleet({ bootstrap: plan.bootstrap, host: plan.host })
-  const until = Date.now() + (plan.seconds || 600) * 1000
+  const t0 = Date.now()
+  const until = t0 + (plan.seconds || 600) * 1000
   let next = 0
   let stop = false
   process.stdin.on('end', () => { stop = true }).resume() // end of stdin: finish and report
@@ -200,15 +201,17 @@ async function main () {
       const started = Date.now()
       try {
         const result = await fleet.runInference(plan.modelId, plan.inputData, { requestId, timeout: plan.timeout || 30000 })
-        console.log(JSON.stringify({ requestId, worker: result.worker, ms: Date.now() - started }))
+        console.log(JSON.stringify({ requestId, worker: result.worker, at: started - t0, ms: Date.now() - started }))
       } catch (err) {
-        console.log(JSON.stringify({ requestId, error: `${err.code}: ${err.message}`, ms: Date.now() - started }))
+        console.log(JSON.stringify({ requestId, error: `${err.code}: ${err.message}`, at: started - t0, ms: Date.now() - started }))
       }
     }
   }
   await Promise.all(Array.from({ length: plan.concurrency || 8 }, (_, i) => worker(i)))
   console.log(JSON.stringify({ stats: fleet.stats() }))
-  await fleet.destroy()
+  // closing a connection still trying to reach a dead worker can take a while: do not wait
+  await Promise.race([fleet.destroy(), sleep(2000)])
+  process.exit(0)
 }
 
 if (require.main === module) main().catch((err) => { console.error(err); process.exit(1) })
