@@ -30,7 +30,7 @@ from ..engine.request_ids import DID_NOT_RUN, check_request_id
 from ..errors import InferenceError
 from ..logs import get_logger
 from ..rpc.client import RpcClient
-from ..rpc.methods import parse_reply
+from ..rpc.wire import parse_reply
 from .view import UNUSABLE, WorkerView
 
 log = get_logger("fleet")
@@ -264,7 +264,7 @@ class FleetClient:
             pool = [v for v in pool if v not in pair]
             now = loop.time()
             for v in [v for v in pair if v.quiet(now, self.silence_s)]:
-                self._spawn(self._probe(v, model_id))
+                self._probe_soon(v, model_id)
                 pair.remove(v)
             # an answer that rules a worker out is asked again before it is believed
             stale = [v for v in pair if v.stale(now, self.capacity_max_age_s)
@@ -276,7 +276,7 @@ class FleetClient:
                 pair = answered or pair
             else:
                 for v in stale:
-                    self._spawn(self._probe(v, model_id))
+                    self._probe_soon(v, model_id)
             usable = [v for v in pair if v.tier(model_id) < UNUSABLE]
             if usable:
                 return min(usable, key=lambda v: (v.tier(model_id), v.load()))
@@ -303,6 +303,11 @@ class FleetClient:
         if view is None:
             view = self._views[key] = WorkerView(key)
         return view
+
+    def _probe_soon(self, view: WorkerView, model_id: str) -> None:
+        """A probe in the background, unless one is running (not a task per request)."""
+        if view.probe is None:
+            self._spawn(self._probe(view, model_id))
 
     async def _probe(self, view: WorkerView, model_id: str | None) -> bool:
         """One ``checkCapacity`` at a time per worker; callers meanwhile share it."""

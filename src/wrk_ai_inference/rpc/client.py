@@ -21,7 +21,7 @@ import orjson
 from ..errors import InferenceError
 from ..p2p.netconfig import bind_host_for
 from ..p2p.sidecar import Sidecar
-from .methods import parse_reply
+from .wire import parse_reply
 
 
 class RpcClient:

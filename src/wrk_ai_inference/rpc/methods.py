@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 
 from .. import bodies, json_tensors
-from ..errors import HTTP_STATUS, InferenceError
+from ..errors import InferenceError
 from ..logs import get_logger, new_id, request_id_var
 from ..worker import InferenceWorker
-from .wire import ERR_PREFIX, error_reply
+from .wire import error_reply
 
 log = get_logger("rpc")
 
@@ -112,19 +112,3 @@ async def _dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
         log.exception("RPC handler failed", extra={"method": method})
         error = InferenceError.internal(exc)
         return error_reply(error.code, error.message)
-
-
-def parse_reply(body: bytes) -> Any:
-    """Client side: the result, or InferenceError for an ``[HRPC_ERR]`` reply."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InferenceError("ERR_FACS_NET_DATA_FORMAT", "the reply is not JSON") from exc
-    if isinstance(value, str) and value.startswith(ERR_PREFIX):
-        text = value[len(ERR_PREFIX):]
-        code, _, message = text.partition(": ")
-        if code not in HTTP_STATUS:
-            code, message = "ERR_INFERENCE_FAILED", text
-        raise InferenceError(code, message or code)
-    return value
-
