@@ -138,7 +138,7 @@ class Sources:
                                          source.version, folder, progress.update, self.wait_s,
                                          skip=("model.json",), expect={spec.file: spec.sha256})
         except InferenceError as exc:
-            if "ERR_SHA256_MISMATCH" not in exc.message:
+            if exc.details.get("reason") != "ERR_SHA256_MISMATCH":
                 raise
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model_id}': {exc.message}; model.json says "

@@ -100,9 +100,10 @@ class Drives:
 
     @staticmethod
     def _failed(key: str, what: str, exc: InferenceError) -> InferenceError:
-        reason = str(exc.details.get("reason") or exc.message)
+        text = str(exc.details.get("text") or exc.message)
         return InferenceError("ERR_MODEL_LOAD_FAILED",
-                              f"{what} of drive {key[:12]}… failed: {reason}")
+                              f"{what} of drive {key[:12]}… failed: {text}",
+                              {"reason": exc.details.get("reason")})
 
     async def seed(self, key: str) -> None:
         await self._command("drive.seed", {"key": key}, timeout=60)

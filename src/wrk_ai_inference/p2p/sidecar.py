@@ -268,8 +268,12 @@ class Sidecar:
             self._pending.pop(request_id, None)
             self._progress.pop(request_id, None)
         if not result.get("ok"):
-            raise InferenceError("ERR_RPC_UNAVAILABLE", f"{name} failed: {result.get('error')}",
-                                 {"reason": result.get("error")})
+            # reason: the failure's code where it has one (CHANNEL_CLOSED, NOT_CONNECTED,
+            # ERR_SHA256_MISMATCH), else its text; callers branch on it, never on text
+            code, text = result.get("code"), str(result.get("error"))
+            message = f"{code}: {text}" if code else text
+            raise InferenceError("ERR_RPC_UNAVAILABLE", f"{name} failed: {message}",
+                                 {"reason": code or text, "text": message})
         return result, payload
 
     def _fail_pending(self, why: str) -> None:

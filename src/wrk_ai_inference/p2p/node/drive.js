@@ -157,7 +157,7 @@ module.exports = function drive (ctx) {
       const file = wanted.find((f) => f.name === name)
       const claimed = file && file.entry.value.metadata && file.entry.value.metadata.sha256
       if (claimed && claimed.toLowerCase() !== digest.toLowerCase()) {
-        throw new Error(`ERR_SHA256_MISMATCH: the drive's entry for ${name} says sha256 ${claimed}`)
+        throw Object.assign(new Error(`the drive's entry for ${name} says sha256 ${claimed}`), { code: 'ERR_SHA256_MISMATCH' })
       }
       if (!claimed) all = false
     }

@@ -15,7 +15,8 @@
  *    rpc: {seed, poolLinger, connectionTimeout, announceInterval}}
  *   {t:'close'}                       withdraw everything, close, exit 0
  *   {t:<command>, id, ...}            a command from the registry below; answered by
- *                                     {t:'result', id, ok, error?, ...} (+ body)
+ *                                     {t:'result', id, ok, error?, code?, ...} (+ body):
+ *                                     error is text, code the error's code where it has one
  *   {t:<notice>, ...}                 a notice from the registry: no answer
  * Sidecar -> Python:
  *   {t:'ready', clientKey}            after init
@@ -96,7 +97,7 @@ async function run (header, body) {
     const { body: out = EMPTY, ...fields } = (await command(header, body, progress)) || {}
     send({ t: 'result', id: header.id, ok: true, ...fields }, out)
   } catch (err) {
-    send({ t: 'result', id: header.id, ok: false, error: err.code || err.message || String(err) })
+    send({ t: 'result', id: header.id, ok: false, error: err.message || String(err), code: err.code })
   }
 }
 
