@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import slow_body, slow_iterations  # noqa: E402
+from tests.rack_helpers import count_runs  # noqa: E402
 
 from benchmarks import netns  # noqa: E402
 from wrk_ai_inference.errors import InferenceError  # noqa: E402
@@ -216,23 +217,6 @@ def summary(records: list[Rec], seconds: float) -> dict[str, Any]:
     return result
 
 
-def runs(workers: list[Worker]) -> tuple[collections.Counter[str], collections.Counter[str]]:
-    """Per requestId: runs that answered, runs started; from every worker's debug lines
-    (a killed process's lines are in the file up to its death)."""
-    ended: collections.Counter[str] = collections.Counter()
-    started: collections.Counter[str] = collections.Counter()
-    for worker in workers:
-        for line in worker.log.read_text(errors="replace").splitlines():
-            if '"callerRequestId"' not in line:
-                continue
-            entry = json.loads(line)
-            if entry["msg"] == "requestId started":
-                started[entry["callerRequestId"]] += 1
-            elif entry["msg"] == "requestId ended" and entry.get("outcome") == "ok":
-                ended[entry["callerRequestId"]] += 1
-    return ended, started
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, hosts: netns.Hosts, work: Path,
                  bootstrap: list[str]) -> None:
@@ -342,7 +326,7 @@ class Bench:
                          None)
         after = [r for r in records if r.worker == victim.key and r.sent + r.latency >= ready]
         first_load = min((r.sent + r.latency for r in after), default=None)
-        ended, started = runs(self.workers)
+        ended, started = count_runs(w.log for w in self.workers)
         ids = [r.rid for r in records if r.error is None]
         async with RpcClient(self.bootstrap) as rpc:
             victim_stats = await rpc_retrying(rpc, victim.key, "getStats")

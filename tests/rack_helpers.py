@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,20 @@ def orchestrate(bootstrap: list[str], key: str | None, steps: list[dict[str, Any
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == len(steps) + 1, done.stdout
     return lines[:-1]
+
+
+def count_runs(logs: Iterable[Path]) -> tuple[Counter[str], Counter[str]]:
+    """Per ``requestId``: (runs that answered, runs started), from the workers' debug lines
+    (``--debug true``); a killed process's lines are in its file up to its death."""
+    ended: Counter[str] = Counter()
+    started: Counter[str] = Counter()
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"callerRequestId"' not in line:
+                continue
+            entry = json.loads(line)
+            if entry["msg"] == "requestId started":
+                started[entry["callerRequestId"]] += 1
+            elif entry["msg"] == "requestId ended" and entry.get("outcome") == "ok":
+                ended[entry["callerRequestId"]] += 1
+    return ended, started

@@ -25,7 +25,7 @@ from wrk_ai_inference.fleet import FleetClient
 from wrk_ai_inference.rpc.client import RpcClient
 
 from .helpers import ROOT, make_repo, slow_body, slow_iterations
-from .rack_helpers import NODE_MODULES, Rack, local_testnet
+from .rack_helpers import NODE_MODULES, Rack, count_runs, local_testnet
 
 DIGIT = [[0.0] * 64]
 VICTIM = 1
@@ -63,18 +63,7 @@ class Fleet:
 
     def runs(self) -> tuple[collections.Counter[str], collections.Counter[str]]:
         """(runs that answered, runs started) per requestId, over every process."""
-        ended: collections.Counter[str] = collections.Counter()
-        started: collections.Counter[str] = collections.Counter()
-        for log in self.root.glob("w*.log"):
-            for line in log.read_text(errors="replace").splitlines():
-                if '"callerRequestId"' not in line:
-                    continue
-                entry = json.loads(line)
-                if entry["msg"] == "requestId started":
-                    started[entry["callerRequestId"]] += 1
-                elif entry["msg"] == "requestId ended" and entry["outcome"] == "ok":
-                    ended[entry["callerRequestId"]] += 1
-        return ended, started
+        return count_runs(self.root.glob("w*.log"))
 
     def answered_since_restart(self, i: int) -> int:
         return self.racks[i].logs_since_start().count('"outcome":"ok"')

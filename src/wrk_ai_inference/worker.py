@@ -175,7 +175,8 @@ class InferenceWorker:
 
     async def check_request(self, request_id: Any) -> dict[str, Any]:
         """Whether a call with ``request_id`` runs or ran here: what lets a client resend
-        to another worker without running it twice (``unknown``: it did not start)."""
+        to another worker without running it twice (``unknown``: it did not start;
+        ``lost``: it died with an earlier process, unanswered)."""
         checked = check_request_id(request_id)
         if checked is None:
             raise InferenceError("ERR_INVALID_REQUEST", "requestId is required")

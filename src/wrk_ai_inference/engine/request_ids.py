@@ -122,19 +122,18 @@ class RequestIds:
         self._lost.pop(request_id, None)  # it died unanswered: this is its run
         call = _Call(model_id, asyncio.get_running_loop().create_future())
         self._calls[request_id] = call
+        # debug lines, one pair per id, each written before the journal's line: what lets
+        # a fleet test count runs across workers (a killed one's too) without ever
+        # counting fewer than ran
+        log.debug("requestId started", extra={"callerRequestId": request_id})
         if self._journal is not None:
             self._journal.started(request_id, model_id)
-        # debug lines, one pair per id: what lets a fleet test count executions across
-        # workers, including one killed before it could answer
-        log.debug("requestId started", extra={"callerRequestId": request_id})
         try:
             result = await work()
         except InferenceError as exc:
             call.future.set_exception(exc)
-            forget = exc.code in DID_NOT_RUN
-            if self._journal is not None and not forget:
-                self._journal.ended(request_id, error=(exc.code, exc.message))
-            self._ended(request_id, call, exc.code, forget=forget)
+            self._ended(request_id, call, exc.code, forget=exc.code in DID_NOT_RUN,
+                        error=(exc.code, exc.message))
             raise
         except BaseException:
             # cancelled, or a bug: whoever joined is told it did not complete here
@@ -143,12 +142,11 @@ class RequestIds:
             self._ended(request_id, call, "cancelled", forget=True)
             raise
         call.future.set_result(result)
-        if self._journal is not None:
-            self._journal.ended(request_id, result)
-        self._ended(request_id, call, "ok", forget=False)
+        self._ended(request_id, call, "ok", forget=False, result=result)
         return result
 
-    def _ended(self, request_id: str, call: _Call, outcome: str, forget: bool) -> None:
+    def _ended(self, request_id: str, call: _Call, outcome: str, forget: bool,
+               result: Any = None, error: tuple[str, str] | None = None) -> None:
         call.future.exception()  # marks an error nobody joined as seen (no asyncio warning)
         log.debug("requestId ended", extra={"callerRequestId": request_id, "outcome": outcome})
         if forget:
@@ -157,6 +155,8 @@ class RequestIds:
             if self._journal is not None:
                 self._journal.forgotten(request_id)
             return
+        if self._journal is not None:
+            self._journal.ended(request_id, result, error)
         call.ended = time.monotonic()
         self._calls.move_to_end(request_id)
         self._trim()
