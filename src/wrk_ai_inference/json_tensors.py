@@ -39,6 +39,10 @@ LARGE_BYTES = 1 << 20
 #: Arrays longer than this anywhere in a large body become ``JsonNumbers`` when regular.
 _LONG = 1 << 12
 
+#: simdjson finds an object's value by key with a linear scan, so objects with more keys
+#: than this are never walked key by key (that would take time quadratic in their size).
+FEW_KEYS = 64
+
 
 class JsonNumbers:
     """A JSON array of numbers, already decoded as ``np.asarray`` would decode it."""
@@ -112,6 +116,8 @@ def _fast(body: bytes) -> dict[str, Any]:
     doc = _parser().parse(body)
     if not isinstance(doc, simdjson.Object):
         raise _NotFast
+    if len(doc) > FEW_KEYS:
+        raise _NotFast  # each doc[key] below is a scan: many keys would be quadratic
     keys = list(doc.keys())
     if len(keys) != len(set(keys)) or "inputData" not in keys:
         raise _NotFast  # duplicate keys: orjson keeps the last one, simdjson the first
@@ -124,6 +130,8 @@ def _fast(body: bytes) -> dict[str, Any]:
                 array, brackets = _numbers(value)
                 out[key] = JsonNumbers(array)
             elif isinstance(value, simdjson.Object):
+                if len(value) > FEW_KEYS:
+                    raise _NotFast
                 inputs = {}
                 for name in value:
                     item = value[name]
@@ -217,7 +225,11 @@ class _Budget:
     def plain(self) -> None:
         self.take(1)
         self.plain_left -= 1
-        if self.plain_left < 0:
+        self.room(0)
+
+    def room(self, count: int) -> None:
+        """Refuse now when ``count`` more plain values cannot fit."""
+        if self.plain_left < count:
             raise InferenceError(
                 "ERR_INVALID_INPUT", f"a request body over {LARGE_BYTES} bytes may hold at "
                 f"most {MAX_PLAIN_VALUES} values outside regular arrays of numbers",
@@ -237,14 +249,15 @@ def loads_large(body: bytes, max_elements: int) -> Any:
         raise InferenceError("ERR_INVALID_REQUEST",
                              f"request body is not valid JSON: {str(exc)[:200]}") from None
     budget = _Budget(max_elements)
-    if not isinstance(doc, simdjson.Object):
+    if not isinstance(doc, simdjson.Object) or len(doc) > FEW_KEYS:
         return _walk(doc, budget)
     out: dict[str, Any] = {}
     for key in doc:
         value = doc[key]
         if key == "inputData" and isinstance(value, simdjson.Array):
             out[key] = _numbers_large(value, budget)
-        elif key == "inputData" and isinstance(value, simdjson.Object):
+        elif key == "inputData" and isinstance(value, simdjson.Object) \
+                and len(value) <= FEW_KEYS:
             out[key] = {name: _numbers_large(item, budget)
                         if isinstance(item := value[name], simdjson.Array)
                         else _walk(item, budget) for name in value}
@@ -260,9 +273,26 @@ def _walk(value: Any, budget: _Budget) -> Any:
         if len(value) > _LONG and _shape_of(value) is not None:
             return _numbers_large(value, budget)
         return _walk_array(value, budget)
-    budget.plain()
     if isinstance(value, simdjson.Object):
+        if len(value) > FEW_KEYS:  # made whole by simdjson in one pass, then counted
+            budget.room(len(value))
+            return _counted(value.as_dict(), budget)
+        budget.plain()
         return {key: _walk(value[key], budget) for key in value}
+    budget.plain()
+    return value
+
+
+def _counted(value: Any, budget: _Budget) -> Any:
+    """``value`` (plain Python, made by simdjson) once each value in it is counted."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget.plain()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return value
 
 
