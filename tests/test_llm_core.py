@@ -30,9 +30,14 @@ async def test_cancel_stops_exactly_one_generation(tmp_path: Path,
         prompt = {"prompt": "Once upon a time"}
         running = asyncio.ensure_future(worker.run_inference(
             "smollm2", prompt, {**LONG, "inferenceId": "gen-a"}))
+        # prompts are read on helper threads, so arrival order is the order they are
+        # ready in: gen-b is sent once gen-a holds the slot
+        while (await worker.check_capacity())["sequences"]["smollm2"]["kvCacheUse"] < 0.004:
+            await asyncio.sleep(0.01)  # gen-a holds the slot and has made a few tokens
         queued = asyncio.ensure_future(worker.run_inference(
             "smollm2", prompt, {"max_tokens": 12, "inferenceId": "gen-b"}))
-        await asyncio.sleep(0.5)
+        while (await worker.check_capacity())["sequences"]["smollm2"]["waiting"] == 0:
+            await asyncio.sleep(0.01)
         capacity = await worker.check_capacity()
         slots = capacity["sequences"]["smollm2"]
         assert {k: slots[k] for k in ("slots", "running", "waiting")} == {

@@ -214,8 +214,13 @@ def test_errors_in_openai_shape(client: openai.OpenAI, llm: Worker) -> None:
     assert missing.value.body["code"] == "ERR_MODEL_NOT_FOUND"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as unsupported:
         client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
-                                       logit_bias={"1": 5})
+                                       logit_bias={"49152": 5})  # one past the vocabulary
     assert "logit_bias" in unsupported.value.message
+    # SmolLM2's token 17 is "!": biased up, greedy decoding writes nothing else
+    forced = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            temperature=0, max_tokens=3,
+                                            logit_bias={"17": 100})
+    assert forced.choices[0].message.content == "!!!"
     for body, needle in (({"messages": QUESTION, "temperature": 9}, "temperature"),
                          ({"messages": QUESTION, "n": 99}, "n must"),
                          ({"messages": [{"role": "robot", "content": "x"}]}, "role"),

@@ -17,7 +17,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -302,7 +302,8 @@ class InferenceEngine:
         hold = _Hold(self, entry)
         queue_s = 0.0
         job: Generation | None = None
-        ended = False
+        inference_id = ""
+        ended = submitted = False
         timer: asyncio.TimerHandle | None = None
         code: str | None = "ERR_INFERENCE_FAILED"
         tokens = Tokens()
@@ -320,8 +321,6 @@ class InferenceEngine:
                 raise InferenceError("ERR_INVALID_REQUEST",
                                      f"a generation with inferenceId {inference_id!r} is "
                                      "already running")
-            queue_s = await self._admit(deadline, model_id)
-            hold.slot = True
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -329,16 +328,21 @@ class InferenceEngine:
                 for event in batch:
                     if event[0] in ("end", "error"):  # the thread is done with it: free now
                         hold.release()
-                        if self._generations.get(inference_id) is job:
-                            del self._generations[inference_id]
+                        self._unregister(inference_id, job)
                     events.put_nowait(event)
 
             def deliver(batch: list[tuple[Any, ...]]) -> None:  # on the model's thread
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
                     loop.call_soon_threadsafe(on_events, batch)
 
-            job = task.generation(request, deliver)
+            # registered (so cancel finds it) before it waits for a slot and its prompt
+            job = task.generation(request, [], deliver)
             self._generations[inference_id] = job
+            queue_s = await self._admit(deadline, model_id)
+            hold.slot = True
+            job.tokens = await self._off_loop(task.prepare, (request,), deadline, hold,
+                                              "while reading the prompt")
+
             def expire() -> None:
                 # the thread stops within a token (or a graph node of the prompt) and then
                 # frees the slot; the caller is answered now either way
@@ -348,6 +352,7 @@ class InferenceEngine:
             timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                                  expire)
             session.submit(job)
+            submitted = True
             yield {"type": "start", "inferenceId": inference_id, "chat": request.chat,
                    "n": request.sampling.n}
             while True:
@@ -392,11 +397,16 @@ class InferenceEngine:
         finally:
             if timer is not None:
                 timer.cancel()
-            if job is None:
+            if not submitted:
                 hold.release()
-            elif not ended:
+                self._unregister(inference_id, job)
+            elif not ended and job is not None:
                 job.stop("disconnected")  # the thread frees the slot when it stops
             self._record_generation(model_id, code, started, queue_s, tokens)
+
+    def _unregister(self, inference_id: str, job: Generation | None) -> None:
+        if job is not None and self._generations.get(inference_id) is job:
+            del self._generations[inference_id]
 
     def _record_generation(self, model_id: str, code: str | None, started: float,
                            queue_s: float, tokens: Tokens) -> None:
@@ -423,28 +433,35 @@ class InferenceEngine:
 
     async def _preprocess(self, entry: ModelEntry, task: Task, input_data: Any,
                           deadline: float, hold: _Hold) -> Tensors:
-        """The task's preprocessing on an inference thread, under the request's deadline.
-
-        Pillow and the tokenizer hold the GIL for long stretches on big inputs; on the
-        loop they would stall every other request. A deadline that passes meanwhile
-        answers at once; the slot and pin stay taken until the thread is done.
-        """
+        """The task's preprocessing (image decoding, tokenising) on an inference thread."""
         assert entry.session is not None and entry.spec is not None
+        feeds: Tensors = await self._off_loop(
+            task.inputs, (entry.session.inputs, plain(input_data), self._limits(entry)),
+            deadline, hold, "while preprocessing the input")
+        return feeds
+
+    async def _off_loop(self, work_fn: Callable[..., Any], args: tuple[Any, ...],
+                        deadline: float, hold: _Hold, where: str) -> Any:
+        """``work_fn(*args)`` on an inference thread, under the request's deadline.
+
+        Pillow, tokenizers and chat templates hold the GIL for long stretches on big
+        inputs; on the loop they would stall every other request. A deadline or a client
+        gone meanwhile answers at once; the slot and pin stay taken until the thread is
+        done (the task bounds its inputs, so that is soon).
+        """
         loop = asyncio.get_running_loop()
-        work = self.executor.submit(task.inputs, entry.session.inputs, plain(input_data),
-                                    self._limits(entry))
+        work = self.executor.submit(work_fn, *args)
         waiter = asyncio.wrap_future(work)
         timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                              waiter.cancel)
         try:
-            feeds: Tensors = await waiter
-            return feeds
+            return await waiter
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not work.cancel():  # already running: it releases when it ends
                 hold.release_when(work, loop)
             if current is None or current.cancelling() == 0:
-                raise self._timeout("while preprocessing the input") from None
+                raise self._timeout(where) from None
             raise
         finally:
             timer.cancel()

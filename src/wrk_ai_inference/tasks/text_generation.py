@@ -18,14 +18,17 @@ from typing import Any
 from ..errors import InferenceError, first_line
 from ..logs import request_id_var
 from ..models.spec import ModelSpec
-from ..runtimes.llama import Generation, LlamaSession, Sampling
+from ..runtimes.llama import Generation, LlamaSession, Sampling, check_fits
 from .base import Task
 
-#: Choices one request may ask for, stop strings it may give, logprobs it may list.
+#: Choices one request may ask for, stop strings it may give, logprobs it may list,
+#: tokens it may bias, text parts one message may have.
 MAX_N = 16
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
+MAX_PARTS = 256
 
 _ROLES = {"system", "user", "assistant", "developer"}
 
@@ -91,6 +94,9 @@ def _content(message: dict[str, Any], index: int) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI's content parts: only text ones are served
+        if len(content) > MAX_PARTS:
+            raise _invalid(f"messages[{index}].content has {len(content)} parts; at most "
+                           f"{MAX_PARTS} are accepted")
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" \
@@ -101,9 +107,13 @@ def _content(message: dict[str, Any], index: int) -> str:
     raise _invalid(f"messages[{index}].content must be a string or a list of text parts")
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any, most: int) -> list[dict[str, str]]:
+    """The messages, at most ``most`` of them (checked before any is looked at)."""
     if not isinstance(value, list) or not value:
         raise _invalid("messages must be a non-empty list of {role, content}")
+    if len(value) > most:
+        raise _invalid(f"{len(value)} messages cannot fit: the model's context holds "
+                       f"{most} tokens, and every message takes at least one")
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
@@ -120,12 +130,32 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _logit_bias(value: Any, n_vocab: int) -> list[tuple[int, float]]:
+    """OpenAI's ``logit_bias`` (token id as a string: a bias in [-100, 100])."""
+    if value is None:
+        return []
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise _invalid(f"logit_bias must be an object of at most {MAX_LOGIT_BIAS} token ids "
+                       "to biases")
+    out = []
+    for key, bias in value.items():
+        token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else -1
+        if not 0 <= token < n_vocab:
+            raise _invalid(f"logit_bias: {str(key)[:40]!r} is not a token id of this model "
+                           f"(0 to {n_vocab - 1})")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) \
+                or not -100 <= bias <= 100:
+            raise _invalid(f"logit_bias[{key!r}] must be a number in [-100, 100]")
+        out.append((token, float(bias)))
+    return out
+
+
 @dataclass
 class GenerationRequest:
-    """A validated request, ready for the model's thread."""
+    """A validated request; ``prepare`` turns it into prompt tokens off the loop."""
 
-    prompt: str
-    add_bos: bool
+    messages: list[dict[str, str]] | None
+    prompt: str | None
     sampling: Sampling
     chat: bool
 
@@ -152,7 +182,13 @@ class TextGeneration(Task):
                                  f"model '{model_id}': its chat template does not parse: "
                                  f"{first_line(exc)}") from exc
         self.spec = spec
+        self.model_id = model_id
         self.eos_text = session.eos_text
+        self.session = session
+        self.n_vocab = int(session.llm.n_vocab())
+        self.cells = session.n_ctx
+        #: the prompt's text beyond which it cannot fit, whatever the tokenizer makes of it
+        self.max_chars = session.n_ctx * session.max_token_bytes
 
     # ---- one request ------------------------------------------------------------
     def request(self, data: Any, options: dict[str, Any]) -> GenerationRequest:
@@ -169,22 +205,43 @@ class TextGeneration(Task):
             raise _invalid(f"options this model does not support: {sorted(unknown)} "
                            f"(supported: {sorted(_OPTION_NAMES)})")
         sampling = self._sampling(options)
+        messages: list[dict[str, str]] | None = None
+        prompt: str | None = None
         if "messages" in data:
-            messages = _messages(data["messages"])
-            try:
-                formatted = self.formatter(messages=messages)  # type: ignore[arg-type]
-            except Exception as exc:  # the template's raise_exception, bad roles...
-                raise InferenceError("ERR_INVALID_INPUT", "the model's chat template refused "
-                                     f"these messages: {first_line(exc)}") from None
-            prompt, add_bos, chat = formatted.prompt, not formatted.added_special, True
+            messages = _messages(data["messages"], self.cells)
+            size = sum(len(m["content"]) for m in messages)
             stops = [self.eos_text] if self.eos_text else []
         else:
             prompt = data["prompt"]
             if not isinstance(prompt, str) or not prompt:
                 raise InferenceError("ERR_INVALID_INPUT", "prompt must be a non-empty string")
-            add_bos, chat, stops = True, False, []
+            size, stops = len(prompt), []
+        if size > self.max_chars:  # refused in time linear in the input, untokenised
+            raise InferenceError(
+                "ERR_INVALID_INPUT",
+                f"the prompt's text is {size} characters; model '{self.model_id}' has a "
+                f"context of {self.cells} tokens per sequence, which no text over "
+                f"{self.max_chars} characters fits", {"contextLength": self.cells})
         sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
-        return GenerationRequest(prompt, add_bos, sampling, chat)
+        return GenerationRequest(messages, prompt, sampling, messages is not None)
+
+    def prepare(self, request: GenerationRequest) -> list[int]:
+        """The prompt's tokens: the chat template rendered and the text tokenised. Costly
+        on big inputs, so it runs on a helper thread after admission, under the request's
+        deadline (the engine's ``_off_loop``); the model's thread never waits on it."""
+        if request.messages is not None:
+            try:
+                formatted = self.formatter(messages=request.messages)  # type: ignore[arg-type]
+            except Exception as exc:  # the template's raise_exception, bad roles...
+                raise InferenceError("ERR_INVALID_INPUT", "the model's chat template refused "
+                                     f"these messages: {first_line(exc)}") from None
+            text, add_bos = formatted.prompt, not formatted.added_special
+        else:
+            assert request.prompt is not None
+            text, add_bos = request.prompt, True
+        tokens = self.session.tokenize(text, add_bos)
+        check_fits(len(tokens), request.sampling.max_tokens, self.cells, self.model_id)
+        return tokens
 
     def _sampling(self, o: dict[str, Any]) -> Sampling:
         d = self.spec.sampling
@@ -223,16 +280,17 @@ class TextGeneration(Task):
             presence_penalty=float(o.get("presence_penalty") or 0.0),
             seed=None if seed is None else seed % (1 << 31),
             stop=_stops(o.get("stop")), logprobs=wanted,
-            grammar=_grammar(o.get("response_format")), n=n)
+            grammar=_grammar(o.get("response_format")), n=n,
+            logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab))
 
-    def generation(self, request: GenerationRequest, deliver: Any) -> Generation:
-        return Generation(request.prompt, request.add_bos, request.sampling, deliver,
-                          request_id_var.get() or "-")
+    def generation(self, request: GenerationRequest, tokens: list[int], deliver: Any
+                   ) -> Generation:
+        return Generation(tokens, request.sampling, deliver, request_id_var.get() or "-")
 
 
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
-                 "stop", "logprobs", "top_logprobs", "n", "response_format"}
+                 "stop", "logprobs", "top_logprobs", "n", "response_format", "logit_bias"}
 
 
 class Collector:

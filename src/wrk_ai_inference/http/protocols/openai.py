@@ -30,7 +30,7 @@ from ..routing import Call, EventStream, Route, Table
 _COMMON = {"model", "stream", "stream_options", "user"}
 _SAMPLING = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "repeat_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
-             "logprobs", "top_logprobs", "n", "response_format"}
+             "logprobs", "top_logprobs", "n", "response_format", "logit_bias"}
 _CHAT_FIELDS = _COMMON | _SAMPLING | {"messages"}
 _COMPLETION_FIELDS = (_COMMON | (_SAMPLING - {"max_completion_tokens", "top_logprobs"})
                       | {"prompt", "echo", "suffix", "best_of"})

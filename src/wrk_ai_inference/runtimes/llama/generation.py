@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import InferenceError
+
 
 @dataclass
 class Sampling:
@@ -33,6 +35,7 @@ class Sampling:
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: and the k best
     grammar: str | None = None  # GBNF
     n: int = 1
+    logit_bias: list[tuple[int, float]] = field(default_factory=list)  # (token, bias)
 
 
 @dataclass
@@ -40,15 +43,13 @@ class Generation:
     """One request: its prompt, its settings, where its events go, and (kept by the
     scheduler) how far its choices have come."""
 
-    prompt: str
-    add_bos: bool
+    tokens: list[int]  # the prompt, tokenised before it reaches the model's thread
     sampling: Sampling
     deliver: Callable[[list[tuple[Any, ...]]], None]
     request_id: str = "-"
     stop_reason: str | None = None
     stop_asked: float = 0.0  # perf_counter() when the stop was asked for
     # the scheduler's bookkeeping, on the model's thread only
-    tokens: list[int] = field(default_factory=list)
     order: int = 0  # arrival rank
     admitted: int = 0  # choices given a sequence slot so far
     live: int = 0  # choices generating now
@@ -61,6 +62,20 @@ class Generation:
         if self.stop_reason is None:
             self.stop_asked = time.perf_counter()
             self.stop_reason = reason
+
+
+def check_fits(prompt: int, max_tokens: int | None, cells: int, model: str) -> None:
+    """Refuse a prompt of ``prompt`` tokens that, with the answer asked for, cannot fit a
+    sequence of ``cells`` cells."""
+    if not prompt:
+        raise InferenceError("ERR_INVALID_INPUT", "the prompt is empty")
+    if prompt >= cells or (max_tokens is not None and prompt + max_tokens > cells):
+        asked = f" and max_tokens {max_tokens}" if max_tokens is not None else ""
+        raise InferenceError(
+            "ERR_INVALID_INPUT",
+            f"the prompt is {prompt} tokens{asked}; model '{model}' has a context "
+            f"of {cells} tokens per sequence (prompt and answer together)",
+            {"promptTokens": prompt, "maxTokens": max_tokens, "contextLength": cells})
 
 
 class StopFilter:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
-from .generation import Generation
+from .generation import Generation, check_fits
 from .sequence import Sequence
 
 log = get_logger("llama")
@@ -100,11 +100,10 @@ class Scheduler:
             block = False
 
     def _queue(self, job: Generation) -> None:
-        """Tokenise and size-check a new generation; refusals answer it at once."""
+        """Size-check a new generation (its prompt came tokenised: the tokenizer never
+        runs on this thread); a refusal answers it at once."""
         try:
-            job.tokens = self._llm.tokenize(job.prompt.encode("utf-8"), add_bos=job.add_bos,
-                                            special=True)
-            self._check_fits(job)
+            check_fits(len(job.tokens), job.sampling.max_tokens, self.cells, self.model)
         except InferenceError as exc:
             self.taken += 1
             self._emit(job, ("error", exc))
@@ -113,18 +112,6 @@ class Scheduler:
         self._order += 1
         job.order = self._order
         self._waiting.append(job)
-
-    def _check_fits(self, job: Generation) -> None:
-        prompt, limit = len(job.tokens), job.sampling.max_tokens
-        if not prompt:
-            raise InferenceError("ERR_INVALID_INPUT", "the prompt is empty")
-        if prompt >= self.cells or (limit is not None and prompt + limit > self.cells):
-            asked = f" and max_tokens {limit}" if limit is not None else ""
-            raise InferenceError(
-                "ERR_INVALID_INPUT",
-                f"the prompt is {prompt} tokens{asked}; model '{self.model}' has a context "
-                f"of {self.cells} tokens per sequence (prompt and answer together)",
-                {"promptTokens": prompt, "maxTokens": limit, "contextLength": self.cells})
 
     def _admit(self) -> None:
         """Give free slots to waiting choices, oldest generation first."""

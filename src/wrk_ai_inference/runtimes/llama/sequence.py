@@ -25,12 +25,18 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     ``llama_sampler_free``)."""
     s = job.sampling
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    links = [lib.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
-                                              s.frequency_penalty, s.presence_penalty)]
+    links = []
+    if s.logit_bias:  # first, as llama-server's chain has it
+        biases = (lib.llama_logit_bias * len(s.logit_bias))(
+            *(lib.llama_logit_bias(token, bias) for token, bias in s.logit_bias))
+        links.append(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
+    links.append(lib.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
+                                                  s.frequency_penalty, s.presence_penalty))
     if s.grammar is not None:
         grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
         if not grammar:
-            lib.llama_sampler_free(links[0])
+            for link in links:
+                lib.llama_sampler_free(link)
             lib.llama_sampler_free(chain)
             raise InferenceError("ERR_INVALID_INPUT", "the grammar cannot be parsed")
         links.append(grammar)

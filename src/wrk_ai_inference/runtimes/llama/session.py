@@ -15,6 +15,7 @@ prompt read alone) stops sooner, inside ``llama_decode``, through the abort call
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from pathlib import Path
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from ...models.spec import ModelSpec
 
 log = get_logger("llama")
+
+#: Room for one token's text while the longest is measured.
+_PIECE_BYTES = 256
 
 #: context settings the high-level object derived from the GGUF, kept for our context
 _INHERITED = ("flash_attn_type", "rope_scaling_type", "rope_freq_base", "rope_freq_scale",
@@ -54,12 +58,39 @@ class LlamaSession(ModelSession):
         self.eos_text = self._special_text(llm.token_eos())
         self.slots = spec.parallel
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx)) // spec.parallel  # cells per sequence
+        self._lib, self._vocab = llama_cpp, llm._model.vocab
+        self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
         self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
                                     spec.prompt_chunk, model)
         self._submitted = 0
         self._thread = threading.Thread(target=self._scheduler.serve, name=f"llama-{model}",
                                         daemon=True)
         self._thread.start()
+
+    def _longest_piece(self, n_vocab: int) -> int:
+        """The most bytes one token stands for (special tokens as text included): a text
+        of B bytes is at least B / this many tokens, which bounds a prompt before it is
+        tokenised."""
+        buffer = ctypes.create_string_buffer(_PIECE_BYTES)
+        piece = self._lib.llama_token_to_piece
+        # a piece longer than the buffer answers minus its length
+        longest = max((abs(piece(self._vocab, token, buffer, _PIECE_BYTES, 0, True))
+                       for token in range(n_vocab)), default=1)
+        return max(1, int(longest))
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        """The prompt's tokens, special tokens parsed as the chat template writes them.
+        Safe beside the scheduler thread (it reads the vocabulary only), so prompts are
+        tokenised on a helper thread under their request's deadline, never on the model's
+        thread."""
+        data = text.encode("utf-8")
+        room = len(data) + 2  # a token covers at least one byte; BOS and EOS may be added
+        tokens = (self._lib.llama_token * room)()
+        n = int(self._lib.llama_tokenize(self._vocab, data, len(data), tokens, room,
+                                         add_bos, True))
+        if n < 0:
+            raise InferenceError("ERR_INVALID_INPUT", "the prompt could not be tokenised")
+        return list(tokens[:n])
 
     def _special_text(self, token: int) -> str:
         if token < 0:
