@@ -56,9 +56,10 @@ def _check(case: schemathesis.Case) -> None:
         if not response.content:  # readiness answers carry no body (200 / 400)
             assert case.path.endswith("/ready"), case.path
             return
-        text = response.json()["error"]  # v2: {"error": "ERR_CODE: message"}
-        code = text.split(":")[0]
-        assert code in V2_STATUS and V2_STATUS[code] == response.status_code, text
+        body = response.json()  # v2: {"error": "message", "code": "ERR_CODE"}
+        code = body["code"]
+        assert code in V2_STATUS and V2_STATUS[code] == response.status_code, body
+        assert isinstance(body["error"], str) and body["error"]
     elif case.path.startswith("/v1"):  # OpenAI: {"error": {"message", "type", "code"}}
         error = response.json()["error"]
         code = error["code"]

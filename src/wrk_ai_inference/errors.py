@@ -60,7 +60,9 @@ class InferenceError(Exception):
         }
 
     def to_v2_dict(self) -> dict[str, Any]:
-        return {"error": f"{self.code}: {self.message}"}
+        """Triton's error body: ``error`` is the text alone (Triton's clients and scripts
+        match its wording, such as "Request for unknown model"); our code sits beside it."""
+        return {"error": self.message, "code": self.code}
 
     def to_openai_dict(self) -> dict[str, Any]:
         """OpenAI's error body; ``code`` keeps the worker's code, ``type`` is OpenAI's."""

@@ -10,6 +10,7 @@ other change is refused with a message that says "failed to load", never ignored
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -93,7 +94,8 @@ def overrides(model: str, parameters: Any, current: dict[str, Any]) -> dict[str,
     if not isinstance(config, dict):
         raise _refused(model, "config must be a JSON object")
     changes: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, given in config.items():
+        value = given if key in _TEXT_FIELDS else _proto_ints(given)
         if key == "max_batch_size":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise _refused(model, "max_batch_size must be a whole number >= 0")
@@ -126,8 +128,6 @@ def _dynamic_batching(model: str, value: Any) -> dict[str, Any]:
         raise _refused(model, f"dynamic_batching fields {unknown} cannot be applied; only "
                        "max_queue_delay_microseconds can")
     delay = value.get("max_queue_delay_microseconds", 0)
-    if isinstance(delay, str) and delay.isdigit():  # protobuf's JSON writes uint64 as text
-        delay = int(delay)
     if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 10_000_000:
         raise _refused(model, "max_queue_delay_microseconds must be a whole number in "
                        "[0, 10000000]")
@@ -144,10 +144,23 @@ def _same_tensors(given: Any, ours: list[dict[str, Any]]) -> bool:
         mine = by_name[item["name"]]
         if item.get("data_type", mine["data_type"]) != mine["data_type"]:
             return False
-        try:  # protobuf's JSON may write dims as strings
-            dims = [int(d) for d in item.get("dims", mine["dims"])]
-        except (TypeError, ValueError):
-            return False
-        if dims != mine["dims"]:
+        if item.get("dims", mine["dims"]) != mine["dims"]:
             return False
     return True
+
+
+_WHOLE = re.compile(r"^-?[0-9]{1,19}$")
+_TEXT_FIELDS = {"name", "platform", "backend"}  # text even when it reads as a number
+
+
+def _proto_ints(value: Any) -> Any:
+    """``value`` with whole numbers written as text made numbers again: protobuf's JSON
+    mapping writes 64-bit integers (``max_batch_size``, ``dims``, delays, counts) as
+    strings, and Triton accepts either form."""
+    if isinstance(value, str) and _WHOLE.match(value):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: v if k in _TEXT_FIELDS else _proto_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_proto_ints(v) for v in value]
+    return value

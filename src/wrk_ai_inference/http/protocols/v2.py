@@ -2,7 +2,8 @@
 
 Routes under /v2 translate to InferenceWorker calls and nothing more: the same
 validation, batching, capacity, deadlines and history as the seed API. Errors
-are ``{"error": "<ERR_CODE>: <message>"}`` with the protocol's status codes.
+are ``{"error": "<message>", "code": "<ERR_CODE>"}`` with the protocol's status codes,
+the message in Triton's words where its clients match them.
 Inference is a ``fast`` route: the protocol-level server answers it.
 """
 
@@ -211,17 +212,24 @@ async def _index(worker: InferenceWorker, call: Call) -> Response:
 
 
 async def _load(worker: InferenceWorker, call: Call) -> Response:
-    """Load and unload answer 200 with no body, or the v2 error."""
+    """Load and unload answer 200 with no body, or the v2 error; a failed load's message
+    starts "failed to load '<model>'", as Triton's does."""
     model = call.params["model"]
     body = bodies.joined(call.body) if isinstance(call.body, list) else call.body
     parameters = await _load_parameters(body)
-    if parameters is not None:
-        # the override is checked against the model as it is: load it first
-        await worker.load_model(model)
-        changes = v2_config.overrides(model, parameters, await _config(worker, model))
-        await worker.load_model(model, changes)
-    else:
-        await worker.load_model(model)
+    try:
+        if parameters is not None:
+            # the override is checked against the model as it is: load it first
+            await worker.load_model(model)
+            changes = v2_config.overrides(model, parameters, await _config(worker, model))
+            await worker.load_model(model, changes)
+        else:
+            await worker.load_model(model)
+    except InferenceError as exc:
+        if exc.message.startswith("failed to load"):
+            raise
+        raise InferenceError(exc.code, f"failed to load '{model}': {exc.message}",
+                             exc.details) from exc
     return Response(status_code=200)
 
 
