@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 from wrk_ai_inference.rpc.client import RpcClient
 
 from .helpers import DIGIT_ZERO, EXAMPLES, ROOT, Worker, make_repo, running_worker
-from .rack_helpers import local_testnet, running_rack
+from .rack_helpers import NODE_MODULES, local_testnet, running_rack
 
 SENTENCES = ["peers serve the weights", "a fleet without a hub"]
 
@@ -373,3 +374,114 @@ def test_a_source_needs_a_sha256_and_a_drive_needs_a_dht(tmp_path: Path) -> None
         assert reply.status_code == 422 and "sha256" in reply.json()["message"]
         reply = load(w.url, "digits")
         assert reply.status_code == 422 and "--bootstrap" in reply.json()["message"]
+
+
+def test_a_wrong_pin_never_stops_the_seeding_of_a_good_one(bootstrap: list[str],
+                                                           tmp_path: Path) -> None:
+    """Two model.json files name one drive folder: 'digits' pins its real sha256 and is
+    loaded, 'misfit' pins another and is refused. Worker B still fetches digits from A
+    once the publisher is gone: the refusal took nothing A verified."""
+    folders = {"digits": EXAMPLES / "digits", "misfit": EXAMPLES / "digits"}
+    with publishing([EXAMPLES / "digits"], bootstrap, tmp_path) as publisher:
+        source = {"hyperdrive": publisher.key, "version": publisher.version}
+        repo_a = sourced_repo(tmp_path / "repo-a", folders, source,
+                              sha256={"misfit": "cd" * 32})
+        (repo_a / "misfit" / "model.json").write_text(  # the same drive folder as digits
+            (repo_a / "misfit" / "model.json").read_text().replace('"/misfit"', '"/digits"'))
+        a = drive_worker(repo_a, tmp_path, "a", bootstrap, fetch_timeout=5000)
+        try:
+            a.wait_ready()
+            assert load(a.url, "digits").status_code == 200
+            refused = load(a.url, "misfit")
+            assert refused.status_code == 422 and "cd" * 32 in refused.json()["message"]
+            publisher.stop()  # from here on, only worker A has the files
+            repo_b = sourced_repo(tmp_path / "repo-b", {"digits": EXAMPLES / "digits"}, source)
+            with running_worker(repo_b, tmp_path / "b.log", bootstrap=",".join(bootstrap),
+                                store_dir=str(tmp_path / "b-store"), preload=[],
+                                fetch_timeout=10000) as b:
+                reply = load(b.url, "digits")
+                assert reply.status_code == 200, reply.text
+        finally:
+            a.terminate()
+
+
+@contextlib.contextmanager
+def plain_drive(folders: dict[str, Path], bootstrap: list[str], store: Path
+                ) -> Iterator[dict[str, Any]]:
+    """A drive made by plain Hyperdrive (tests/node/plain_drive.js): no signed sha256."""
+    plan = {"bootstrap": bootstrap, "store": str(store),
+            "folders": [{"name": n, "path": str(p)} for n, p in folders.items()]}
+    proc = subprocess.Popen(["node", str(ROOT / "tests" / "node" / "plain_drive.js"),
+                             json.dumps(plan)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, "plain_drive.js did not start"
+        yield json.loads(line)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_bytes_refused_after_a_fetch_never_take_a_verified_model_s(bootstrap: list[str],
+                                                                   tmp_path: Path) -> None:
+    """An unsigned drive: a wrong pin is found only once the bytes are fetched. They are
+    the very blobs 'digits' was verified from, so they stay, and so does the seeding:
+    worker B fetches digits from A after the drive's maker is gone."""
+    folders = {"digits": EXAMPLES / "digits", "misfit": EXAMPLES / "digits"}
+    with contextlib.ExitStack() as stack:
+        with plain_drive({"digits": EXAMPLES / "digits"}, bootstrap, tmp_path / "maker") as made:
+            source = {"hyperdrive": made["key"], "version": made["version"]}
+            repo_a = sourced_repo(tmp_path / "repo-a", folders, source,
+                                  sha256={"misfit": "cd" * 32})
+            (repo_a / "misfit" / "model.json").write_text(  # the same folder as digits
+                (repo_a / "misfit" / "model.json").read_text().replace('"/misfit"',
+                                                                        '"/digits"'))
+            a = drive_worker(repo_a, tmp_path, "a", bootstrap, fetch_timeout=5000)
+            stack.callback(a.terminate)
+            a.wait_ready()
+            assert load(a.url, "digits").status_code == 200
+            refused = load(a.url, "misfit")
+            assert refused.status_code == 422, refused.text
+            assert "discarded" in refused.json()["message"]
+            assert sorted(p.name for p in (repo_a / "misfit").iterdir()) == ["model.json"]
+        # the drive's maker is gone: only worker A holds it
+        repo_b = sourced_repo(tmp_path / "repo-b", {"digits": EXAMPLES / "digits"}, source)
+        with running_worker(repo_b, tmp_path / "b.log", bootstrap=",".join(bootstrap),
+                            store_dir=str(tmp_path / "b-store"), preload=[],
+                            fetch_timeout=10000) as b:
+            reply = load(b.url, "digits")
+            assert reply.status_code == 200, reply.text
+            assert answers_digits(b.url) == "0"
+
+
+def answers_digits(url: str) -> str:
+    result = httpx.post(f"{url}/api/inference/digits", json={"inputData": DIGIT_ZERO},
+                        timeout=30).json()["result"]
+    return str(result["predictions"][0][0]["label"])
+
+
+def test_seeding_a_drive_nobody_holds_fails_at_fetch_timeout(bootstrap: list[str],
+                                                             tmp_path: Path) -> None:
+    """The model's file is already in its folder (verified), but no peer holds its drive
+    and this store never synced it: the load fails with the reason once fetchTimeout
+    has passed, not after a fixed minute."""
+    with publishing([EXAMPLES / "digits"], bootstrap, tmp_path) as publisher:
+        source = {"hyperdrive": publisher.key, "version": publisher.version}
+    repo = sourced_repo(tmp_path / "repo", {"digits": EXAMPLES / "digits"}, source)
+    shutil.copy2(EXAMPLES / "digits" / "model.onnx", repo / "digits")
+    with running_worker(repo, tmp_path / "w.log", bootstrap=",".join(bootstrap),
+                        store_dir=str(tmp_path / "store"), preload=[],
+                        fetch_timeout=2000) as w:
+        started = time.monotonic()
+        reply = load(w.url, "digits")
+        took = time.monotonic() - started
+        assert reply.status_code == 422, reply.text
+        assert "no peer holding this drive was found" in reply.json()["message"], reply.text
+        assert took < 30, took  # fetchTimeout (2 s) per wait, never a fixed minute

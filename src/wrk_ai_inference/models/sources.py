@@ -86,6 +86,10 @@ class FetchProgress:
                 "etaS": round(left / rate, 1) if rate > 0 and left > 0 else None}
 
 
+def _folder(path: str) -> str:
+    return "/" + path.strip("/")
+
+
 class Sources:
     """Fetches into a model's own folder. ``drives`` is None where the worker has no
     sidecar (no ``--bootstrap``): a drive source then fails with a message saying so."""
@@ -93,6 +97,9 @@ class Sources:
     def __init__(self, drives: Drives | None, wait_s: float = 30.0) -> None:
         self.drives = drives
         self.wait_s = wait_s
+        #: drive key -> its folders that verified models came from: their blobs are never
+        #: forgotten, and the drive is never stopped, whatever another model.json pins
+        self._verified: dict[str, set[str]] = {}
 
     async def ensure(self, model_id: str, spec: ModelSpec, folder: Path,
                      progress: FetchProgress) -> None:
@@ -113,8 +120,7 @@ class Sources:
         if actual != expected.lower():
             for name in names:
                 (folder / f"{name}.part").unlink(missing_ok=True)
-            if isinstance(source, DriveSource) and self.drives is not None:
-                await self.drives.forget(source.hyperdrive.lower(), source.path)
+            await self._forget(source)
             raise InferenceError(
                 "ERR_MODEL_LOAD_FAILED",
                 f"model '{model_id}': the fetched {spec.file} has sha256 {actual}, model.json "
@@ -162,8 +168,26 @@ class Sources:
         return self.drives
 
     async def _seed(self, source: DriveSource | UrlSource) -> None:
+        """Serve the drive a verified model came from, and remember that it did."""
         if isinstance(source, DriveSource) and self.drives is not None:
-            await self.drives.seed(source.hyperdrive.lower())
+            key = source.hyperdrive.lower()
+            await self.drives.seed(key, self.wait_s)
+            self._verified.setdefault(key, set()).add(_folder(source.path))
+
+    async def _forget(self, source: DriveSource | UrlSource) -> None:
+        """Drop the drive's blobs of a fetch that failed verification. Where a verified
+        model came from the same folder, those blobs are its bytes (the same entries),
+        so nothing is dropped; where it came from another folder of the drive, the drive
+        goes on being served."""
+        if not isinstance(source, DriveSource) or self.drives is None:
+            return
+        key, folder = source.hyperdrive.lower(), _folder(source.path)
+        verified = self._verified.get(key, set())
+        if folder in verified:
+            log.warning("bytes that failed verification belong to a verified model's "
+                        "folder; they stay served", extra={"drive": key[:12], "folder": folder})
+            return
+        await self.drives.forget(key, folder, self.wait_s, keep_serving=bool(verified))
 
     async def _http(self, url: str, part: Path, progress: FetchProgress) -> None:
         """GET ``url`` into ``part``, asking only for the bytes it lacks."""

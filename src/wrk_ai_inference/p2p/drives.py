@@ -31,6 +31,12 @@ class Fetched:
     bytes_network: int  # received from peers during this fetch
 
 
+def _answer_within(wait_s: float, waits: int) -> float:
+    """How long to wait for a command whose sidecar side makes ``waits`` network waits of
+    at most ``wait_s`` each: it answers with its own reason before this passes."""
+    return wait_s * waits + 10.0
+
+
 class Drives:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
@@ -83,7 +89,7 @@ class Drives:
         try:
             return await self._command("drive.list", {"key": key, "version": version,
                                                       "timeout": int(wait_s * 1000)},
-                                       timeout=wait_s * 4 + 30)
+                                       timeout=_answer_within(wait_s, waits=4))
         except InferenceError as exc:
             raise self._failed(key, "listing", exc) from exc
 
@@ -93,7 +99,7 @@ class Drives:
             _, body = await self._call("drive.read", {"key": key, "version": version,
                                                       "path": path,
                                                       "timeout": int(wait_s * 1000)},
-                                       timeout=wait_s * 4 + 30)
+                                       timeout=_answer_within(wait_s, waits=4))
         except InferenceError as exc:
             raise self._failed(key, f"read {path}", exc) from exc
         return body
@@ -105,12 +111,24 @@ class Drives:
                               f"{what} of drive {key[:12]}… failed: {text}",
                               {"reason": exc.details.get("reason")})
 
-    async def seed(self, key: str) -> None:
-        await self._command("drive.seed", {"key": key}, timeout=60)
+    async def seed(self, key: str, wait_s: float) -> None:
+        """Serve drive ``key``; ``wait_s`` bounds each wait for a peer or the DHT."""
+        try:
+            await self._command("drive.seed", {"key": key, "timeout": int(wait_s * 1000)},
+                                timeout=_answer_within(wait_s, waits=2))
+        except InferenceError as exc:
+            raise self._failed(key, "seeding", exc) from exc
 
-    async def forget(self, key: str, folder: str) -> None:
-        """Stop serving drive ``key`` and delete its blobs under ``folder``."""
-        await self._command("drive.forget", {"key": key, "folder": folder}, timeout=60)
+    async def forget(self, key: str, folder: str, wait_s: float, keep_serving: bool) -> None:
+        """Delete drive ``key``'s blobs under ``folder`` (bytes that failed verification)
+        and, unless ``keep_serving``, stop serving the drive."""
+        try:
+            await self._command("drive.forget", {"key": key, "folder": folder,
+                                                 "timeout": int(wait_s * 1000),
+                                                 "keepServing": keep_serving},
+                                timeout=_answer_within(wait_s, waits=1))
+        except InferenceError as exc:
+            raise self._failed(key, f"forgetting {folder}", exc) from exc
 
     async def stats(self, key: str) -> dict[str, int]:
         result = await self._command("drive.stats", {"key": key}, timeout=10)

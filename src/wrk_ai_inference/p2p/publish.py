@@ -23,6 +23,9 @@ from .sidecar import Sidecar
 
 log = get_logger("p2p.publish")
 
+#: Bounds each wait for a peer or the DHT while seeding a drive (its own store holds it).
+_SEED_WAIT_S = 60.0
+
 
 async def _serve(net: NetConfig, folders: list[Path], keys: list[str]) -> None:
     sidecar = Sidecar(net.sidecar_init(net.corestore()))
@@ -34,7 +37,7 @@ async def _serve(net: NetConfig, folders: list[Path], keys: list[str]) -> None:
     try:
         published = await drives.publish(folders)
         for key in keys:
-            await drives.seed(key.lower())
+            await drives.seed(key.lower(), _SEED_WAIT_S)
         line = {"key": published["key"], "version": published["version"],
                 "models": published["models"]}
         if keys:

@@ -19,8 +19,10 @@
  *   drive.list {key, version|null, timeout} -> {version, folders:[{name, files:[{name,
  *     size, sha256|null}]}]}: the top-level folders that hold a model.json
  *   drive.read {key, version|null, path, timeout} -> body: a small file (1 MiB at most)
- *   drive.seed {key}            serve the drive to peers (the worker verified it)
- *   drive.forget {key, folder}  stop serving it and delete its blobs under folder
+ *   drive.seed {key, timeout}   serve the drive to peers (the worker verified it); a
+ *     drive this store never synced needs a peer first: ERR_NO_PEERS past `timeout`
+ *   drive.forget {key, folder, timeout, keepServing}  delete the blobs under folder (those
+ *     of one failed verification) and, unless keepServing, stop serving the drive
  *   drive.stats {key} -> {uploaded, downloaded}: blob bytes sent and received
  * Files are streamed, never held whole in memory (drive.get would hold them).
  */
@@ -168,7 +170,7 @@ module.exports = function drive (ctx) {
     const d = await remote(key)
     await join(d, false)
     await synced(d, version, timeout)
-    const blobs = await counted(d)
+    const blobs = await withTimeout(counted(d), timeout, 'ERR_NO_PEERS: the drive\'s blobs did not sync')
     const snapshot = version ? d.drive.checkout(version) : d.drive
     await complete(d, snapshot, folder, skip, timeout)
     const wanted = await files(snapshot, folder, skip, timeout)
@@ -257,25 +259,31 @@ module.exports = function drive (ctx) {
     return { body: await snapshot.get(file, { timeout }) }
   }
 
-  async function seed ({ key }) {
+  async function seed ({ key, timeout }) {
     const d = await remote(key)
-    await counted(d)
-    await join(d, true)
+    await join(d, false) // a drive this store never synced learns its blobs from a peer
+    await withTimeout(counted(d), timeout, 'ERR_NO_PEERS: no peer holding this drive was found')
+    await withTimeout(join(d, true), timeout, 'ERR_NOT_ANNOUNCED: the DHT did not take the announcement')
     return { version: d.drive.version }
   }
 
-  async function forget ({ key, folder }) {
+  async function forget ({ key, folder, timeout, keepServing }) {
     const d = drives.get(key)
     if (!d) return {}
-    for (const session of d.sessions.splice(0)) await session.destroy().catch(() => {})
-    d.serving = false
-    let cleared = 0
-    for await (const entry of d.drive.list(folder, { recursive: false })) {
-      if (entry.value.blob) {
-        await d.drive.clear(entry.key)
-        cleared++
-      }
+    if (!keepServing) {
+      for (const session of d.sessions.splice(0)) await session.destroy().catch(() => {})
+      d.serving = false
     }
+    let cleared = 0
+    const clearing = (async () => {
+      for await (const entry of d.drive.list(folder, { recursive: false, wait: false })) {
+        if (entry.value.blob) {
+          await d.drive.clear(entry.key)
+          cleared++
+        }
+      }
+    })()
+    await withTimeout(clearing, timeout, 'ERR_NO_PEERS: the drive\'s file tree is not in this store')
     return { cleared }
   }
 
