@@ -156,17 +156,24 @@ async def test_python_client_by_topic_and_key(rack: Rack, bootstrap: list[str]) 
 
 def test_long_inference_outlives_the_default_pool_linger(bootstrap: list[str], tmp_path: Path
                                                          ) -> None:
+    """A call that runs past @hyperswarm/rpc's default 10 s pool linger is answered. The
+    run's length is the worker's own measure (processingTime); a run that a faster moment
+    of a shared machine made shorter than that proves nothing, and is tried again twice
+    as long."""
     repo = make_repo(tmp_path / "repo", {"slow": "slow"})
-    iterations = slow_iterations(11.0)
+    iterations = slow_iterations(12.0)
     with running_rack(tmp_path, "rack-long", bootstrap, repo, preload=["slow"]) as r:
-        started = time.monotonic()
-        [step] = orchestrate(bootstrap, r.key, [{"call": "runInference",
-                                                 "payload": {"modelId": "slow",
-                                                             **slow_body(iterations)}}],
-                             timeout_ms=60_000)
-        took = time.monotonic() - started
-    assert step["ok"], step
-    assert took > 10.0, took
+        for _ in range(3):
+            [step] = orchestrate(bootstrap, r.key, [{"call": "runInference",
+                                                     "payload": {"modelId": "slow",
+                                                                 **slow_body(iterations)}}],
+                                 timeout_ms=300_000, wall_s=400)
+            assert step["ok"], step
+            ran_ms = step["result"]["processingTime"]
+            if ran_ms > 10_500:
+                break
+            iterations *= 2
+    assert ran_ms > 10_500, ran_ms
 
 
 def test_capacity_refusals_are_immediate(bootstrap: list[str], tmp_path: Path) -> None:
@@ -302,7 +309,12 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
                 {"call": "runInference", "after": 200, "payload": {
                     "modelId": "smollm2", "inputData": long,
                     "options": {"max_tokens": 10, "inferenceId": "story-2"}}},
-                {"call": "cancel", "after": 1000, "payload": {"inferenceId": "story-1"}},
+                # the cancel waits for story-1's first tokens, however slow the machine:
+                # more than 24 KV cells in use (both prompts and all of story-2's 10
+                # tokens come to at most 22)
+                {"call": "cancel", "after": 200, "until": {"model": "smollm2",
+                                                           "cellsOver": 24},
+                 "payload": {"inferenceId": "story-1"}},
             ]}]))
         assert greedy[0]["ok"], greedy
         assert greedy[0]["result"]["result"]["text"] == expected
@@ -314,12 +326,13 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
         assert 0 < first["usage"]["completionTokens"] < 1500
         assert neighbour["result"]["result"]["finishReason"] == "length"
         assert neighbour["result"]["result"]["usage"]["completionTokens"] == 10
-        assert cancelled["ms"] < 1000 + 2000  # answered soon after the cancel, not at the end
+        # answered soon after the cancel was sent, not at the end of its 1500 tokens
+        assert cancelled["ms"] < cancel["at"] + cancel["ms"] + 2000, (cancelled, cancel)
         assert cpu_seconds(r.proc.pid) < 0.15
         stopped = [json.loads(line) for line in r.logs().splitlines()
                    if '"generation stopped"' in line]
         assert [s["reason"] for s in stopped] == ["cancelled"], stopped
-        assert stopped[0]["stopMs"] < 300
+        assert stopped[0]["stopMs"] < 1000  # a step: ms alone, longer on a loaded machine
         print(f"cancel (RPC): thread stopped {stopped[0]['stopMs']} ms after the cancel; "  # noqa: T201
               f"cancelled call answered {cancelled['ms']:.0f} ms after it was sent (cancel "
-              f"sent at 1000 ms)")
+              f"sent at {cancel['at']:.0f} ms)")

@@ -17,7 +17,7 @@ from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.examples import digits_split
 from wrk_ai_inference.models.manager import ModelManager
 
-from .helpers import EXAMPLES, make_repo, running_worker
+from .helpers import EXAMPLES, failed_seconds, make_repo, running_worker
 
 torch = pytest.importorskip("torch")
 
@@ -126,12 +126,17 @@ def test_torch_deadline_answers_on_time_and_the_slot_stays_counted(tmp_path: Pat
         c.post("/api/inference/slow-torch", json={"inputData": {"x": x, "steps": [2000]}})
         per_step = (time.perf_counter() - started) / 2000
         steps = int(3.0 / per_step)  # about ten times the deadline of uncancellable work
+        before = failed_seconds(w.url, "slow-torch")
         started = time.perf_counter()
         r = c.post("/api/inference/slow-torch",
                    json={"inputData": {"x": x, "steps": [steps]}, "options": {"timeout": 300}})
         took = time.perf_counter() - started
         assert r.status_code == 504 and "continues until it ends" in r.json()["message"]
-        assert took < 0.45, took
+        answered_s = failed_seconds(w.url, "slow-torch") - before
+        # on time by the worker's measure (room for a loaded machine's scheduling); the
+        # client's figure only rules out waiting for the run (seconds)
+        assert answered_s < 0.5, answered_s
+        assert took < 2.0, took
         assert c.get("/api/capacity").json()["currentLoad"] == 1  # still running: counted
         assert "wrk_inference_overrunning 1.0" in c.get("/metrics").text
         deadline = time.monotonic() + 30

@@ -6,7 +6,8 @@
  *
  * Usage: node orchestrator.js '<plan JSON>'; plan = {bootstrap, key?, seed?, timeout?,
  *   steps: [{call, payload?} | {call, raw} | {lookup} | {sleep: ms} | {repeat, call, payload?} |
- *           {fresh: n, call, payload?} | {together: [{call, payload?, after?: ms}, ...]}]}
+ *           {fresh: n, call, payload?} |
+ *           {together: [{call, payload?, after?: ms, until?: {model, cellsOver}}, ...]}]}
  * Prints one JSON line per step: {ok, result} | {ok:false, hrpcError} | {ok:false, error}.
  */
 const RPC = require('@hyperswarm/rpc')
@@ -57,12 +58,23 @@ async function main () {
       }
       out({ ok: good === step.fresh, result: good })
     } else if (step.together) {
-      // calls at once, each started `after` ms from the step's start: one line, all results
+      // calls at once, each started `after` ms from the step's start (and, with `until`,
+      // once the worker's capacity answer shows more than `cellsOver` KV cells in use on
+      // `model`): one line, all results, each with `at` (ms from the step's start)
+      const begun = process.hrtime.bigint()
+      const since = (t) => Number(process.hrtime.bigint() - t) / 1e6
       const results = await Promise.all(step.together.map(async (sub) => {
         await new Promise((resolve) => setTimeout(resolve, sub.after || 0))
+        while (sub.until && since(begun) < 60000) {
+          const capacity = await call(plan.key, 'checkCapacity', Buffer.from('{}'))
+          const seqs = capacity.ok && capacity.result.sequences && capacity.result.sequences[sub.until.model]
+          if (seqs && seqs.kvCacheUse * seqs.contextLength * seqs.slots > sub.until.cellsOver) break
+          await new Promise((resolve) => setTimeout(resolve, 20))
+        }
+        const at = since(begun)
         const started = process.hrtime.bigint()
         const reply = await call(plan.key, sub.call, encode(sub))
-        return { ...reply, ms: Number(process.hrtime.bigint() - started) / 1e6 }
+        return { ...reply, at, ms: since(started) }
       }))
       out({ ok: true, result: results })
     } else if (step.repeat) {
