@@ -11,7 +11,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc soak bench-llm bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu soak bench-llm bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -118,6 +118,10 @@ soak: setup
 
 bench-rpc: setup
 	$(BIN)/python benchmarks/rpc_bench.py
+
+# Worker CPU per digits request over RPC against HTTP, rounds interleaved in one run.
+bench-rpc-cpu: setup
+	$(BIN)/python benchmarks/rpc_cpu.py
 
 # Three rack workers on separate hosts (network namespaces; needs root), one killed
 # and brought back, one made slow: FleetClient's routing and failover, a few minutes.

@@ -6,6 +6,8 @@
  * Usage: node rpc_bench.js '{"bootstrap":[...],"workerKey":"hex","requests":N,
  *                            "concurrency":[1,32],"digits":[64 numbers]}'
  * Prints one JSON line: {results: [{target, method, concurrency, requests, rps, p50, p99}]}.
+ * With "targets": ["worker"] and "methods": ["runInference"] it measures only those (the
+ * worker-CPU bench, benchmarks/rpc_cpu.py, counts the worker's CPU around such a run).
  */
 const RPC = require('@hyperswarm/rpc')
 const DHT = require('hyperdht')
@@ -51,7 +53,8 @@ async function main () {
   }
   const results = []
   for (const [target, key] of Object.entries(targets)) {
-    for (const method of ['ping', 'runInference']) {
+    if (plan.targets && !plan.targets.includes(target)) continue
+    for (const method of plan.methods || ['ping', 'runInference']) {
       await measure(rpc, key, method, bodies[method], 200, 8) // warm-up, connection set up
       for (const concurrency of plan.concurrency) {
         const r = await measure(rpc, key, method, bodies[method], plan.requests, concurrency)
