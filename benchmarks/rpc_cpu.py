@@ -27,9 +27,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import loadgen  # noqa: E402
 from tests.helpers import DIGIT_ZERO, EXAMPLES, Worker  # noqa: E402
 from tests.rack_helpers import NODE_MODULES, Rack, local_testnet  # noqa: E402
+
+from benchmarks import loadgen  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
