@@ -39,7 +39,9 @@ import psutil
 from wrk_ai_inference.errors import InferenceError
 from wrk_ai_inference.examples import digits_split
 from wrk_ai_inference.rpc.client import RpcClient
+from wrk_ai_inference.rpc.wire import parse_reply
 
+from .. import hostile_llm
 from ..helpers import EXAMPLES, Worker, make_repo, slow_body, slow_iterations
 from ..rack_helpers import Rack, local_testnet
 
@@ -54,9 +56,10 @@ ALLOWED = {
     "llm": {"ok", "ERR_CAPACITY_EXCEEDED"},
     "llm-bad": {"ERR_INVALID_REQUEST", "ERR_INVALID_INPUT", "ERR_CAPACITY_EXCEEDED"},
     "llm-deadline": {"ERR_INFERENCE_TIMEOUT", "ERR_CAPACITY_EXCEEDED"},
+    "llm-hostile": hostile_llm.ALLOWED,
 }
 KINDS = (["good"] * 12 + ["bad"] * 3 + ["deadline"] * 2 + ["cold"] * 2 + ["load", "unload"]
-         + ["llm"] * 2 + ["llm-bad", "llm-deadline"])
+         + ["llm"] * 2 + ["llm-bad", "llm-deadline", "llm-hostile"])
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
            "The three primary colours are"]
 LLM_TOKENS = 12
@@ -86,9 +89,11 @@ def http_caller(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     codes = {"ok"}
 
     async def call(method: str, payload: dict[str, Any]) -> tuple[str, Any]:
-        if method == "runInference":
+        if method == "runInference":  # JSON as Python writes it (surrogates escaped)
+            body = json.dumps({k: v for k, v in payload.items() if k != "modelId"})
             r = await client.post(f"/api/inference/{payload['modelId']}",
-                                  json={k: v for k, v in payload.items() if k != "modelId"})
+                                  content=body.encode(),
+                                  headers={"content-type": "application/json"})
         else:
             verb = "load" if method == "loadModel" else "unload"
             r = await client.post(f"/api/models/{payload['modelId']}/{verb}")
@@ -106,8 +111,11 @@ def http_caller(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
 def rpc_caller(client: RpcClient, key: str) -> Call:
     async def call(method: str, payload: dict[str, Any]) -> tuple[str, Any]:
+        # JSON as Python writes it: a hostile payload may hold lone surrogates, escaped
+        body = json.dumps(payload).encode()
         try:
-            return "ok", await client.request(key, method, payload, timeout_ms=60_000)
+            return "ok", parse_reply(await client.request_raw(key, method, body,
+                                                              timeout_ms=60_000))
         except InferenceError as exc:
             return exc.code, exc.message
 
@@ -146,12 +154,15 @@ class Soak:
                 [[1, 2, 3], [[0] * 64, [0] * 63], ["x"] * 64, {"nope": [1]}])}, -1
         if kind == "deadline":
             return "runInference", {"modelId": "slow", **slow_body(self.one_second, 100)}, -1
+        if kind == "llm-hostile":  # tests/hostile_llm.py: hand-written or generated
+            _, payload = hostile_llm.pick(rng)
+            return "runInference", {"modelId": "smollm2", **payload}, -1
         if kind.startswith("llm"):
             prompt = rng.choice(PROMPTS)
             options: dict[str, Any] = {"temperature": 0, "max_tokens": LLM_TOKENS}
             if kind == "llm-bad":
                 options = rng.choice([{"temperature": 7}, {"n": 0}, {"stop": 5},
-                                      {"logit_bias": {}}])
+                                      {"logit_bias": {"not a token": 1}}])
             elif kind == "llm-deadline":
                 options = {"max_tokens": 2000, "timeout": 100}
             return "runInference", {"modelId": "smollm2", "inputData": {"prompt": prompt},

@@ -89,6 +89,12 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
     return timeout_s, inference_id, options
 
 
+def _too_deep() -> InferenceError:
+    """JSON may nest about a thousand levels (orjson's limit); walking values that deep
+    runs out of Python's stack, which is the request's fault, not the worker's."""
+    return InferenceError("ERR_INVALID_REQUEST", "the request nests its values too deeply")
+
+
 def _lists(value: Any) -> Any:
     """JSON values as plain Python (number arrays decoded to numpy become lists again)."""
     return map_numbers(value, lambda numbers: numbers.tolist())
@@ -242,6 +248,9 @@ class InferenceEngine:
         except InferenceError as exc:
             self._record(model_id, exc.code, started, queue_s, compute_s)
             raise self._with_request_id(model_id, exc) from exc.__cause__
+        except RecursionError:
+            self._record(model_id, "ERR_INVALID_REQUEST", started, queue_s, compute_s)
+            raise _too_deep() from None
         except Exception as exc:
             self._record(model_id, "ERR_INFERENCE_FAILED", started, queue_s, compute_s)
             raise self._unexpected(model_id) from exc
@@ -392,6 +401,9 @@ class InferenceEngine:
         except (asyncio.CancelledError, GeneratorExit):
             code = "ERR_CANCELLED"
             raise
+        except RecursionError:
+            code = "ERR_INVALID_REQUEST"
+            raise _too_deep() from None
         except Exception as exc:
             raise self._unexpected(model_id) from exc
         finally:
