@@ -376,31 +376,44 @@ def test_a_source_needs_a_sha256_and_a_drive_needs_a_dht(tmp_path: Path) -> None
         assert reply.status_code == 422 and "--bootstrap" in reply.json()["message"]
 
 
+def misfit_repo(root: Path, source: dict[str, Any]) -> Path:
+    """'digits' pinned to its real sha256 and 'misfit' to another, both naming the
+    drive's /digits folder."""
+    repo = sourced_repo(root, {"digits": EXAMPLES / "digits", "misfit": EXAMPLES / "digits"},
+                        source, sha256={"misfit": "cd" * 32})
+    spec = repo / "misfit" / "model.json"
+    spec.write_text(spec.read_text().replace('"/misfit"', '"/digits"'))
+    return repo
+
+
+def assert_another_worker_fetches_digits(root: Path, bootstrap: list[str],
+                                         source: dict[str, Any]) -> None:
+    """A fresh worker loads digits from whoever still serves the drive, and answers."""
+    repo = sourced_repo(root / "repo-b", {"digits": EXAMPLES / "digits"}, source)
+    with running_worker(repo, root / "b.log", bootstrap=",".join(bootstrap),
+                        store_dir=str(root / "b-store"), preload=[],
+                        fetch_timeout=10000) as b:
+        reply = load(b.url, "digits")
+        assert reply.status_code == 200, reply.text
+        assert answers_digits(b.url) == "0"
+
+
 def test_a_wrong_pin_never_stops_the_seeding_of_a_good_one(bootstrap: list[str],
                                                            tmp_path: Path) -> None:
     """Two model.json files name one drive folder: 'digits' pins its real sha256 and is
     loaded, 'misfit' pins another and is refused. Worker B still fetches digits from A
     once the publisher is gone: the refusal took nothing A verified."""
-    folders = {"digits": EXAMPLES / "digits", "misfit": EXAMPLES / "digits"}
     with publishing([EXAMPLES / "digits"], bootstrap, tmp_path) as publisher:
         source = {"hyperdrive": publisher.key, "version": publisher.version}
-        repo_a = sourced_repo(tmp_path / "repo-a", folders, source,
-                              sha256={"misfit": "cd" * 32})
-        (repo_a / "misfit" / "model.json").write_text(  # the same drive folder as digits
-            (repo_a / "misfit" / "model.json").read_text().replace('"/misfit"', '"/digits"'))
-        a = drive_worker(repo_a, tmp_path, "a", bootstrap, fetch_timeout=5000)
+        a = drive_worker(misfit_repo(tmp_path / "repo-a", source), tmp_path, "a", bootstrap,
+                         fetch_timeout=5000)
         try:
             a.wait_ready()
             assert load(a.url, "digits").status_code == 200
             refused = load(a.url, "misfit")
             assert refused.status_code == 422 and "cd" * 32 in refused.json()["message"]
             publisher.stop()  # from here on, only worker A has the files
-            repo_b = sourced_repo(tmp_path / "repo-b", {"digits": EXAMPLES / "digits"}, source)
-            with running_worker(repo_b, tmp_path / "b.log", bootstrap=",".join(bootstrap),
-                                store_dir=str(tmp_path / "b-store"), preload=[],
-                                fetch_timeout=10000) as b:
-                reply = load(b.url, "digits")
-                assert reply.status_code == 200, reply.text
+            assert_another_worker_fetches_digits(tmp_path, bootstrap, source)
         finally:
             a.terminate()
 
@@ -434,15 +447,10 @@ def test_bytes_refused_after_a_fetch_never_take_a_verified_model_s(bootstrap: li
     """An unsigned drive: a wrong pin is found only once the bytes are fetched. They are
     the very blobs 'digits' was verified from, so they stay, and so does the seeding:
     worker B fetches digits from A after the drive's maker is gone."""
-    folders = {"digits": EXAMPLES / "digits", "misfit": EXAMPLES / "digits"}
     with contextlib.ExitStack() as stack:
         with plain_drive({"digits": EXAMPLES / "digits"}, bootstrap, tmp_path / "maker") as made:
             source = {"hyperdrive": made["key"], "version": made["version"]}
-            repo_a = sourced_repo(tmp_path / "repo-a", folders, source,
-                                  sha256={"misfit": "cd" * 32})
-            (repo_a / "misfit" / "model.json").write_text(  # the same folder as digits
-                (repo_a / "misfit" / "model.json").read_text().replace('"/misfit"',
-                                                                        '"/digits"'))
+            repo_a = misfit_repo(tmp_path / "repo-a", source)
             a = drive_worker(repo_a, tmp_path, "a", bootstrap, fetch_timeout=5000)
             stack.callback(a.terminate)
             a.wait_ready()
@@ -452,13 +460,7 @@ def test_bytes_refused_after_a_fetch_never_take_a_verified_model_s(bootstrap: li
             assert "discarded" in refused.json()["message"]
             assert sorted(p.name for p in (repo_a / "misfit").iterdir()) == ["model.json"]
         # the drive's maker is gone: only worker A holds it
-        repo_b = sourced_repo(tmp_path / "repo-b", {"digits": EXAMPLES / "digits"}, source)
-        with running_worker(repo_b, tmp_path / "b.log", bootstrap=",".join(bootstrap),
-                            store_dir=str(tmp_path / "b-store"), preload=[],
-                            fetch_timeout=10000) as b:
-            reply = load(b.url, "digits")
-            assert reply.status_code == 200, reply.text
-            assert answers_digits(b.url) == "0"
+        assert_another_worker_fetches_digits(tmp_path, bootstrap, source)
 
 
 def answers_digits(url: str) -> str:

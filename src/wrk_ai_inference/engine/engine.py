@@ -41,6 +41,9 @@ log = get_logger("engine")
 
 _MAX_TIMEOUT_MS = 3_600_000
 
+#: Threads that render chat templates and tokenise prompts (bounded, milliseconds each).
+_PROMPT_THREADS = 2
+
 _MAX_TOP_K = 1000
 
 
@@ -163,6 +166,10 @@ class InferenceEngine:
         self.threads = settings.inference_threads or (os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=self.threads,
                                            thread_name_prefix="inference")
+        # Language-model prompts are made (template, tokenizer) on threads of their own:
+        # behind tensor runs in the inference pool a prompt waited as long as they ran
+        self.prompts = ThreadPoolExecutor(max_workers=_PROMPT_THREADS,
+                                          thread_name_prefix="prompt")
         self._batchers: dict[str, tuple[ModelSession, Batcher | None]] = {}
         self.executions: dict[str, int] = {}  # runtime calls per model (a batch is one)
         self.admitted: dict[str, int] = {}  # requests per model that were admitted to run
@@ -349,8 +356,8 @@ class InferenceEngine:
             self._generations[inference_id] = job
             queue_s = await self._admit(deadline, model_id)
             hold.slot = True
-            job.tokens = await self._off_loop(task.prepare, (request,), deadline, hold,
-                                              "while reading the prompt")
+            job.tokens = await self._off_loop(self.prompts, task.prepare, (request,),
+                                              deadline, hold, "while reading the prompt")
 
             def expire() -> None:
                 # the thread stops within a token (or a graph node of the prompt) and then
@@ -448,13 +455,15 @@ class InferenceEngine:
         """The task's preprocessing (image decoding, tokenising) on an inference thread."""
         assert entry.session is not None and entry.spec is not None
         feeds: Tensors = await self._off_loop(
-            task.inputs, (entry.session.inputs, plain(input_data), self._limits(entry)),
+            self.executor, task.inputs,
+            (entry.session.inputs, plain(input_data), self._limits(entry)),
             deadline, hold, "while preprocessing the input")
         return feeds
 
-    async def _off_loop(self, work_fn: Callable[..., Any], args: tuple[Any, ...],
-                        deadline: float, hold: _Hold, where: str) -> Any:
-        """``work_fn(*args)`` on an inference thread, under the request's deadline.
+    async def _off_loop(self, pool: ThreadPoolExecutor, work_fn: Callable[..., Any],
+                        args: tuple[Any, ...], deadline: float, hold: _Hold, where: str
+                        ) -> Any:
+        """``work_fn(*args)`` on a thread of ``pool``, under the request's deadline.
 
         Pillow, tokenizers and chat templates hold the GIL for long stretches on big
         inputs; on the loop they would stall every other request. A deadline or a client
@@ -462,7 +471,7 @@ class InferenceEngine:
         done (the task bounds its inputs, so that is soon).
         """
         loop = asyncio.get_running_loop()
-        work = self.executor.submit(work_fn, *args)
+        work = pool.submit(work_fn, *args)
         waiter = asyncio.wrap_future(work)
         timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                              waiter.cancel)
@@ -651,4 +660,5 @@ class InferenceEngine:
     def shutdown(self) -> None:
         for job in list(self._generations.values()):
             job.stop("shutdown")
+        self.prompts.shutdown(wait=False, cancel_futures=True)
         self.executor.shutdown(wait=False, cancel_futures=True)

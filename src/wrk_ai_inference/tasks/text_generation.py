@@ -123,7 +123,7 @@ def _messages(value: Any, most: int) -> list[dict[str, str]]:
             raise _invalid(f"messages[{i}] has fields this worker does not support: "
                            f"{sorted(unknown)}")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _invalid(f"messages[{i}].role must be one of {sorted(_ROLES)}")
         out.append({"role": "system" if role == "developer" else role,
                     "content": _content(message, i)})
