@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import math
 import mmap
 import multiprocessing
@@ -85,11 +86,42 @@ def _decoding_processes() -> ProcessPoolExecutor:
     return _processes
 
 
+#: Whether a big body was decoded since memory was last handed back (``release_memory``).
+_big_since_release = False
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system after big bodies (glibc only).
+
+    A big body's values are made on helper threads (the process pool's result thread,
+    the decoders) and freed on the loop's thread, so glibc's per-thread heaps keep the
+    freed pages: under a steady trickle of multi-megabyte bodies the worker's memory
+    crept up for minutes. Called now and then (the health check), never per request.
+    """
+    global _big_since_release
+    if not _big_since_release:
+        return
+    _big_since_release = False
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
 async def _decode_large(body: Body, max_elements: int) -> Any:
     """``json_tensors.loads_large`` in a decoding process, the body and any large arrays
     in the answer passed through files in memory (``_spill``): pickling them through a
     pipe holds the GIL for tens of milliseconds per 50 MB on this side."""
-    global _processes
+    global _processes, _big_since_release
+    _big_since_release = True
     loop = asyncio.get_running_loop()
     path = await loop.run_in_executor(_decoders(), _spill, body)
     try:

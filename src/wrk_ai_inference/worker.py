@@ -354,3 +354,4 @@ class InferenceWorker:
                 "maxLoopLagMs": round(self.max_loop_lag * 1000, 2),
             })
             self.max_loop_lag = 0.0
+            bodies.release_memory()
