@@ -4,10 +4,12 @@ or truncated, a load that fails half-way, SIGTERM during load in rack mode."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -117,6 +119,8 @@ async def test_rack_sigterm_during_load_answers_every_admitted_call(tmp_path: Pa
                 rack.proc.send_signal(signal.SIGTERM)
                 outcomes = await asyncio.wait_for(asyncio.gather(*calls,
                                                                  return_exceptions=True), 30)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it exits by itself
+                rack.proc.wait(60)
         finally:
             code = rack.stop()
         assert code == 0, rack.logs()

@@ -126,11 +126,17 @@ def test_torch_deadline_answers_on_time_and_the_slot_stays_counted(tmp_path: Pat
         c.post("/api/inference/slow-torch", json={"inputData": {"x": x, "steps": [2000]}})
         per_step = (time.perf_counter() - started) / 2000
         steps = int(3.0 / per_step)  # about ten times the deadline of uncancellable work
-        before = failed_seconds(w.url, "slow-torch")
-        started = time.perf_counter()
-        r = c.post("/api/inference/slow-torch",
-                   json={"inputData": {"x": x, "steps": [steps]}, "options": {"timeout": 300}})
-        took = time.perf_counter() - started
+        for _ in range(3):
+            before = failed_seconds(w.url, "slow-torch")
+            started = time.perf_counter()
+            r = c.post("/api/inference/slow-torch", json={"inputData": {"x": x, "steps": [steps]},
+                                                          "options": {"timeout": 300}})
+            took = time.perf_counter() - started
+            if r.status_code != 200:
+                break
+            # it ended within its deadline: the calibration ran slower than this run did (a
+            # loaded machine, TorchScript optimising after its first calls): ten times longer
+            steps *= 10
         assert r.status_code == 504 and "continues until it ends" in r.json()["message"]
         answered_s = failed_seconds(w.url, "slow-torch") - before
         # on time by the worker's measure (room for a loaded machine's scheduling); the
@@ -139,7 +145,7 @@ def test_torch_deadline_answers_on_time_and_the_slot_stays_counted(tmp_path: Pat
         assert took < 2.0, took
         assert c.get("/api/capacity").json()["currentLoad"] == 1  # still running: counted
         assert "wrk_inference_overrunning 1.0" in c.get("/metrics").text
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while c.get("/api/capacity").json()["currentLoad"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert c.get("/api/capacity").json()["currentLoad"] == 0

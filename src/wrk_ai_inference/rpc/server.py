@@ -194,3 +194,8 @@ def serve_rack(settings: Settings, net: NetConfig, rack: str, env: str) -> None:
         await RackWorker(settings, net, rack, env).run_until_signalled()
 
     asyncio.run(main())
+    # stopped and exiting: a second SIGTERM (a supervisor repeating itself) must not turn
+    # the clean exit into a kill while the runtimes tear down (closing the loop restored
+    # the default handlers)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
