@@ -11,6 +11,7 @@ an empty string.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -65,28 +66,38 @@ def _stops(value: Any) -> list[str]:
     return list(stops)
 
 
-def _grammar(response_format: Any) -> str | None:
-    """GBNF that constrains the output to JSON (``json_object``) or to a schema."""
+def _constraint(response_format: Any) -> str | None:
+    """What ``response_format`` asks the output to be, checked on the loop: None (text),
+    "json" (any JSON), or a JSON schema as canonical text. Its grammar is made later,
+    off the loop (``grammar``): turning a wide schema into one takes seconds."""
     if response_format is None:
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "text":
         return None
     if kind == "json_object":
-        return str(JSON_GBNF)
+        return "json"
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise _invalid("response_format.json_schema.schema must be a JSON Schema object")
-        try:
-            return str(json_schema_to_gbnf(json.dumps(schema)))
-        except Exception as exc:  # the converter raises plain exceptions on what it lacks
-            raise _invalid(f"response_format.json_schema cannot be turned into a grammar: "
-                           f"{first_line(exc)}") from None
+        return json.dumps(schema, sort_keys=True)
     raise _invalid("response_format.type must be 'text', 'json_object' or 'json_schema'")
+
+
+@functools.lru_cache(maxsize=32)
+def grammar(constraint: str) -> str:
+    """GBNF for a constraint of ``_constraint``; the same schema again costs nothing."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if constraint == "json":
+        return str(JSON_GBNF)
+    try:
+        return str(json_schema_to_gbnf(constraint))
+    except Exception as exc:  # the converter raises plain exceptions on what it lacks
+        raise _invalid(f"response_format.json_schema cannot be turned into a grammar: "
+                       f"{first_line(exc)}") from None
 
 
 def _content(message: dict[str, Any], index: int) -> str:
@@ -158,6 +169,7 @@ class GenerationRequest:
     prompt: str | None
     sampling: Sampling
     chat: bool
+    constraint: str | None = None  # what the output must be (``_constraint``)
 
 
 class TextGeneration(Task):
@@ -223,12 +235,14 @@ class TextGeneration(Task):
                 f"context of {self.cells} tokens per sequence, which no text over "
                 f"{self.max_chars} characters fits", {"contextLength": self.cells})
         sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
-        return GenerationRequest(messages, prompt, sampling, messages is not None)
+        return GenerationRequest(messages, prompt, sampling, messages is not None,
+                                 _constraint(options.get("response_format")))
 
     def prepare(self, request: GenerationRequest) -> list[int]:
-        """The prompt's tokens: the chat template rendered and the text tokenised. Costly
-        on big inputs, so it runs on a helper thread after admission, under the request's
-        deadline (the engine's ``_off_loop``); the model's thread never waits on it."""
+        """The prompt's tokens: the chat template rendered and the text tokenised, and the
+        output's grammar made from its constraint. Costly on big inputs, so it runs on a
+        helper thread after admission, under the request's deadline (the engine's
+        ``_off_loop``); neither the event loop nor the model's thread waits on it."""
         if request.messages is not None:
             try:
                 formatted = self.formatter(messages=request.messages)  # type: ignore[arg-type]
@@ -241,6 +255,8 @@ class TextGeneration(Task):
             text, add_bos = request.prompt, True
         tokens = self.session.tokenize(text, add_bos)
         check_fits(len(tokens), request.sampling.max_tokens, self.cells, self.model_id)
+        if request.constraint is not None:
+            request.sampling.grammar = grammar(request.constraint)
         return tokens
 
     def _sampling(self, o: dict[str, Any]) -> Sampling:
@@ -280,7 +296,7 @@ class TextGeneration(Task):
             presence_penalty=float(o.get("presence_penalty") or 0.0),
             seed=None if seed is None else seed % (1 << 31),
             stop=_stops(o.get("stop")), logprobs=wanted,
-            grammar=_grammar(o.get("response_format")), n=n,
+            n=n,
             logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab))
 
     def generation(self, request: GenerationRequest, tokens: list[int], deliver: Any
