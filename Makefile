@@ -11,7 +11,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu soak bench-llm bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -122,6 +122,10 @@ bench-rpc: setup
 # Worker CPU per digits request over RPC against HTTP, rounds interleaved in one run.
 bench-rpc-cpu: setup
 	$(BIN)/python benchmarks/rpc_cpu.py
+
+# Decoding beside a process that takes a core: libgomp's default barrier wait against ours.
+bench-shared-cores: setup
+	$(BIN)/python benchmarks/shared_cores.py
 
 # Three rack workers on separate hosts (network namespaces; needs root), one killed
 # and brought back, one made slow: FleetClient's routing and failover, a few minutes.

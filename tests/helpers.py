@@ -212,11 +212,16 @@ def cpu_seconds(pid: int, seconds: float = 1.0) -> float:
     return (after.user - before.user) + (after.system - before.system)
 
 
-def failed_seconds(url: str, model_id: str) -> float:
-    """The time the worker itself took to answer every failed request of the model, in
-    total (its history, through v2's statistics): a deadline's answer time by the
-    worker's own clock, which a loaded machine delays less than a client's."""
+def stats_of(url: str, model_id: str) -> dict[str, Any]:
+    """The model's v2 statistics: the worker's own clock, which a loaded machine delays
+    less than a client's."""
     import httpx
 
     stats = httpx.get(f"{url}/v2/models/{model_id}/stats", timeout=30).json()
-    return int(stats["model_stats"][0]["inference_stats"]["fail"]["ns"]) / 1e9
+    return stats["model_stats"][0]  # type: ignore[no-any-return]
+
+
+def failed_seconds(url: str, model_id: str) -> float:
+    """The time the worker itself took to answer every failed request of the model, in
+    total (a deadline's answer time, by its own clock)."""
+    return int(stats_of(url, model_id)["inference_stats"]["fail"]["ns"]) / 1e9
