@@ -223,6 +223,9 @@ class Soak:
             "memoryPerProcessMB": [[round(self.each[i][j] / 2**20, 1)
                                     for j in range(len(self.processes))]
                                    for i in (len(self.each) * 3 // 10, -1)] if self.each else [],
+            # every sample (seconds, MB per process), to tell a plateau from a leak
+            "memorySeriesMB": [[round(t), *(round(m / 2**20, 1) for m in each)]
+                               for (t, _), each in zip(self.memory, self.each, strict=True)],
             "latencyMs": {"p50": round(float(np.percentile(lat, 50)), 2),
                           "p99": round(float(np.percentile(lat, 99)), 2)},
         }
