@@ -15,30 +15,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import worker_serving  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    PINNED_BUSY_LOOP,
+    greedy_decode_seconds,
+    neighbour,
+    worker_serving,
+)
 
 from wrk_ai_inference.runtimes import OPENMP_SPIN_ROUNDS  # noqa: E402
 
 LIBGOMP_DEFAULT = "300000"
-LAST_CORE = str(max(os.sched_getaffinity(0)))
 NEIGHBOURS: dict[str, list[str] | None] = {
     "none": None,
-    "a busy loop pinned to one core": ["taskset", "-c", LAST_CORE, sys.executable, "-c",
-                                       "while True: pass"],
+    "a busy loop pinned to one core": PINNED_BUSY_LOOP,
     "a churn of short processes": ["bash", "-c", (
         "for i in 1 2 3 4; do (while :; do nice -n 10 " + sys.executable + " -c "
         "'x = 0\nfor i in range(2_000_000): x += i'; done) & done; wait")],
@@ -46,27 +45,13 @@ NEIGHBOURS: dict[str, list[str] | None] = {
 
 
 @contextlib.contextmanager
-def neighbour(command: list[str] | None) -> Iterator[None]:
+def beside(command: list[str] | None) -> Iterator[None]:
     if command is None:
         yield
         return
-    proc = subprocess.Popen(["timeout", "900", *command], start_new_session=True)
-    try:
+    with neighbour(command):
         time.sleep(2)  # until the churn's loops all run
         yield
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def decode_seconds(url: str, cap: float) -> float:
-    reply = httpx.post(f"{url}/api/inference/smollm2", timeout=cap + 60, json={
-        "inputData": {"prompt": "The capital of France is"},
-        "options": {"temperature": 0, "max_tokens": 48, "timeout": cap * 1000}})
-    if reply.status_code == 504:
-        return float("inf")
-    reply.raise_for_status()
-    return float(reply.json()["processingTime"]) / 1000
 
 
 def main() -> None:
@@ -79,10 +64,10 @@ def main() -> None:
         os.environ["GOMP_SPINCOUNT"] = spin  # the worker inherits it and keeps it
         with tempfile.TemporaryDirectory() as root, \
                 worker_serving(Path(root), {"smollm2": "smollm2"}) as worker:
-            decode_seconds(worker.url, args.cap)  # warm
+            greedy_decode_seconds(worker.url, args.cap)  # warm
             for name, command in NEIGHBOURS.items():
-                with neighbour(command):
-                    runs = [decode_seconds(worker.url, args.cap) for _ in range(args.runs)]
+                with beside(command):
+                    runs = [greedy_decode_seconds(worker.url, args.cap) for _ in range(args.runs)]
                 results[spin, name] = statistics.median(runs)
     base = results[OPENMP_SPIN_ROUNDS, "none"]
     sys.stdout.write(f"48 greedy tokens, SmolLM2, median of {args.runs} runs "

@@ -225,3 +225,34 @@ def failed_seconds(url: str, model_id: str) -> float:
     """The time the worker itself took to answer every failed request of the model, in
     total (a deadline's answer time, by its own clock)."""
     return int(stats_of(url, model_id)["inference_stats"]["fail"]["ns"]) / 1e9
+
+
+#: A busy loop pinned to the last core this process may use.
+PINNED_BUSY_LOOP = ["taskset", "-c", str(max(os.sched_getaffinity(0))), sys.executable, "-c",
+                    "while True: pass"]
+
+
+@contextlib.contextmanager
+def neighbour(command: list[str]) -> Iterator[None]:
+    """``command`` running beside the worker, in a session of its own (a scheduling group
+    of its own, as another build or container is); its whole group is killed on exit, and
+    ``timeout`` ends it even if this process dies."""
+    proc = subprocess.Popen(["timeout", "900", *command], start_new_session=True)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def greedy_decode_seconds(url: str, deadline_s: float = 120) -> float:
+    """48 greedy SmolLM2 tokens through the seed API, by the worker's clock
+    (``processingTime``); ``inf`` when the deadline passed first."""
+    reply = httpx.post(f"{url}/api/inference/smollm2", timeout=deadline_s + 60, json={
+        "inputData": {"prompt": "The capital of France is"},
+        "options": {"temperature": 0, "max_tokens": 48, "timeout": deadline_s * 1000}})
+    if reply.status_code == 504:
+        return float("inf")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["result"]["usage"]["completionTokens"] == 48
+    return float(reply.json()["processingTime"]) / 1000

@@ -12,18 +12,12 @@ own (as another build or container is). Times are the worker's own
 from __future__ import annotations
 
 import os
-import signal
 import statistics
-import subprocess
-import sys
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from .helpers import Worker, worker_serving
-
-CORES = sorted(os.sched_getaffinity(0))
+from .helpers import PINNED_BUSY_LOOP, Worker, greedy_decode_seconds, neighbour, worker_serving
 
 
 @pytest.fixture(scope="module")
@@ -32,26 +26,12 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
         yield w
 
 
-def decode_seconds(url: str, deadline_s: float = 120) -> float:
-    """48 greedy tokens, by the worker's clock."""
-    reply = httpx.post(f"{url}/api/inference/smollm2", timeout=deadline_s + 60, json={
-        "inputData": {"prompt": "The capital of France is"},
-        "options": {"temperature": 0, "max_tokens": 48, "timeout": deadline_s * 1000}})
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["result"]["usage"]["completionTokens"] == 48
-    return float(reply.json()["processingTime"]) / 1000
-
-
-@pytest.mark.skipif(len(CORES) < 2, reason="one core: llama.cpp runs one thread, no barrier")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                    reason="one core: llama.cpp runs one thread, no barrier")
 def test_decoding_keeps_its_pace_when_a_core_is_taken(llm: Worker) -> None:
-    quiet = statistics.median(decode_seconds(llm.url) for _ in range(3))
-    # ``timeout`` ends the loop even if this test process dies
-    hog = subprocess.Popen(["timeout", "300", "taskset", "-c", str(CORES[-1]), sys.executable,
-                            "-c", "while True: pass"], start_new_session=True)
-    try:
-        # half of one core gone costs about 4x; spinning at the barriers cost 100x and more
-        shared = [decode_seconds(llm.url, deadline_s=20 * quiet) for _ in range(3)]
-    finally:
-        os.killpg(hog.pid, signal.SIGKILL)
-        hog.wait()
+    quiet = statistics.median(greedy_decode_seconds(llm.url) for _ in range(3))
+    with neighbour(PINNED_BUSY_LOOP):
+        # half of one core gone costs about 4x; spinning at the barriers cost 100x and
+        # more (the deadline answers first: inf)
+        shared = [greedy_decode_seconds(llm.url, deadline_s=20 * quiet) for _ in range(3)]
     assert max(shared) < 20 * quiet, (quiet, shared)
