@@ -9,7 +9,8 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
-	examples/models/gemma3/model.gguf
+	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
+	examples/models/qwen2.5-coder-1.5b/model.gguf
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-fetch bench-fleet
 

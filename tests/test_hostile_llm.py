@@ -20,7 +20,7 @@ import orjson
 import psutil
 import pytest
 
-from wrk_ai_inference.tasks.text_generation import grammar
+from wrk_ai_inference.tasks.chat.grammars import schema_grammar as grammar
 
 from .helpers import Worker, make_repo, running_worker
 

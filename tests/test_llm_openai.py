@@ -224,7 +224,7 @@ def test_errors_in_openai_shape(client: openai.OpenAI, llm: Worker) -> None:
     for body, needle in (({"messages": QUESTION, "temperature": 9}, "temperature"),
                          ({"messages": QUESTION, "n": 99}, "n must"),
                          ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
-                         ({"messages": QUESTION, "tools": []}, "tools"),
+                         ({"messages": QUESTION, "tools": [{"type": "retrieval"}]}, "tools"),
                          ({"prompt": "x"}, "prompt")):
         r = httpx.post(f"{llm.url}/v1/chat/completions", json={"model": "smollm2", **body})
         assert r.status_code == 400, r.text

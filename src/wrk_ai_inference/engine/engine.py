@@ -352,12 +352,14 @@ class InferenceEngine:
                     loop.call_soon_threadsafe(on_events, batch)
 
             # registered (so cancel finds it) before it waits for a slot and its prompt
-            job = task.generation(request, [], deliver)
+            job = task.generation(request, deliver)
+            shaper = task.shaper(request)
             self._generations[inference_id] = job
             queue_s = await self._admit(deadline, model_id)
             hold.slot = True
-            job.tokens = await self._off_loop(self.prompts, task.prepare, (request,),
-                                              deadline, hold, "while reading the prompt")
+            prompt = await self._off_loop(self.prompts, task.prepare, (request,),
+                                          deadline, hold, "while reading the prompt")
+            job.start_with(prompt.tokens, prompt.grammar)
 
             def expire() -> None:
                 # the thread stops within a token (or a graph node of the prompt) and then
@@ -388,13 +390,14 @@ class InferenceEngine:
                     else:
                         self.metrics.inter_token.labels(model_id).observe(now - tokens.last_s)
                     tokens.last_s = now
-                    yield {"type": "delta", "index": rest[0], "text": rest[1],
-                           "logprob": rest[2]}
+                    for out in shaper.delta(rest[0], rest[1], rest[2]):
+                        yield out
                 elif kind == "finish":
                     if rest[1] == "deadline":
                         continue  # answered at the end, once the thread is done
                     tokens.completion += rest[2]
-                    yield {"type": "finish", "index": rest[0], "finishReason": rest[1]}
+                    for out in shaper.finish(rest[0], rest[1]):
+                        yield out
                 else:  # end
                     ended = True
                     if rest[0] == "deadline":

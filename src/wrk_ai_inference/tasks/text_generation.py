@@ -11,7 +11,6 @@ an empty string.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,13 @@ from typing import Any
 from ..errors import InferenceError, first_line
 from ..logs import request_id_var
 from ..models.spec import ModelSpec
-from ..runtimes.llama import Generation, LlamaSession, Sampling, check_fits
+from ..runtimes.llama import Generation, Grammar, LlamaSession, Sampling, check_fits
 from .base import Task
+from .chat import conversation
+from .chat.calls import CallStream, call_id
+from .chat.formats import Call, Generic, family
+from .chat.grammars import calls_grammar, schema_grammar
+from .chat.tools import Toolset, toolset
 
 #: Choices one request may ask for, stop strings it may give, logprobs it may list,
 #: tokens it may bias, text parts one message may have.
@@ -29,9 +33,6 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 1024
-MAX_PARTS = 256
-
-_ROLES = {"system", "user", "assistant", "developer"}
 
 #: Options handled by the engine, not the task (deadline, the id ``cancel`` names).
 ENGINE_OPTIONS = {"timeout", "inferenceId"}
@@ -86,61 +87,6 @@ def _constraint(response_format: Any) -> str | None:
     raise _invalid("response_format.type must be 'text', 'json_object' or 'json_schema'")
 
 
-@functools.lru_cache(maxsize=32)
-def grammar(constraint: str) -> str:
-    """GBNF for a constraint of ``_constraint``; the same schema again costs nothing."""
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if constraint == "json":
-        return str(JSON_GBNF)
-    try:
-        return str(json_schema_to_gbnf(constraint))
-    except Exception as exc:  # the converter raises plain exceptions on what it lacks
-        raise _invalid(f"response_format.json_schema cannot be turned into a grammar: "
-                       f"{first_line(exc)}") from None
-
-
-def _content(message: dict[str, Any], index: int) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI's content parts: only text ones are served
-        if len(content) > MAX_PARTS:
-            raise _invalid(f"messages[{index}].content has {len(content)} parts; at most "
-                           f"{MAX_PARTS} are accepted")
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" \
-                    or not isinstance(part.get("text"), str):
-                raise _invalid(f"messages[{index}].content: only text parts are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise _invalid(f"messages[{index}].content must be a string or a list of text parts")
-
-
-def _messages(value: Any, most: int) -> list[dict[str, str]]:
-    """The messages, at most ``most`` of them (checked before any is looked at)."""
-    if not isinstance(value, list) or not value:
-        raise _invalid("messages must be a non-empty list of {role, content}")
-    if len(value) > most:
-        raise _invalid(f"{len(value)} messages cannot fit: the model's context holds "
-                       f"{most} tokens, and every message takes at least one")
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise _invalid(f"messages[{i}] must be an object {{role, content}}")
-        unknown = set(message) - {"role", "content", "name"}
-        if unknown:
-            raise _invalid(f"messages[{i}] has fields this worker does not support: "
-                           f"{sorted(unknown)}")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise _invalid(f"messages[{i}].role must be one of {sorted(_ROLES)}")
-        out.append({"role": "system" if role == "developer" else role,
-                    "content": _content(message, i)})
-    return out
-
-
 def _logit_bias(value: Any, n_vocab: int) -> list[tuple[int, float]]:
     """OpenAI's ``logit_bias`` (token id as a string: a bias in [-100, 100])."""
     if value is None:
@@ -165,11 +111,20 @@ def _logit_bias(value: Any, n_vocab: int) -> list[tuple[int, float]]:
 class GenerationRequest:
     """A validated request; ``prepare`` turns it into prompt tokens off the loop."""
 
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     prompt: str | None
     sampling: Sampling
     chat: bool
-    constraint: str | None = None  # what the output must be (``_constraint``)
+    constraint: str | None = None  # what a text answer must be (``_constraint``)
+    tools: Toolset | None = None  # tools the model may call (None: none offered)
+
+
+@dataclass
+class Prompt:
+    """What ``prepare`` makes off the loop: the prompt's tokens and the output's grammar."""
+
+    tokens: list[int]
+    grammar: Grammar | None = None
 
 
 class TextGeneration(Task):
@@ -186,7 +141,7 @@ class TextGeneration(Task):
                 f"model '{model_id}' has no chat template: its GGUF carries none, so give "
                 "one as chatTemplate in model.json (a base model answers a plain "
                 "completion-style template such as 'Q: ...\\nA:')")
-        try:
+        try:  # Jinja's sandbox: templates come from model files, which come from peers
             self.formatter = Jinja2ChatFormatter(template, eos_token=session.eos_text,
                                                  bos_token=session.bos_text)
         except Exception as exc:  # jinja2's TemplateSyntaxError and friends
@@ -201,6 +156,13 @@ class TextGeneration(Task):
         self.cells = session.n_ctx
         #: the prompt's text beyond which it cannot fit, whatever the tokenizer makes of it
         self.max_chars = session.n_ctx * session.max_token_bytes
+        #: how this template writes tool calls (``chat.formats``)
+        self.format = family(template)
+        trigger = self.format.trigger
+        tokens = session.tokenize(trigger, False) if trigger else []
+        #: the trigger as one special token, when the vocabulary has it as one
+        self.trigger_tokens = tokens if len(tokens) == 1 and trigger and \
+            session.piece(tokens[0]) == trigger else []
 
     # ---- one request ------------------------------------------------------------
     def request(self, data: Any, options: dict[str, Any]) -> GenerationRequest:
@@ -217,16 +179,20 @@ class TextGeneration(Task):
             raise _invalid(f"options this model does not support: {sorted(unknown)} "
                            f"(supported: {sorted(_OPTION_NAMES)})")
         sampling = self._sampling(options)
-        messages: list[dict[str, str]] | None = None
+        tools = toolset(options.get("tools"), options.get("tool_choice"),
+                        options.get("parallel_tool_calls"))
+        messages: list[dict[str, Any]] | None = None
         prompt: str | None = None
         if "messages" in data:
-            messages = _messages(data["messages"], self.cells)
-            size = sum(len(m["content"]) for m in messages)
+            messages = conversation.messages(data["messages"], self.cells)
+            size = conversation.text_size(messages) + (len(tools.key) if tools else 0)
             stops = [self.eos_text] if self.eos_text else []
         else:
             prompt = data["prompt"]
             if not isinstance(prompt, str) or not prompt:
                 raise InferenceError("ERR_INVALID_INPUT", "prompt must be a non-empty string")
+            if tools is not None:
+                raise _invalid("tools need messages (a chat), not a prompt")
             size, stops = len(prompt), []
         if size > self.max_chars:  # refused in time linear in the input, untokenised
             raise InferenceError(
@@ -235,29 +201,71 @@ class TextGeneration(Task):
                 f"context of {self.cells} tokens per sequence, which no text over "
                 f"{self.max_chars} characters fits", {"contextLength": self.cells})
         sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
+        if tools is not None and tools.choice == "none":
+            tools = None  # the model is not told of tools it may not call
         return GenerationRequest(messages, prompt, sampling, messages is not None,
-                                 _constraint(options.get("response_format")))
+                                 _constraint(options.get("response_format")), tools)
 
-    def prepare(self, request: GenerationRequest) -> list[int]:
+    def prepare(self, request: GenerationRequest) -> Prompt:
         """The prompt's tokens: the chat template rendered and the text tokenised, and the
-        output's grammar made from its constraint. Costly on big inputs, so it runs on a
-        helper thread after admission, under the request's deadline (the engine's
-        ``_off_loop``); neither the event loop nor the model's thread waits on it."""
+        output's grammar made from its constraint and tools. Costly on big inputs, so it
+        runs on a helper thread after admission, under the request's deadline (the
+        engine's ``_off_loop``); neither the event loop nor the model's thread waits on
+        it."""
         if request.messages is not None:
-            try:
-                formatted = self.formatter(messages=request.messages)  # type: ignore[arg-type]
-            except Exception as exc:  # the template's raise_exception, bad roles...
-                raise InferenceError("ERR_INVALID_INPUT", "the model's chat template refused "
-                                     f"these messages: {first_line(exc)}") from None
-            text, add_bos = formatted.prompt, not formatted.added_special
+            text, add_bos = self._render(request.messages, request.tools), False
         else:
             assert request.prompt is not None
             text, add_bos = request.prompt, True
         tokens = self.session.tokenize(text, add_bos)
         check_fits(len(tokens), request.sampling.max_tokens, self.cells, self.model_id)
-        if request.constraint is not None:
-            request.sampling.grammar = grammar(request.constraint)
-        return tokens
+        grammar = self._grammar(request)
+        if grammar is not None and not self.session.grammar_parses(grammar.text):
+            what = "the tools" if request.tools is not None else "response_format"
+            raise _invalid(f"{what} make a grammar llama.cpp refuses (too many repetitions "
+                           "or rules): simplify the schemas")
+        return Prompt(tokens, grammar)
+
+    def _render(self, messages: list[dict[str, Any]], tools: Toolset | None) -> str:
+        offered: list[dict[str, Any]] | None = None
+        if tools is not None and self.format.native:
+            offered = [t.as_openai() for t in tools.offered]
+        elif tools is not None:  # the generic format: the template knows nothing of tools
+            messages = _generic_conversation(messages, tools)
+        try:
+            formatted = self.formatter(messages=messages, tools=offered)  # type: ignore[arg-type]
+        except Exception as exc:  # the template's raise_exception, bad roles...
+            raise InferenceError("ERR_INVALID_INPUT", "the model's chat template refused "
+                                 f"these messages: {first_line(exc)}") from None
+        return str(formatted.prompt)
+
+    def _grammar(self, request: GenerationRequest) -> Grammar | None:
+        """The output's grammar: the tools' calls (for the whole answer when a call is
+        required or the format is JSON, else from the call's trigger on), and the
+        response format's where the answer may be text."""
+        tools = request.tools
+        if tools is None:
+            return None if request.constraint is None else Grammar(
+                schema_grammar(request.constraint))
+        answer: Any = None if request.constraint is None or tools.forced else (
+            "json" if request.constraint == "json" else json.loads(request.constraint))
+        if isinstance(self.format, Generic) and not tools.forced and answer is None:
+            answer = {"type": "string"}  # the text of {"response": ...}
+        plan = json.dumps({"tools": [[t.name, t.parameters] for t in tools.offered],
+                           "key": self.format.arguments_key,
+                           "root": self.format.root(tools, answer is not None),
+                           "answer": answer}, sort_keys=True)
+        text = calls_grammar(plan)
+        lazy = not tools.forced and answer is None and self.format.trigger is not None
+        if not lazy:
+            if not tools.forced and answer is None and not isinstance(self.format, Generic):
+                return None  # a format told by the answer's first characters: parsed only
+            return Grammar(text)
+        trigger = self.format.trigger
+        assert trigger is not None
+        return Grammar(text, patterns=[] if self.trigger_tokens else
+                       ["[\\s\\S]*?(" + _regex(trigger) + ")"],
+                       tokens=self.trigger_tokens)
 
     def _sampling(self, o: dict[str, Any]) -> Sampling:
         d = self.spec.sampling
@@ -299,14 +307,107 @@ class TextGeneration(Task):
             n=n,
             logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab))
 
-    def generation(self, request: GenerationRequest, tokens: list[int], deliver: Any
-                   ) -> Generation:
-        return Generation(tokens, request.sampling, deliver, request_id_var.get() or "-")
+    def generation(self, request: GenerationRequest, deliver: Any) -> Generation:
+        return Generation([], request.sampling, deliver, request_id_var.get() or "-")
+
+    def shaper(self, request: GenerationRequest) -> Shaper:
+        return Shaper(request, self.format)
 
 
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
-                 "stop", "logprobs", "top_logprobs", "n", "response_format", "logit_bias"}
+                 "stop", "logprobs", "top_logprobs", "n", "response_format", "logit_bias",
+                 "tools", "tool_choice", "parallel_tool_calls"}
+
+
+def _regex(text: str) -> str:
+    """``text`` as an ECMAScript regex (llama.cpp's std::regex) matching it literally."""
+    return "".join("\\" + c if c in "\\^$.|?*+()[]{}" else c for c in text)
+
+
+def _generic_conversation(messages: list[dict[str, Any]], tools: Toolset
+                          ) -> list[dict[str, Any]]:
+    """The conversation for a template that knows nothing of tools: the tools described
+    in the system message, past calls and results written as the JSON the model is asked
+    to answer with."""
+    intro = Generic.system_text(tools.offered, tools.forced)
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                     for c in message["tool_calls"]]
+            out.append({"role": "assistant", "content": json.dumps({"tool_calls": calls})})
+        elif message["role"] == "tool":
+            out.append({"role": "user", "content": json.dumps({"tool_response": {
+                "name": message.get("name", ""), "content": message["content"]}})})
+        elif message["role"] == "assistant" and message["content"]:
+            out.append({"role": "assistant",
+                        "content": json.dumps({"response": message["content"]})})
+        else:
+            out.append({"role": message["role"], "content": message["content"]})
+    if out[0]["role"] == "system":
+        out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + intro}
+    else:
+        out.insert(0, {"role": "system", "content": intro})
+    return out
+
+
+@dataclass
+class _Choice:
+    calls: CallStream
+    count: int = 0
+
+
+class Shaper:
+    """One request's generated text turned into the events clients get: text, and with
+    tools, the calls told apart from it (``chat.calls``), numbered per choice, each with
+    an id; a choice that called a tool finishes with ``tool_calls``."""
+
+    def __init__(self, request: GenerationRequest, fmt: Any) -> None:
+        tools = request.tools
+        self._choices: dict[int, _Choice] = {}
+        self._make = None if tools is None else (
+            lambda: _Choice(CallStream(fmt, tools, whole=tools.forced
+                                       or isinstance(fmt, Generic))))
+
+    def _choice(self, index: int) -> _Choice | None:
+        if self._make is None:
+            return None
+        if index not in self._choices:
+            self._choices[index] = self._make()
+        return self._choices[index]
+
+    def delta(self, index: int, text: str, logprob: Any) -> list[dict[str, Any]]:
+        choice = self._choice(index)
+        if choice is None:
+            return [{"type": "delta", "index": index, "text": text, "logprob": logprob}]
+        return self._events(index, choice, choice.calls.feed(text), logprob)
+
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        choice = self._choice(index)
+        events = [] if choice is None else self._events(index, choice, choice.calls.close(),
+                                                        None)
+        if choice is not None and choice.count and reason == "stop":
+            reason = "tool_calls"
+        return [*events, {"type": "finish", "index": index, "finishReason": reason}]
+
+    def _events(self, index: int, choice: _Choice, items: list[tuple[str, object]],
+                logprob: Any) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for kind, value in items:
+            if kind == "text":
+                events.append({"type": "delta", "index": index, "text": value,
+                               "logprob": logprob})
+                logprob = None
+            else:
+                assert isinstance(value, Call)
+                events.append({"type": "toolCall", "index": index, "call": {
+                    "index": choice.count, "id": call_id(), "name": value.name,
+                    "arguments": value.arguments}})
+                choice.count += 1
+        if logprob is not None:
+            events.append({"type": "delta", "index": index, "text": "", "logprob": logprob})
+        return events
 
 
 class Collector:
@@ -318,6 +419,7 @@ class Collector:
         self.texts: list[list[str]] = []
         self.logprobs: list[list[dict[str, Any]]] = []
         self.reasons: list[str | None] = []
+        self.calls: list[list[dict[str, Any]]] = []
         self.want_logprobs = False
         self.usage: dict[str, int] = {}
 
@@ -329,6 +431,12 @@ class Collector:
             self.texts = [[] for _ in range(n)]
             self.logprobs = [[] for _ in range(n)]
             self.reasons = [None] * n
+            self.calls = [[] for _ in range(n)]
+        elif kind == "toolCall":
+            call = event["call"]
+            self.calls[event["index"]].append({
+                "id": call["id"], "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]}})
         elif kind == "delta":
             self.texts[event["index"]].append(event["text"])
             if event["logprob"] is not None:
@@ -345,6 +453,8 @@ class Collector:
         for i, (parts, reason) in enumerate(zip(self.texts, self.reasons, strict=True)):
             choice: dict[str, Any] = {"index": i, "text": "".join(parts),
                                       "finishReason": reason}
+            if self.calls[i]:
+                choice["toolCalls"] = self.calls[i]
             if self.want_logprobs:
                 choice["logprobs"] = self.logprobs[i]
             out.append(choice)
@@ -352,11 +462,16 @@ class Collector:
 
     def result(self) -> dict[str, Any]:
         """The seed API's and RPC's answer: the first choice's text (and message, for a
-        chat), its finish reason, usage, and every choice."""
+        chat, in OpenAI's shape: its ``tool_calls`` can go back into the conversation as
+        they are), its finish reason, usage, and every choice."""
         choices = self.choices()
         result: dict[str, Any] = {"text": choices[0]["text"],
                                   "finishReason": choices[0]["finishReason"],
                                   "usage": self.usage, "choices": choices}
         if self.chat:
-            result["message"] = {"role": "assistant", "content": choices[0]["text"]}
+            message: dict[str, Any] = {"role": "assistant", "content": choices[0]["text"]}
+            if choices[0].get("toolCalls"):
+                message["tool_calls"] = choices[0]["toolCalls"]
+                result["toolCalls"] = choices[0]["toolCalls"]
+            result["message"] = message
         return result

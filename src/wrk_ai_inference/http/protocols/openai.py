@@ -31,7 +31,8 @@ _COMMON = {"model", "stream", "stream_options", "user"}
 _SAMPLING = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "repeat_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
              "logprobs", "top_logprobs", "n", "response_format", "logit_bias"}
-_CHAT_FIELDS = _COMMON | _SAMPLING | {"messages"}
+_TOOLS = {"tools", "tool_choice", "parallel_tool_calls"}
+_CHAT_FIELDS = _COMMON | _SAMPLING | _TOOLS | {"messages"}
 _COMPLETION_FIELDS = (_COMMON | (_SAMPLING - {"max_completion_tokens", "top_logprobs"})
                       | {"prompt", "echo", "suffix", "best_of"})
 
@@ -66,7 +67,7 @@ def _options(payload: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
     if stream_options is not None and (not isinstance(stream_options, dict)
                                        or set(stream_options) - {"include_usage"}):
         raise _invalid("stream_options may only hold include_usage", "stream_options")
-    return {k: v for k, v in payload.items() if k in _SAMPLING and v is not None}
+    return {k: v for k, v in payload.items() if k in _SAMPLING | _TOOLS and v is not None}
 
 
 def _stream_flag(payload: dict[str, Any]) -> tuple[bool, bool]:
@@ -126,8 +127,12 @@ class _Shapes:
     def choice(self, choice: dict[str, Any]) -> dict[str, Any]:
         logprobs = choice.get("logprobs")
         if self.chat:
-            return {"index": choice["index"],
-                    "message": {"role": "assistant", "content": choice["text"]},
+            calls = choice.get("toolCalls")
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": choice["text"] or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = calls
+            return {"index": choice["index"], "message": message,
                     "logprobs": _chat_logprobs(logprobs),
                     "finish_reason": choice["finishReason"]}
         return {"index": choice["index"], "text": choice["text"],
@@ -153,6 +158,15 @@ class _Shapes:
         offsets[index] = offset + len(event["text"])
         return {"index": index, "text": event["text"],
                 "logprobs": _text_logprobs(entries, offset), "finish_reason": None}
+
+    @staticmethod
+    def call(event: dict[str, Any]) -> dict[str, Any]:
+        """A whole tool call as one delta: its index, id, name and arguments."""
+        call = event["call"]
+        return {"index": event["index"], "delta": {"tool_calls": [
+            {"index": call["index"], "id": call["id"], "type": "function",
+             "function": {"name": call["name"], "arguments": call["arguments"]}}]},
+            "logprobs": None, "finish_reason": None}
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         if self.chat:
@@ -296,6 +310,8 @@ async def _sse_chunks(shapes: _Shapes, start: dict[str, Any],
                 kind = event["type"]
                 if kind == "delta":
                     yield _sse(chunk([shapes.delta(event, offsets)]))
+                elif kind == "toolCall":
+                    yield _sse(chunk([shapes.call(event)]))
                 elif kind == "finish":
                     pending.discard(event["index"])
                     yield _sse(chunk([shapes.finish(event["index"], event["finishReason"])]))

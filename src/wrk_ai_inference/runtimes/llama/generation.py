@@ -17,6 +17,21 @@ from typing import Any
 from ...errors import InferenceError
 
 
+@dataclass(frozen=True)
+class Grammar:
+    """GBNF the output must follow; with ``patterns`` (regexes over the text made so far)
+    or ``tokens`` it is lazy: free until one of them appears, then in force from there
+    (llama.cpp's lazy grammar, which tool calls in free text use)."""
+
+    text: str
+    patterns: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self.patterns or self.tokens)
+
+
 @dataclass
 class Sampling:
     """Sampling settings of one generation (llama-cpp-python's names and defaults)."""
@@ -33,7 +48,7 @@ class Sampling:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: and the k best
-    grammar: str | None = None  # GBNF
+    grammar: Grammar | None = None
     n: int = 1
     logit_bias: list[tuple[int, float]] = field(default_factory=list)  # (token, bias)
 
@@ -55,6 +70,11 @@ class Generation:
     live: int = 0  # choices generating now
     made: int = 0  # tokens generated over all its choices
     outbox: list[tuple[Any, ...]] = field(default_factory=list)  # events not yet delivered
+
+    def start_with(self, tokens: list[int], grammar: Grammar | None) -> None:
+        """The prompt and grammar made off the loop, before the model's thread sees it."""
+        self.tokens = tokens
+        self.sampling.grammar = grammar
 
     def stop(self, reason: str) -> None:
         """Ask the thread to stop this generation (from the event loop); the first reason

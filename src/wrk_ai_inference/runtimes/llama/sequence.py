@@ -15,7 +15,7 @@ import random
 from typing import Any
 
 from ...errors import InferenceError
-from .generation import Generation, StopFilter
+from .generation import Generation, Grammar, StopFilter
 
 PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp-python's)
 
@@ -33,7 +33,7 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     links.append(lib.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
                                                   s.frequency_penalty, s.presence_penalty))
     if s.grammar is not None:
-        grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        grammar = _grammar(lib, vocab, s.grammar)
         if not grammar:
             for link in links:
                 lib.llama_sampler_free(link)
@@ -51,6 +51,17 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     for link in links:
         lib.llama_sampler_chain_add(chain, link)
     return chain
+
+
+def _grammar(lib: Any, vocab: Any, grammar: Grammar) -> Any:
+    text = grammar.text.encode("utf-8")
+    if not grammar.lazy:
+        return lib.llama_sampler_init_grammar(vocab, text, b"root")
+    patterns = (ctypes.c_char_p * max(1, len(grammar.patterns)))(
+        *(p.encode("utf-8") for p in grammar.patterns))
+    tokens = (lib.llama_token * max(1, len(grammar.tokens)))(*grammar.tokens)
+    return lib.llama_sampler_init_grammar_lazy_patterns(
+        vocab, text, b"root", patterns, len(grammar.patterns), tokens, len(grammar.tokens))
 
 
 class Sequence:

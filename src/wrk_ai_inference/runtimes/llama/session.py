@@ -60,6 +60,7 @@ class LlamaSession(ModelSession):
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx)) // spec.parallel  # cells per sequence
         self._lib, self._vocab = llama_cpp, llm._model.vocab
         self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
+        self._parsed: set[str] = set()  # grammars llama.cpp accepted
         self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
                                     spec.prompt_chunk, model)
         self._submitted = 0
@@ -91,6 +92,27 @@ class LlamaSession(ModelSession):
         if n < 0:
             raise InferenceError("ERR_INVALID_INPUT", "the prompt could not be tokenised")
         return list(tokens[:n])
+
+    def piece(self, token: int) -> str:
+        """One token's text, special tokens as they are written."""
+        buffer = ctypes.create_string_buffer(_PIECE_BYTES)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buffer, _PIECE_BYTES, 0, True)
+        return buffer.raw[:max(n, 0)].decode("utf-8", errors="replace")
+
+    def grammar_parses(self, text: str) -> bool:
+        """Whether llama.cpp accepts ``text`` as GBNF (checked once per text, off the
+        model's thread: parsing reads the vocabulary only)."""
+        if text in self._parsed:
+            return True
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"),
+                                                       b"root")
+        if not sampler:
+            return False
+        self._lib.llama_sampler_free(sampler)
+        if len(self._parsed) >= 64:
+            self._parsed.clear()
+        self._parsed.add(text)
+        return True
 
     def _special_text(self, token: int) -> str:
         if token < 0:
