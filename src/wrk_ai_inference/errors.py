@@ -73,6 +73,16 @@ class InferenceError(Exception):
         return {"error": {"message": self.message, "type": kind,
                           "param": self.details.get("param"), "code": self.code}}
 
+    def to_anthropic_dict(self) -> dict[str, Any]:
+        """Anthropic's error body; ``code`` keeps the worker's code."""
+        status = self.http_status
+        kind = {401: "authentication_error", 404: "not_found_error",
+                413: "request_too_large", 429: "rate_limit_error",
+                503: "overloaded_error"}.get(status, "api_error" if status >= 500
+                                             else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message},
+                "code": self.code}
+
     def __repr__(self) -> str:
         return f"InferenceError({self.code!r}, {self.message!r})"
 

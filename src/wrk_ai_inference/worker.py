@@ -31,9 +31,14 @@ from .models.manager import ModelManager, ModelState
 from .models.spec import check_model_id
 from .p2p.drives import Drives
 from .p2p.sidecar import Sidecar
-from .runtimes.llama import LlamaSession
+from .runtimes.base import ModelSession
 
 log = get_logger("worker")
+
+
+def _kv_cache_use(session: ModelSession) -> float:
+    use = session.sequence_use()
+    return use.kv_cache_use if use is not None else 0.0
 
 
 def _freeze_startup_objects() -> None:
@@ -198,6 +203,11 @@ class InferenceWorker:
                 async for event in events:
                     yield event
 
+    async def count_tokens(self, model_id: str, input_data: Any, options: Any = None) -> int:
+        """The prompt tokens a generation request would read, without generating."""
+        with self._admitted():
+            return await self.engine.count_tokens(model_id, input_data, options)
+
     async def cancel(self, inference_id: Any) -> dict[str, Any]:
         """Stop a running generation from another call; it answers with its text so far
         and ``finishReason: "cancelled"``."""
@@ -266,13 +276,13 @@ class InferenceWorker:
         KV cache is."""
         out = {}
         for model_id in self.models.loaded_ids():
-            entry = self.models.entry(model_id)
-            session = entry.session
-            if isinstance(session, LlamaSession) and entry.spec is not None:
-                out[model_id] = {"slots": session.slots, "running": session.running,
-                                 "waiting": session.waiting,
-                                 "contextLength": session.n_ctx,
-                                 "kvCacheUse": round(session.kv_use(), 4)}
+            session = self.models.entry(model_id).session
+            use = session.sequence_use() if session is not None else None
+            if use is not None:
+                out[model_id] = {"slots": use.slots, "running": use.running,
+                                 "waiting": use.waiting,
+                                 "contextLength": use.context_length,
+                                 "kvCacheUse": round(use.kv_cache_use, 4)}
         return out
 
     async def get_available_models(self) -> dict[str, Any]:
@@ -315,7 +325,8 @@ class InferenceWorker:
 
     def _kv_cache_use(self) -> float:
         sessions = (self.models.entry(m).session for m in self.models.loaded_ids())
-        return max((s.kv_use() for s in sessions if isinstance(s, LlamaSession)), default=0.0)
+        uses = (s.sequence_use() for s in sessions if s is not None)
+        return max((u.kv_cache_use for u in uses if u is not None), default=0.0)
 
     def _on_model_change(self, model_id: str, state: ModelState) -> None:
         loaded = state is ModelState.LOADED
@@ -324,8 +335,9 @@ class InferenceWorker:
         self.metrics.loaded.labels(model_id).set(1 if loaded else 0)
         entry = self.models.entry(model_id)
         self.metrics.model_memory.labels(model_id).set(entry.memory_bytes if loaded else 0)
-        if loaded and isinstance(entry.session, LlamaSession):
-            self.metrics.bind_kv_cache(model_id, entry.session.kv_use)
+        session = entry.session
+        if loaded and session is not None and session.sequence_use() is not None:
+            self.metrics.bind_kv_cache(model_id, lambda: _kv_cache_use(session))
         elif not loaded:
             self.metrics.unbind_kv_cache(model_id)
 

@@ -30,10 +30,11 @@ from ..logs import get_logger, new_id, request_id_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
 from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
-from ..runtimes.llama import Generation, LlamaSession
+from ..runtimes.llama import Generation
 from ..tasks import Limits, Task
+from ..tasks.base import StreamingTask
 from ..tasks.tensor import select_outputs, tensor_inputs
-from ..tasks.text_generation import Collector, TextGeneration
+from ..tasks.text_generation import Collector
 from .batcher import Batcher
 from .history import History
 
@@ -304,6 +305,31 @@ class InferenceEngine:
             async for event in events:
                 yield event
 
+    async def count_tokens(self, model_id: str, input_data: Any, options: Any = None) -> int:
+        """The prompt tokens a generation request would read (template, tools and all),
+        without generating: the same checks and preparation as a generation, on a prompt
+        thread, under the request's deadline and a slot (it costs what a prompt costs)."""
+        started = time.perf_counter()
+        entry = await self.models.acquire(model_id)
+        hold = _Hold(self, entry)
+        try:
+            timeout_s, _, task_options = _stream_options(options, self.settings)
+            deadline = started + timeout_s
+            task = entry.pipeline
+            if not isinstance(task, StreamingTask):
+                raise InferenceError("ERR_INVALID_REQUEST",
+                                     f"model '{model_id}' does not generate text")
+            request = task.request(_lists(input_data), _lists(task_options))
+            await self._admit(deadline, model_id)
+            hold.slot = True
+            prompt = await self._off_loop(self.prompts, task.prepare, (request,), deadline,
+                                          hold, "while reading the prompt")
+            return len(prompt.tokens)
+        except RecursionError:
+            raise _too_deep() from None
+        finally:
+            hold.release()
+
     def cancel(self, inference_id: str) -> bool:
         """Stop the running generation ``inference_id``; False when none has that id."""
         job = self._generations.get(inference_id)
@@ -326,12 +352,11 @@ class InferenceEngine:
         try:
             timeout_s, inference_id, task_options = _stream_options(options, self.settings)
             deadline = started + timeout_s
-            task, session = entry.pipeline, entry.session
-            if task is None or not task.streams or not isinstance(session, LlamaSession):
+            task = entry.pipeline
+            if not isinstance(task, StreamingTask):
                 raise InferenceError("ERR_INVALID_REQUEST",
                                      f"model '{model_id}' does not generate text; its task is "
                                      f"'{task.name if task else '?'}'")
-            assert isinstance(task, TextGeneration)
             request = task.request(_lists(input_data), _lists(task_options))
             if inference_id in self._generations:
                 raise InferenceError("ERR_INVALID_REQUEST",
@@ -369,7 +394,7 @@ class InferenceEngine:
 
             timer = loop.call_at(loop.time() + max(deadline - time.perf_counter(), 0.0),
                                  expire)
-            session.submit(job)
+            task.submit(job)
             submitted = True
             yield {"type": "start", "inferenceId": inference_id, "chat": request.chat,
                    "n": request.sampling.n}
@@ -396,7 +421,7 @@ class InferenceEngine:
                     if rest[1] == "deadline":
                         continue  # answered at the end, once the thread is done
                     tokens.completion += rest[2]
-                    for out in shaper.finish(rest[0], rest[1]):
+                    for out in shaper.finish(rest[0], rest[1], rest[3]):
                         yield out
                 else:  # end
                     ended = True
@@ -448,9 +473,10 @@ class InferenceEngine:
         running = waiting = 0
         for model_id in self.models.loaded_ids():
             session = self.models.entry(model_id).session
-            if isinstance(session, LlamaSession):
-                running += session.running
-                waiting += session.waiting
+            use = session.sequence_use() if session is not None else None
+            if use is not None:
+                running += use.running
+                waiting += use.waiting
         return running, waiting
 
     async def _preprocess(self, entry: ModelEntry, task: Task, input_data: Any,

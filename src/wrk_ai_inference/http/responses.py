@@ -40,6 +40,9 @@ def error_response(error: InferenceError, protocol: str = "seed") -> JSON:
         return JSON(error.to_v2_dict(), status_code=V2_STATUS[error.code], headers=headers)
     if protocol == "openai":
         return JSON(error.to_openai_dict(), status_code=error.http_status, headers=headers)
+    if protocol == "anthropic":
+        return JSON(error.to_anthropic_dict(), status_code=error.http_status,
+                    headers=headers)
     return JSON(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
@@ -47,6 +50,8 @@ def protocol_of(path: str) -> str:
     """Which protocol's error shape a path answers in."""
     if path.startswith("/v2"):
         return "v2"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
     if path.startswith("/v1"):
         return "openai"
     return "seed"

@@ -10,6 +10,7 @@ while the slot stays counted.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,6 +58,22 @@ class ModelSession(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the runtime's memory; called once, after the last run ended."""
+
+    def sequence_use(self) -> SequenceUse | None:
+        """A runtime that generates sequences (a language model) says how its sequence
+        slots are used; the others have none."""
+        return None
+
+
+@dataclass(frozen=True)
+class SequenceUse:
+    """A language model's sequence slots at one moment."""
+
+    slots: int
+    running: int
+    waiting: int
+    context_length: int  # cells per sequence
+    kv_cache_use: float  # the fraction of cells running sequences hold
 
 
 class Runtime(Protocol):

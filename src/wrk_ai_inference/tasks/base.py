@@ -46,3 +46,28 @@ class Task:
     def outputs(self, outputs: Tensors, feeds: Tensors, top_k: int,
                 wanted: list[str] | None = None) -> dict[str, Any]:
         raise NotImplementedError
+
+
+class StreamingTask(Task):
+    """A task whose answer is a stream of events (text generation). The engine drives it:
+    ``request`` checks a request on the loop, ``prepare`` makes its prompt on a helper
+    thread after admission, ``generation`` is the job the model's thread runs and
+    ``submit`` hands it over, and ``shaper`` turns the thread's events into the ones
+    clients get."""
+
+    streams = True
+
+    def request(self, data: Any, options: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def prepare(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def generation(self, request: Any, deliver: Any) -> Any:
+        raise NotImplementedError
+
+    def shaper(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def submit(self, job: Any) -> None:
+        raise NotImplementedError

@@ -12,14 +12,14 @@ an empty string.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InferenceError, first_line
 from ..logs import request_id_var
 from ..models.spec import ModelSpec
 from ..runtimes.llama import Generation, Grammar, LlamaSession, Sampling, check_fits
-from .base import Task
+from .base import StreamingTask
 from .chat import conversation
 from .chat.calls import CallStream, call_id
 from .chat.formats import Call, Generic, family
@@ -117,6 +117,7 @@ class GenerationRequest:
     chat: bool
     constraint: str | None = None  # what a text answer must be (``_constraint``)
     tools: Toolset | None = None  # tools the model may call (None: none offered)
+    asked_stops: list[str] = field(default_factory=list)  # the request's own stop strings
 
 
 @dataclass
@@ -127,9 +128,8 @@ class Prompt:
     grammar: Grammar | None = None
 
 
-class TextGeneration(Task):
+class TextGeneration(StreamingTask):
     name = "text-generation"
-    streams = True
 
     def __init__(self, spec: ModelSpec, session: LlamaSession, model_id: str) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -200,11 +200,12 @@ class TextGeneration(Task):
                 f"the prompt's text is {size} characters; model '{self.model_id}' has a "
                 f"context of {self.cells} tokens per sequence, which no text over "
                 f"{self.max_chars} characters fits", {"contextLength": self.cells})
+        asked = list(sampling.stop)
         sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
         if tools is not None and tools.choice == "none":
             tools = None  # the model is not told of tools it may not call
         return GenerationRequest(messages, prompt, sampling, messages is not None,
-                                 _constraint(options.get("response_format")), tools)
+                                 _constraint(options.get("response_format")), tools, asked)
 
     def prepare(self, request: GenerationRequest) -> Prompt:
         """The prompt's tokens: the chat template rendered and the text tokenised, and the
@@ -313,6 +314,9 @@ class TextGeneration(Task):
     def shaper(self, request: GenerationRequest) -> Shaper:
         return Shaper(request, self.format)
 
+    def submit(self, job: Generation) -> None:
+        self.session.submit(job)
+
 
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
@@ -365,6 +369,7 @@ class Shaper:
 
     def __init__(self, request: GenerationRequest, fmt: Any) -> None:
         tools = request.tools
+        self._stops = set(request.asked_stops)
         self._choices: dict[int, _Choice] = {}
         self._make = None if tools is None else (
             lambda: _Choice(CallStream(fmt, tools, whole=tools.forced
@@ -383,13 +388,19 @@ class Shaper:
             return [{"type": "delta", "index": index, "text": text, "logprob": logprob}]
         return self._events(index, choice, choice.calls.feed(text), logprob)
 
-    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+    def finish(self, index: int, reason: str, stop: str | None = None
+               ) -> list[dict[str, Any]]:
+        """The choice's last events; ``stop``: the stop string that ended it, if one did
+        and the request asked for it (the end-of-turn text is not reported)."""
         choice = self._choice(index)
         events = [] if choice is None else self._events(index, choice, choice.calls.close(),
                                                         None)
         if choice is not None and choice.count and reason == "stop":
             reason = "tool_calls"
-        return [*events, {"type": "finish", "index": index, "finishReason": reason}]
+        finish = {"type": "finish", "index": index, "finishReason": reason}
+        if stop is not None and stop in self._stops:
+            finish["stopSequence"] = stop
+        return [*events, finish]
 
     def _events(self, index: int, choice: _Choice, items: list[tuple[str, object]],
                 logprob: Any) -> list[dict[str, Any]]:
@@ -420,6 +431,7 @@ class Collector:
         self.logprobs: list[list[dict[str, Any]]] = []
         self.reasons: list[str | None] = []
         self.calls: list[list[dict[str, Any]]] = []
+        self.stop_strings: list[str | None] = []
         self.want_logprobs = False
         self.usage: dict[str, int] = {}
 
@@ -432,6 +444,7 @@ class Collector:
             self.logprobs = [[] for _ in range(n)]
             self.reasons = [None] * n
             self.calls = [[] for _ in range(n)]
+            self.stop_strings = [None] * n
         elif kind == "toolCall":
             call = event["call"]
             self.calls[event["index"]].append({
@@ -444,6 +457,8 @@ class Collector:
                 self.logprobs[event["index"]].append(event["logprob"])
         elif kind == "finish":
             self.reasons[event["index"]] = event["finishReason"]
+            if "stopSequence" in event:
+                self.stop_strings[event["index"]] = event["stopSequence"]
         elif kind == "end":
             self.usage = event["usage"]
             self.reasons = [r or event["finishReason"] or "stop" for r in self.reasons]
@@ -455,6 +470,8 @@ class Collector:
                                       "finishReason": reason}
             if self.calls[i]:
                 choice["toolCalls"] = self.calls[i]
+            if self.stop_strings[i] is not None:
+                choice["stopSequence"] = self.stop_strings[i]
             if self.want_logprobs:
                 choice["logprobs"] = self.logprobs[i]
             out.append(choice)

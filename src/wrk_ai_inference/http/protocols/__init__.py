@@ -1,12 +1,14 @@
 """The worker's HTTP protocols, one route table each: the seed API, the Open Inference
-Protocol (v2) and the OpenAI API."""
+Protocol (v2), the OpenAI API (chat, completions, embeddings), OpenAI's Responses API and
+Anthropic's Messages API."""
 
 from __future__ import annotations
 
 from ..routing import Table
+from .anthropic import TABLE as ANTHROPIC
 from .openai import TABLE as OPENAI
 from .seed import TABLE as SEED
 from .v2 import TABLE as V2
 
 #: every table, in the order their routes are matched
-TABLES: tuple[Table, ...] = (SEED, V2, OPENAI)
+TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, ANTHROPIC)

@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 from fastapi.responses import Response
 
-from ... import bodies, json_tensors
 from ...errors import InferenceError
 from ...worker import InferenceWorker
 from ..responses import JSON
 from ..routing import Call, EventStream, Route, Table
+from .shared import first_event, json_body
 
 #: Fields every generation request may carry besides the sampling options, which
 #: go to the task as they are (it refuses the ones it does not know).
@@ -39,17 +39,6 @@ _COMPLETION_FIELDS = (_COMMON | (_SAMPLING - {"max_completion_tokens", "top_logp
 
 def _invalid(message: str, param: str | None = None) -> InferenceError:
     return InferenceError("ERR_INVALID_REQUEST", message, {"param": param} if param else None)
-
-
-async def _json_body(call: Call, worker: InferenceWorker) -> dict[str, Any]:
-    body = call.body
-    payload = (bodies.loads_small(body) if isinstance(body, bytes)
-               and len(body) <= json_tensors.LARGE_BYTES
-               else await bodies.decode_json(body, worker.settings.max_tensor_elements))
-    payload = json_tensors.plain(payload)
-    if not isinstance(payload, dict):
-        raise _invalid("the body must be a JSON object")
-    return payload
 
 
 def _model(payload: dict[str, Any]) -> str:
@@ -174,18 +163,8 @@ class _Shapes:
         return {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
 
 
-async def _first_event(events: AsyncGenerator[dict[str, Any], None]) -> dict[str, Any]:
-    """The stream's ``start`` event: errors before it (bad input, a full worker) still get
-    a proper status code rather than a 200 with an error inside the stream."""
-    try:
-        return await events.__anext__()
-    except BaseException:
-        await events.aclose()
-        raise
-
-
 async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response:
-    payload = await _json_body(call, worker)
+    payload = await json_body(call, worker)
     model = _model(payload)
     options = _options(payload, _CHAT_FIELDS if chat else _COMPLETION_FIELDS)
     if chat:
@@ -202,7 +181,7 @@ async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response
                      "choices": [shapes.choice(c) for c in result["choices"]],
                      "usage": _usage(result["usage"]), "system_fingerprint": None})
     events = worker.stream_inference(model, input_data, options)
-    start = await _first_event(events)
+    start = await first_event(events)
     return EventStream(_sse_chunks(shapes, start, events, include_usage))
 
 
@@ -215,7 +194,7 @@ async def _completions(worker: InferenceWorker, call: Call) -> Response:
 
 
 async def _embeddings(worker: InferenceWorker, call: Call) -> Response:
-    payload = await _json_body(call, worker)
+    payload = await json_body(call, worker)
     model = _model(payload)
     unknown = sorted(set(payload) - {"model", "input", "encoding_format", "user"})
     if unknown:

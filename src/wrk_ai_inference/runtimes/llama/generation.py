@@ -3,7 +3,8 @@
 The event loop builds a ``Generation`` and hands it over; from then on it writes only
 ``stop_reason`` (cancel, deadline, a client gone), and the thread reports back through
 ``deliver``, a list of events at a time: ("prompt", tokens), ("delta", choice, text,
-logprob), ("finish", choice, reason, tokens), ("end", reason, tokens) or ("error",
+logprob), ("finish", choice, reason, tokens, stop string or None), ("end", reason, tokens)
+or ("error",
 InferenceError).
 """
 
@@ -107,14 +108,16 @@ class StopFilter:
         self.stops = [s for s in stops if s]
         self.held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, piece: str) -> tuple[str, bool]:
         """(text safe to emit now, whether a stop string was reached)."""
         if not self.stops:
             return piece, False
         text = self.held + piece
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for i, s in ((text.find(s), s) for s in self.stops) if i >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             self.held, self.stopped = "", True
             return text[:cut], True
         keep = 0

@@ -121,7 +121,7 @@ class Scheduler:
                 self._waiting.popleft()
                 self.taken += 1
                 for choice in range(job.admitted, job.sampling.n):
-                    self._emit(job, ("finish", choice, job.stop_reason, 0))
+                    self._emit(job, ("finish", choice, job.stop_reason, 0, None))
                 job.admitted = job.sampling.n
                 self._maybe_end(job)
                 continue
@@ -349,7 +349,7 @@ class Scheduler:
             rest = seq.rest(reason)
             if rest:
                 self._emit(job, ("delta", seq.choice, rest, None))
-            self._emit(job, ("finish", seq.choice, reason, seq.made))
+            self._emit(job, ("finish", seq.choice, reason, seq.made, seq.stop_string))
         seq.close()
         slot = seq.slot
         self.slots[slot] = None

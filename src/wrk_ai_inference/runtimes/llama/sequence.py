@@ -111,6 +111,11 @@ class Sequence:
         n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
         return self._piece.raw[:max(n, 0)]
 
+    @property
+    def stop_string(self) -> str | None:
+        """The stop string that ended the choice, if one did."""
+        return self._stops.matched
+
     def rest(self, reason: str) -> str:
         """Text still held back when the choice ends (none after a stop string)."""
         if reason == "stop" and self._stops.stopped:

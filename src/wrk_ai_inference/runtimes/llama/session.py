@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
-from ..base import ModelSession, RunHandle, Tensors
+from ..base import ModelSession, RunHandle, SequenceUse, Tensors
 from .generation import Generation
 from .scheduler import Scheduler
 
@@ -129,6 +129,9 @@ class LlamaSession(ModelSession):
     def waiting(self) -> int:
         """Generations queued for a sequence slot."""
         return self._submitted - self._scheduler.taken
+
+    def sequence_use(self) -> SequenceUse:
+        return SequenceUse(self.slots, self.running, self.waiting, self.n_ctx, self.kv_use())
 
     def kv_use(self) -> float:
         """The fraction of KV cells that running sequences hold (0 when idle)."""
