@@ -31,6 +31,7 @@ from .models.manager import ModelManager, ModelState
 from .models.spec import check_model_id
 from .p2p.drives import Drives
 from .p2p.sidecar import Sidecar
+from .response_store import ResponseStore, StoredResponse
 from .runtimes.base import ModelSession
 
 log = get_logger("worker")
@@ -97,6 +98,7 @@ class InferenceWorker:
         self.models = ModelManager(settings,
                                    drives=Drives(sidecar) if sidecar is not None else None)
         self.history = History(settings.history_size)
+        self._responses = ResponseStore()  # for the Responses API's previous_response_id
         self.request_ids = RequestIds(settings.request_id_window,
                                       settings.request_id_ttl / 1000.0)
         self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
@@ -207,6 +209,23 @@ class InferenceWorker:
         """The prompt tokens a generation request would read, without generating."""
         with self._admitted():
             return await self.engine.count_tokens(model_id, input_data, options)
+
+    # ---- stored responses (OpenAI's Responses API) -----------------------------------
+    def store_response(self, response_id: str, response: dict[str, Any],
+                       conversation: list[dict[str, Any]]) -> None:
+        """Keep an answered response and the conversation it ends (bounded, in memory)."""
+        self._responses.put(response_id, response, conversation)
+
+    def stored_response(self, response_id: str) -> StoredResponse:
+        stored = self._responses.get(response_id)
+        if stored is None:
+            raise InferenceError("ERR_NOT_FOUND",
+                                 f"no stored response '{response_id}' (responses are kept in "
+                                 "memory, at most 1000 for an hour, and not across restarts)")
+        return stored
+
+    def delete_response(self, response_id: str) -> bool:
+        return self._responses.delete(response_id)
 
     async def cancel(self, inference_id: Any) -> dict[str, Any]:
         """Stop a running generation from another call; it answers with its text so far

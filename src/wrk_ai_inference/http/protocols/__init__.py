@@ -7,8 +7,9 @@ from __future__ import annotations
 from ..routing import Table
 from .anthropic import TABLE as ANTHROPIC
 from .openai import TABLE as OPENAI
+from .responses import TABLE as RESPONSES
 from .seed import TABLE as SEED
 from .v2 import TABLE as V2
 
 #: every table, in the order their routes are matched
-TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, ANTHROPIC)
+TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, RESPONSES, ANTHROPIC)

@@ -114,6 +114,8 @@ class Format:
         body = text.strip()
         if body.startswith("<|python_tag|>"):
             body = body[len("<|python_tag|>"):]
+        if body.startswith("{{") and body.endswith("}}"):
+            body = body[1:-1]  # doubled braces, as the template's own examples are written
         calls: list[Call] = []
         at = 0
         while True:
