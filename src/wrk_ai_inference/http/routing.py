@@ -121,7 +121,7 @@ class Route:
 class Table:
     """A protocol's routes and the error shape it answers in."""
 
-    protocol: str  # "seed" | "v2" | "openai": the error shape (responses.error_response)
+    protocol: str  # "seed" | "v2" | "openai" | "anthropic": the error shape (error_response)
     tag: str
     routes: tuple[Route, ...]
 

@@ -361,7 +361,7 @@ async def _delete(worker: InferenceWorker, call: Call) -> Response:
 
 _ERRORS = (400, 401, 404, 409, 413, 429, 500, 503, 504)
 
-TABLE = Table("responses", "OpenAI Responses API", (
+TABLE = Table("openai", "OpenAI Responses API", (
     Route("POST", "/v1/responses", _create, fast=True, summary="Create a response",
           responses=_ERRORS),
     Route("GET", "/v1/responses/{response_id}", _get, summary="A stored response",
