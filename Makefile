@@ -12,7 +12,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
 	examples/models/qwen2.5-coder-1.5b/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -107,6 +107,12 @@ $(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
 
 bench-llm: setup $(LLM_BENCH_VENV)/.installed $(LLM_BENCH_VENV)/.llama-server
 	$(BIN)/python benchmarks/llm_bench.py
+	$(BIN)/python benchmarks/tools_bench.py
+
+# What tool calling costs: an agent-sized toolset's grammar and first token, and the
+# decoding speed of a constrained call against plain text.
+bench-tools: setup
+	$(BIN)/python benchmarks/tools_bench.py
 
 # Fetching a model from peers (Hyperdrive) against plain HTTP, and ten fetchers at once.
 bench-fetch: setup

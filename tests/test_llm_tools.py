@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -20,7 +21,8 @@ import jsonschema
 import openai
 import pytest
 
-from .helpers import EXAMPLES, Worker, running_worker
+from .agent_tools import HOSTILE_TOOLS, ODD_BUT_VALID, agent_toolset, schema_bytes
+from .helpers import EXAMPLES, Worker, edit_spec, make_repo, running_worker
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -293,3 +295,66 @@ def test_an_agent_uses_its_tool_through_both_openai_models(llm: Worker) -> None:
         asked.clear()
         answer = asyncio.run(run(kind))
         assert asked == ["Paris"] and "18" in answer, (kind.__name__, answer)
+
+
+# ---- hostile and agent-sized toolsets ----------------------------------------------
+def _required(llm: Worker, model: str, tools: list[dict[str, Any]], **options: Any
+              ) -> httpx.Response:
+    body = {"model": model, "messages": ASK, "tools": tools, "tool_choice": "required",
+            "temperature": 0, "max_tokens": 120, **options}
+    return httpx.post(f"{llm.url}/v1/chat/completions", json=body, timeout=300)
+
+
+def test_hostile_toolsets_are_refused_naming_the_tool(llm: Worker) -> None:
+    for what, tools, named in HOSTILE_TOOLS:
+        r = _required(llm, "qwen2.5-coder", tools)
+        assert r.status_code == 400, (what, r.text)
+        assert named in r.json()["error"]["message"], (what, r.text)
+    honest = _chat(openai.OpenAI(base_url=llm.url + "/v1", api_key="x"), "qwen2.5-coder",
+                   tool_choice="required")
+    assert honest.choices[0].finish_reason == "tool_calls"
+
+
+def test_odd_but_valid_toolsets_are_answered_with_valid_calls(llm: Worker) -> None:
+    for what, tools, ask in ODD_BUT_VALID:
+        r = _required(llm, "qwen2.5-coder", tools, messages=[{"role": "user", "content": ask}])
+        assert r.status_code == 200, (what, r.text)
+        [call] = r.json()["choices"][0]["message"]["tool_calls"]
+        jsonschema.validate(json.loads(call["function"]["arguments"]),
+                            tools[0]["function"]["parameters"])
+
+
+def test_response_format_and_tools_together(llm: Worker) -> None:
+    """auto with a response format: a call, or a text answer in that format; required:
+    the call (the format applies to text answers only)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"answer": {"type": "string"}},
+        "required": ["answer"]}}}
+    haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
+    body = {"model": "qwen2.5-coder", "messages": haiku, "tools": TOOLS, "temperature": 0,
+            "max_tokens": 120, "response_format": fmt}
+    message = httpx.post(f"{llm.url}/v1/chat/completions", json=body,
+                         timeout=300).json()["choices"][0]["message"]
+    if not message.get("tool_calls"):
+        assert "answer" in json.loads(message["content"])
+    r = _required(llm, "qwen2.5-coder", TOOLS, response_format=fmt)
+    assert r.json()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_an_agent_sized_toolset(tmp_path: Path) -> None:
+    """50 tools, 100 KB of schemas (maxLength 10,000, enums, anyOf, nested objects and
+    arrays, an empty-object schema): a call with valid arguments, the first time and
+    again (the grammar is built once)."""
+    tools = agent_toolset()
+    assert schema_bytes(tools) >= 100_000
+    repo = make_repo(tmp_path / "repo", {"qwen2.5-coder": "qwen2.5-coder"})
+    edit_spec(repo / "qwen2.5-coder", contextLength=32768, parallel=1)
+    with running_worker(repo, tmp_path / "w.log", preload=["qwen2.5-coder"],
+                        inference_timeout=900_000) as w:
+        for _ in range(2):
+            r = _required(w, "qwen2.5-coder", tools, tool_choice={"type": "function", "function": {"name": "tool_03"}})
+            assert r.status_code == 200, r.text
+            [call] = r.json()["choices"][0]["message"]["tool_calls"]
+            assert call["function"]["name"] == "tool_03"
+            jsonschema.validate(json.loads(call["function"]["arguments"]),
+                                tools[5]["function"]["parameters"])

@@ -1,8 +1,9 @@
 """One choice of one generation while it holds a sequence slot of the shared context.
 
-Each sequence samples with a sampler chain of its own (penalties, grammar, then greedy
+Each sequence samples with a sampler chain of its own (penalties, then greedy
 or top-k / typical / top-p / min-p / temperature / seeded draw: llama-cpp-python's
-order, so a request samples as it would there), decodes its pieces to text through an
+order, so a request samples as it would there; a grammar checks the drawn token after,
+as llama-server does), decodes its pieces to text through an
 incremental UTF-8 decoder and cuts its stop strings, independently of the sequences
 decoded beside it.
 """
@@ -14,6 +15,8 @@ import ctypes
 import random
 from typing import Any
 
+import numpy as np
+
 from ...errors import InferenceError
 from .generation import Generation, Grammar, StopFilter
 
@@ -21,8 +24,8 @@ PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp
 
 
 def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int) -> Any:
-    """A llama.cpp sampler chain for ``job``'s settings (a raw pointer: free it with
-    ``llama_sampler_free``)."""
+    """A llama.cpp sampler chain for ``job``'s settings, without its grammar (a raw
+    pointer: free it with ``llama_sampler_free``)."""
     s = job.sampling
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     links = []
@@ -32,14 +35,6 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
         links.append(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
     links.append(lib.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
                                                   s.frequency_penalty, s.presence_penalty))
-    if s.grammar is not None:
-        grammar = _grammar(lib, vocab, s.grammar)
-        if not grammar:
-            for link in links:
-                lib.llama_sampler_free(link)
-            lib.llama_sampler_free(chain)
-            raise InferenceError("ERR_INVALID_INPUT", "the grammar cannot be parsed")
-        links.append(grammar)
     if s.temperature == 0:
         links.append(lib.llama_sampler_init_greedy())
     else:
@@ -51,6 +46,57 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     for link in links:
         lib.llama_sampler_chain_add(chain, link)
     return chain
+
+
+class GrammarCheck:
+    """A sequence's grammar, applied as llama.cpp's own server applies it: the chain picks a
+    token from the free logits, the grammar checks that one token, and only when it
+    refuses are all the logits masked and the token drawn again. Masking the whole
+    vocabulary every step would halve the speed of a constrained answer; a model that
+    follows its grammar (most steps of a tool call) pays one check per token."""
+
+    def __init__(self, lib: Any, vocab: Any, n_vocab: int, grammar: Grammar) -> None:
+        self._lib, self._n_vocab = lib, n_vocab
+        self.sampler = _grammar(lib, vocab, grammar)
+        if not self.sampler:
+            raise InferenceError("ERR_INVALID_INPUT", "the grammar cannot be parsed")
+        self._one = lib.llama_token_data()
+        self._check = lib.llama_token_data_array(
+            ctypes.cast(ctypes.pointer(self._one), lib.llama_token_data_p), 1, -1, False)
+        self._all: Any = None  # every candidate, made on the first refusal
+
+    def sample(self, chain: Any, ctx: Any, index: int) -> int:
+        lib = self._lib
+        token: int = lib.llama_sampler_sample(chain, ctx, index)
+        self._one.id, self._one.logit, self._one.p = token, 0.0, 0.0
+        self._check.selected = -1
+        lib.llama_sampler_apply(self.sampler, ctypes.byref(self._check))
+        if self._one.logit != float("-inf"):
+            lib.llama_sampler_accept(self.sampler, token)
+            return token
+        # refused: mask every candidate and draw again (the refused token stays in the
+        # chain's penalty window: it was accepted by the first draw)
+        if self._all is None:
+            self._all = np.zeros(self._n_vocab, dtype=[("id", np.int32), ("logit", np.float32),
+                                                       ("p", np.float32)])
+        candidates = self._all
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        logits = lib.llama_get_logits_ith(ctx, index)
+        candidates["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        candidates["p"] = 0.0
+        array = lib.llama_token_data_array(
+            candidates.ctypes.data_as(lib.llama_token_data_p), self._n_vocab, -1, False)
+        lib.llama_sampler_apply(self.sampler, ctypes.byref(array))
+        lib.llama_sampler_apply(chain, ctypes.byref(array))
+        token = int(candidates["id"][array.selected])
+        lib.llama_sampler_accept(self.sampler, token)
+        lib.llama_sampler_accept(chain, token)
+        return token
+
+    def close(self) -> None:
+        if self.sampler:
+            self._lib.llama_sampler_free(self.sampler)
+            self.sampler = None
 
 
 def _grammar(lib: Any, vocab: Any, grammar: Grammar) -> Any:
@@ -75,6 +121,12 @@ class Sequence:
         self.job, self.choice, self.slot, self.limit = job, choice, slot, limit
         seed = (s.seed + choice) if s.seed is not None else random.getrandbits(31)
         self.sampler = sampler_chain(lib, vocab, n_vocab, job, seed)
+        try:
+            self.grammar = (GrammarCheck(lib, vocab, n_vocab, s.grammar)
+                            if s.grammar is not None else None)
+        except InferenceError:
+            lib.llama_sampler_free(self.sampler)
+            raise
         self._lib, self._vocab = lib, vocab
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
@@ -91,10 +143,14 @@ class Sequence:
         if self.sampler:
             self._lib.llama_sampler_free(self.sampler)
             self.sampler = None
+        if self.grammar is not None:
+            self.grammar.close()
 
     def sample(self, ctx: Any) -> int:
         """Draw the next token from the logits at ``index`` (llama.cpp also feeds it to
-        the chain's penalties and grammar)."""
+        the chain's penalties; the grammar, where there is one, checks it)."""
+        if self.grammar is not None:
+            return self.grammar.sample(self.sampler, ctx, self.index)
         token: int = self._lib.llama_sampler_sample(self.sampler, ctx, self.index)
         return token
 

@@ -54,10 +54,13 @@ def _converter() -> Any:
         dotall=False, raw_pattern=False)
 
 
-def _visit(converter: Any, schema: Any, name: str, where: str, param: str) -> str:
+def _visit(converter: Any, schema: Any, name: str, where: str, param: str,
+           wrap: Any = None) -> str:
+    """The rule for ``schema`` (its ``$ref``s resolved within it, under a base of its own);
+    ``wrap`` puts the resolved schema inside another before it is visited."""
     try:
-        resolved = converter.resolve_refs(copy.deepcopy(schema), "request")
-        rule: str = converter.visit(resolved, name)
+        resolved = converter.resolve_refs(copy.deepcopy(schema), name)
+        rule: str = converter.visit(wrap(resolved) if wrap else resolved, name)
     except RecursionError:
         raise _invalid(f"{where} nests too deeply to become a grammar", param) from None
     except Exception as exc:  # the converter raises plain exceptions on what it lacks
@@ -106,9 +109,9 @@ def calls_grammar(spec: str) -> str:
     alternatives: list[str] = []
     for name, parameters in plan["tools"]:
         where = f"tool '{name}'"
-        schema = call_schema(name, _loosen(parameters, where), plan["key"])
-        alternatives.append(_visit(converter, schema, f"call-{len(alternatives)}", where,
-                                   "tools"))
+        alternatives.append(_visit(
+            converter, _loosen(parameters, where), f"call-{len(alternatives)}", where,
+            "tools", lambda resolved, name=name: call_schema(name, resolved, plan["key"])))
     converter._add_rule("call", " | ".join(alternatives))
     answer = plan.get("answer")
     if answer is not None:  # "json": any JSON object, as response_format json_object
