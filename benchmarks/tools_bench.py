@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.agent_tools import agent_toolset, schema_bytes  # noqa: E402
-from tests.helpers import EXAMPLES, edit_spec, make_repo, running_worker  # noqa: E402
+from tests.helpers import edit_spec, make_repo, running_worker  # noqa: E402
 
 MODEL = "qwen2.5-coder"
 NOTE = {"type": "function", "function": {
@@ -41,6 +41,10 @@ ASK_NOTE = [{"role": "user", "content": "Save a note titled Sea whose body is a 
                                         "detailed story about the sea, of many sentences."}]
 ASK_STORY = [{"role": "user", "content": "Write a long, detailed story about the sea, of "
                                          "many sentences."}]
+
+
+def out(line: str) -> None:
+    print(line, flush=True)  # noqa: T201
 
 
 def _run(url: str, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
@@ -86,8 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     cold, warm = grammar_build()
     tools = agent_toolset()
-    print(f"toolset: {len(tools)} tools, {schema_bytes(tools)} bytes of schemas")
-    print(f"grammar build: cold {cold * 1000:.1f} ms, cached {warm * 1000:.3f} ms")
+    out(f"toolset: {len(tools)} tools, {schema_bytes(tools)} bytes of schemas")
+    out(f"grammar build: cold {cold * 1000:.1f} ms, cached {warm * 1000:.3f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp) / "repo", {MODEL: MODEL})
         edit_spec(repo / MODEL, contextLength=32768, parallel=1)
@@ -96,7 +100,7 @@ def main() -> None:
             for label in ("first", "again"):  # every tool offered: all of them rendered
                 answer = _run(worker.url, ASK_STORY, tools=tools, tool_choice="required",
                               max_tokens=1)
-                print(f"agent toolset, {label} request to its first token: "
+                out(f"agent toolset, {label} request to its first token: "
                       f"{answer['processingTime'] / 1000:.2f} s "
                       f"({answer['result']['usage']['promptTokens']} prompt tokens)")
             forced = {"type": "function", "function": {"name": "save_note"}}
@@ -106,7 +110,7 @@ def main() -> None:
                                          tool_choice=forced))
                 plain.append(decode_rate(worker.url, ASK_STORY, args.tokens))
     call, text = statistics.median(calls), statistics.median(plain)
-    print(f"decode, {args.tokens} tokens: tool call {call:.1f} tok/s, plain text "
+    out(f"decode, {args.tokens} tokens: tool call {call:.1f} tok/s, plain text "
           f"{text:.1f} tok/s, ratio x{call / text:.2f} (rounds: "
           f"{', '.join(f'{c:.1f}/{p:.1f}' for c, p in zip(calls, plain, strict=True))})")
 

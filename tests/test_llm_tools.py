@@ -271,8 +271,15 @@ def test_messages_errors_in_anthropic_shape(llm: Worker) -> None:
 def test_an_agent_uses_its_tool_through_both_openai_models(llm: Worker) -> None:
     import asyncio
 
-    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel,
-                        OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled)
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
 
     set_tracing_disabled(True)
     asked: list[str] = []
@@ -352,7 +359,8 @@ def test_an_agent_sized_toolset(tmp_path: Path) -> None:
     with running_worker(repo, tmp_path / "w.log", preload=["qwen2.5-coder"],
                         inference_timeout=900_000) as w:
         for _ in range(2):
-            r = _required(w, "qwen2.5-coder", tools, tool_choice={"type": "function", "function": {"name": "tool_03"}})
+            r = _required(w, "qwen2.5-coder", tools,
+                          tool_choice={"type": "function", "function": {"name": "tool_03"}})
             assert r.status_code == 200, r.text
             [call] = r.json()["choices"][0]["message"]["tool_calls"]
             assert call["function"]["name"] == "tool_03"
