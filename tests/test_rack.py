@@ -48,6 +48,11 @@ def hrpc_code(step: dict) -> str:
     return text[len("[HRPC_ERR]="):].split(":")[0]
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}}}
+
+
 def test_every_method_from_a_plain_node_orchestrator(rack: Rack, bootstrap: list[str],
                                                      worker: Worker) -> None:
     _, x_test, _, _ = digits_split()
@@ -300,7 +305,13 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
         greedy, [together] = (
             orchestrate(bootstrap, r.key, [{"call": "runInference", "payload": {
                 "modelId": "smollm2", "inputData": {"prompt": "The capital of France is"},
-                "options": {"temperature": 0, "max_tokens": 32}}}]),
+                "options": {"temperature": 0, "max_tokens": 32}}}, {
+                # tools travel in options as on every transport
+                "call": "runInference", "payload": {
+                    "modelId": "smollm2", "inputData": {"messages": [
+                        {"role": "user", "content": "What is the weather in Paris?"}]},
+                    "options": {"temperature": 0, "tools": [WEATHER_TOOL], "tool_choice": {
+                        "type": "function", "function": {"name": "get_weather"}}}}}]),
             orchestrate(bootstrap, r.key, [{"together": [
                 {"call": "runInference", "payload": {
                     "modelId": "smollm2", "inputData": long,
@@ -318,6 +329,11 @@ def test_language_model_over_rpc_greedy_and_cancel(bootstrap: list[str], tmp_pat
             ]}]))
         assert greedy[0]["ok"], greedy
         assert greedy[0]["result"]["result"]["text"] == expected
+        called = greedy[1]["result"]["result"]
+        assert called["finishReason"] == "tool_calls", called
+        [call] = called["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        assert "city" in json.loads(call["function"]["arguments"])
         cancelled, neighbour, cancel = together["result"]
         assert cancel["ok"] and cancel["result"]["cancelled"] is True, cancel
         assert cancelled["ok"], cancelled
