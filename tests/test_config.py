@@ -30,7 +30,7 @@ def test_layers_defaults_file_env_cli(tmp_path: Path) -> None:
 def test_repo_config_is_valid() -> None:
     s = load_settings(ROOT / "config", environ={})
     assert s.port == 8001 and s.max_concurrent_inferences == 10 and s.model_cache_size == 5
-    assert s.memory_limit == 2_000_000_000 and s.health_check_interval == 10_000
+    assert s.memory_limit == 4_000_000_000 and s.health_check_interval == 10_000
 
 
 @pytest.mark.parametrize(("layer", "message"), [

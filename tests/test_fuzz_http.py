@@ -60,6 +60,12 @@ def _check(case: schemathesis.Case) -> None:
         code = body["code"]
         assert code in V2_STATUS and V2_STATUS[code] == response.status_code, body
         assert isinstance(body["error"], str) and body["error"]
+    elif case.path.startswith("/v1/messages"):  # Anthropic: {"type": "error", "error", "code"}
+        body = response.json()
+        code = body["code"]
+        assert body["type"] == "error" and code in HTTP_STATUS, body
+        assert HTTP_STATUS[code] == response.status_code, body
+        assert isinstance(body["error"]["message"], str) and body["error"]["type"]
     elif case.path.startswith("/v1"):  # OpenAI: {"error": {"message", "type", "code"}}
         error = response.json()["error"]
         code = error["code"]
