@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from .helpers import EXAMPLES, Worker, add_broken_model, make_repo, running_worker
@@ -28,3 +29,10 @@ def worker(shared_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log = tmp_path_factory.mktemp("logs") / "shared-worker.log"
     with running_worker(shared_repo, log, preload=["digits", "mlp", "broken"]) as w:
         yield w
+
+
+@pytest.fixture(scope="module")
+def client(llm: Worker) -> openai.OpenAI:
+    """The ``openai`` client on the ``llm`` worker of the module that asks for it."""
+    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0,
+                         timeout=300)

@@ -38,12 +38,6 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 
 
 @pytest.fixture(scope="module")
-def client(llm: Worker) -> openai.OpenAI:
-    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
-
-
-@pytest.fixture(scope="module")
 def reference() -> Any:
     """llama-cpp-python in-process, loaded as the worker loads it."""
     import os

@@ -50,12 +50,6 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 
 
 @pytest.fixture(scope="module")
-def client(llm: Worker) -> openai.OpenAI:
-    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0,
-                         timeout=300)
-
-
-@pytest.fixture(scope="module")
 def claude(llm: Worker) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=llm.url, api_key="unused", max_retries=0, timeout=300)
 

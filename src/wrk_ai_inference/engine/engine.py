@@ -93,6 +93,21 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
     return timeout_s, inference_id, options
 
 
+def _generation_request(entry: ModelEntry, input_data: Any, options: Any,
+                        settings: Settings, started: float
+                        ) -> tuple[StreamingTask, Any, float, str]:
+    """(the model's streaming task, the request it checked, the deadline, the inference
+    id) of a generation request, checked on the loop before a slot is taken."""
+    timeout_s, inference_id, task_options = _stream_options(options, settings)
+    task = entry.pipeline
+    if not isinstance(task, StreamingTask):
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"model '{entry.id}' does not generate text; its task is "
+                             f"'{task.name if task else '?'}'")
+    request = task.request(_lists(input_data), _lists(task_options))
+    return task, request, started + timeout_s, inference_id
+
+
 def _too_deep() -> InferenceError:
     """JSON may nest about a thousand levels (orjson's limit); walking values that deep
     runs out of Python's stack, which is the request's fault, not the worker's."""
@@ -313,13 +328,8 @@ class InferenceEngine:
         entry = await self.models.acquire(model_id)
         hold = _Hold(self, entry)
         try:
-            timeout_s, _, task_options = _stream_options(options, self.settings)
-            deadline = started + timeout_s
-            task = entry.pipeline
-            if not isinstance(task, StreamingTask):
-                raise InferenceError("ERR_INVALID_REQUEST",
-                                     f"model '{model_id}' does not generate text")
-            request = task.request(_lists(input_data), _lists(task_options))
+            task, request, deadline, _ = _generation_request(entry, input_data, options,
+                                                             self.settings, started)
             await self._admit(deadline, model_id)
             hold.slot = True
             prompt = await self._off_loop(self.prompts, task.prepare, (request,), deadline,
@@ -350,14 +360,8 @@ class InferenceEngine:
         code: str | None = "ERR_INFERENCE_FAILED"
         tokens = Tokens()
         try:
-            timeout_s, inference_id, task_options = _stream_options(options, self.settings)
-            deadline = started + timeout_s
-            task = entry.pipeline
-            if not isinstance(task, StreamingTask):
-                raise InferenceError("ERR_INVALID_REQUEST",
-                                     f"model '{model_id}' does not generate text; its task is "
-                                     f"'{task.name if task else '?'}'")
-            request = task.request(_lists(input_data), _lists(task_options))
+            task, request, deadline, inference_id = _generation_request(
+                entry, input_data, options, self.settings, started)
             if inference_id in self._generations:
                 raise InferenceError("ERR_INVALID_REQUEST",
                                      f"a generation with inferenceId {inference_id!r} is "

@@ -231,9 +231,7 @@ async def _stream(model: str, start: dict[str, Any],
     async with contextlib.aclosing(events):
         try:
             async for event in events:
-                kind = event["type"]
-                if event.get("index", 0) != 0:
-                    continue
+                kind = event["type"]  # one choice: this API has no n
                 if kind == "delta" and event["text"]:
                     if not text_open:
                         block += 1

@@ -295,9 +295,7 @@ async def _stream(worker: InferenceWorker, request: _Request,
     async with contextlib.aclosing(events):
         try:
             async for ev in events:
-                kind = ev["type"]
-                if ev.get("index", 0) != 0:
-                    continue
+                kind = ev["type"]  # one choice: this API has no n
                 if kind == "delta" and ev["text"]:
                     if message is None:
                         message = "msg_" + new_id()

@@ -99,6 +99,18 @@ def check_fits(prompt: int, max_tokens: int | None, cells: int, model: str) -> N
             {"promptTokens": prompt, "maxTokens": max_tokens, "contextLength": cells})
 
 
+def partial_suffix(text: str, markers: list[str]) -> int:
+    """How many of ``text``'s last characters could begin one of ``markers``: what must be
+    held back until the next piece decides."""
+    keep = 0
+    for marker in markers:
+        for size in range(min(len(marker) - 1, len(text)), keep, -1):
+            if text.endswith(marker[:size]):
+                keep = size
+                break
+    return keep
+
+
 class StopFilter:
     """Cuts the text at the first stop string, which is never emitted, even when it
     arrives split across tokens: text that could begin a stop string is held back until
@@ -120,12 +132,7 @@ class StopFilter:
             cut, self.matched = min(found, key=lambda f: f[0])
             self.held, self.stopped = "", True
             return text[:cut], True
-        keep = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(text)), keep, -1):
-                if text.endswith(stop[:size]):
-                    keep = size
-                    break
+        keep = partial_suffix(text, self.stops)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False
 

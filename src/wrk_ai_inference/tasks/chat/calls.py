@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 
+from ...runtimes.llama.generation import partial_suffix
 from .formats import Call, Format, fenced_calls
 from .tools import Toolset
 
@@ -71,7 +72,7 @@ class CallStream:
             hits = [(text.find(m), m) for m in self._markers]
             found = min(((i, m) for i, m in hits if i >= 0), default=None)
             if found is None:
-                keep = 0 if final else self._partial(text)
+                keep = 0 if final else partial_suffix(text, self._markers)
                 out += self._items(text[:len(text) - keep], [])
                 self.pending = text[len(text) - keep:]
                 return out
@@ -102,13 +103,3 @@ class CallStream:
             if closing >= 0:
                 return closing + len(self.fmt.end_tag)
         return len(text) if final else None
-
-    def _partial(self, text: str) -> int:
-        """How many final characters could begin a marker (held back)."""
-        keep = 0
-        for marker in self._markers:
-            for size in range(min(len(marker) - 1, len(text)), keep, -1):
-                if text.endswith(marker[:size]):
-                    keep = size
-                    break
-        return keep
