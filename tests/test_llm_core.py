@@ -149,3 +149,39 @@ def test_example_models_are_in_place() -> None:
     for name in ("smollm2", "gemma3"):
         assert (EXAMPLES / name / "model.gguf").stat().st_size > 50_000_000
     assert shutil.which("node")  # the rack tests' orchestrator, run by make test
+
+
+async def test_a_tool_call_is_cancelled_and_timed_out_as_text_is(tmp_path: Path) -> None:
+    """A forced call runs under the same lifecycle as text: cancel stops it and frees its
+    sequence, a deadline answers 504 and frees it."""
+    repo = make_repo(tmp_path, {"smollm2": "smollm2"})
+    worker = await started_worker(repo, preload=["smollm2"])
+    tool = {"type": "function", "function": {"name": "save_story", "parameters": {
+        "type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}}}
+    ask = {"messages": [{"role": "user", "content": "Save a very long story about a dragon."}]}
+    forced = {**LONG, "tools": [tool], "tool_choice": {
+        "type": "function", "function": {"name": "save_story"}}}
+    try:
+        prompt = await worker.count_tokens("smollm2", ask, forced)
+        running = asyncio.ensure_future(worker.run_inference(
+            "smollm2", ask, {**forced, "inferenceId": "call-a"}))
+        cells = 4 * 2048  # parallel x contextLength
+        while (await worker.check_capacity())["sequences"]["smollm2"]["kvCacheUse"] * cells \
+                < prompt + 24:  # well into the call's arguments
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)
+        assert (await worker.cancel("call-a"))["cancelled"] is True
+        result = (await asyncio.wait_for(running, 5))["result"]
+        assert result["finishReason"] == "cancelled" and "toolCalls" not in result
+        assert '"story"' in result["text"]  # what was made of the call, as text
+        with pytest.raises(InferenceError) as late:
+            await worker.run_inference("smollm2", ask, {**forced, "timeout": 1500})
+        assert late.value.code == "ERR_INFERENCE_TIMEOUT"
+        for _ in range(100):
+            if (await worker.check_capacity())["sequences"]["smollm2"]["running"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.capacity.running == 0
+        assert (await worker.check_capacity())["sequences"]["smollm2"]["running"] == 0
+    finally:
+        await worker.stop()
