@@ -26,6 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from wrk_ai_inference.errors import HTTP_STATUS, V2_STATUS
+from wrk_ai_inference.http.responses import OLLAMA_PATHS
 
 from .helpers import DIGIT_ZERO, Worker, make_repo, running_worker
 
@@ -59,6 +60,11 @@ def _check(case: schemathesis.Case) -> None:
         body = response.json()  # v2: {"error": "message", "code": "ERR_CODE"}
         code = body["code"]
         assert code in V2_STATUS and V2_STATUS[code] == response.status_code, body
+        assert isinstance(body["error"], str) and body["error"]
+    elif case.path in OLLAMA_PATHS:  # Ollama: {"error": "message", "code"}
+        body = response.json()
+        code = body["code"]
+        assert code in HTTP_STATUS and HTTP_STATUS[code] == response.status_code, body
         assert isinstance(body["error"], str) and body["error"]
     elif case.path.startswith("/v1/messages"):  # Anthropic: {"type": "error", "error", "code"}
         body = response.json()

@@ -73,6 +73,10 @@ class InferenceError(Exception):
         return {"error": {"message": self.message, "type": kind,
                           "param": self.details.get("param"), "code": self.code}}
 
+    def to_ollama_dict(self) -> dict[str, Any]:
+        """Ollama's error body, ``{"error": "..."}``; our code beside it."""
+        return {"error": self.message, "code": self.code}
+
     def to_anthropic_dict(self) -> dict[str, Any]:
         """Anthropic's error body; ``code`` keeps the worker's code."""
         status = self.http_status

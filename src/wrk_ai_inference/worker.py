@@ -99,6 +99,11 @@ class InferenceWorker:
                                    drives=Drives(sidecar) if sidecar is not None else None)
         self.history = History(settings.history_size)
         self._responses = ResponseStore()  # for the Responses API's previous_response_id
+        #: idle timers that unload a model (keep_alive), by model id
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
+        #: when a model's current idle timer ends (wall clock), by model id
+        self.unload_at: dict[str, float] = {}
+        self._unloading: set[asyncio.Task[bool]] = set()
         self.request_ids = RequestIds(settings.request_id_window,
                                       settings.request_id_ttl / 1000.0)
         self.engine = InferenceEngine(settings, self.models, self.capacity, self.history,
@@ -265,6 +270,38 @@ class InferenceWorker:
             unloaded = await self.models.unload(model_id)
             return {"success": True,
                     "message": "Model unloaded" if unloaded else "Model was not loaded"}
+
+    async def model_file(self, model_id: str) -> dict[str, Any]:
+        """The model's artifact on disk: size, modification time, GGUF metadata."""
+        return await self.models.file_details(model_id)
+
+    def keep_alive(self, model_id: str, seconds: float) -> None:
+        """How long ``model_id`` stays loaded once idle: 0 unloads it when its requests
+        are done, a negative value keeps it loaded (no timer), else it is unloaded after
+        ``seconds`` with no request. Each call replaces the model's timer."""
+        timer = self._idle_timers.pop(model_id, None)
+        if timer is not None:
+            timer.cancel()
+        self.unload_at.pop(model_id, None)
+        if seconds < 0:
+            return
+        self.unload_at[model_id] = time.time() + seconds
+        self._idle_timers[model_id] = asyncio.get_running_loop().call_later(
+            seconds, self._idle_unload, model_id, seconds)
+
+    def _idle_unload(self, model_id: str, seconds: float) -> None:
+        self._idle_timers.pop(model_id, None)
+        if model_id not in self.models.loaded_ids():
+            self.unload_at.pop(model_id, None)
+            return
+        if self.models.entry(model_id).in_flight:  # busy: wait for it to go idle again
+            self.keep_alive(model_id, max(seconds, 1.0))
+            return
+        self.unload_at.pop(model_id, None)
+        log.info("idle model unloaded (keep_alive)", extra={"modelId": model_id})
+        task = asyncio.get_running_loop().create_task(self.models.unload(model_id))
+        self._unloading.add(task)  # referenced until done: the loop keeps weak ones only
+        task.add_done_callback(self._unloading.discard)
 
     async def check_capacity(self, model_id: str | None = None) -> dict[str, Any]:
         cap = self.capacity

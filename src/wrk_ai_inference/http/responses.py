@@ -40,14 +40,24 @@ def error_response(error: InferenceError, protocol: str = "seed") -> JSON:
         return JSON(error.to_v2_dict(), status_code=V2_STATUS[error.code], headers=headers)
     if protocol == "openai":
         return JSON(error.to_openai_dict(), status_code=error.http_status, headers=headers)
+    if protocol == "ollama":
+        return JSON(error.to_ollama_dict(), status_code=error.http_status, headers=headers)
     if protocol == "anthropic":
         return JSON(error.to_anthropic_dict(), status_code=error.http_status,
                     headers=headers)
     return JSON(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
+#: Ollama's routes under /api, beside the seed API's
+OLLAMA_PATHS = frozenset({"/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat",
+                          "/api/generate", "/api/embed", "/api/embeddings", "/api/pull",
+                          "/api/delete"})
+
+
 def protocol_of(path: str) -> str:
     """Which protocol's error shape a path answers in."""
+    if path in OLLAMA_PATHS:
+        return "ollama"
     if path.startswith("/v2"):
         return "v2"
     if path.startswith("/v1/messages"):

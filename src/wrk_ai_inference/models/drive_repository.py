@@ -10,6 +10,7 @@ signed into the artifact's entry stands in for it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -76,6 +77,10 @@ class DriveRepository:
             manifest["source"] = {"hyperdrive": self.key, "path": f"/{model_id}",
                                   "version": self.version}
         return parse_spec(model_id, manifest)
+
+    def local_artifact(self, model_id: str, spec: ModelSpec) -> Path | None:
+        artifact = ModelFiles.of(model_id, self.folder / model_id, spec.file).artifact
+        return artifact if artifact.is_file() else None
 
     async def on_disk(self) -> list[str]:
         if not self.folder.is_dir():

@@ -28,6 +28,7 @@ from ..p2p.drives import Drives
 from ..runtimes import get_runtime
 from ..runtimes.base import ModelSession
 from ..tasks import Task, load_task
+from . import gguf
 from .drive_repository import DriveRepository, drive_location
 from .repository import LocalRepository, ModelFiles, ModelRepository, unknown_model
 from .sources import FetchProgress, Sources
@@ -124,6 +125,8 @@ class ModelManager:
         self.settings = settings
         self.repository = repository or repository_for(settings, drives)
         self._entries: dict[str, ModelEntry] = {}
+        #: GGUF headers read, by (path, size, mtime): a changed file is read again
+        self._gguf: dict[tuple[str, int, int], dict[str, Any]] = {}
         self._lru: OrderedDict[str, ModelEntry] = OrderedDict()
         # Loads run one at a time so that the memory each one adds can be measured.
         self._load_lock = threading.Lock()
@@ -189,6 +192,25 @@ class ModelManager:
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
         return (await self._describe(model_id)).metadata()
+
+    async def file_details(self, model_id: str) -> dict[str, Any]:
+        """The model's artifact as it is on disk: size, modification time and, for a GGUF,
+        its header's metadata (read off the loop, once per file version); empty where the
+        artifact is not on this machine."""
+        entry = await self._describe(model_id)
+        if entry.spec is None:
+            return {}
+        path = self.repository.local_artifact(model_id, entry.spec)
+        if path is None:
+            return {}
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        meta = self._gguf.get(key)
+        if meta is None:
+            meta = (await asyncio.to_thread(gguf.metadata, path)
+                    if path.suffix == ".gguf" else {})
+            self._gguf[key] = meta
+        return {"size": stat.st_size, "modified": stat.st_mtime, "gguf": meta}
 
     def known(self, model_id: object) -> bool:
         """True for ids already checked against the repository (cheap, no disk access)."""

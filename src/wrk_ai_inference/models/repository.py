@@ -52,6 +52,10 @@ class ModelFiles:
         return path
 
 
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
 class ModelRepository(Protocol):
     def has(self, model_id: str) -> bool:
         """Whether the id exists; cheap (it runs for requests to models not loaded)."""
@@ -71,6 +75,10 @@ class ModelRepository(Protocol):
 
     async def on_disk(self) -> list[str]:
         """Ids whose artifact is on this machine already (a load needs no fetch)."""
+        ...
+
+    def local_artifact(self, model_id: str, spec: ModelSpec) -> Path | None:
+        """The model's artifact where it is on this machine already, else None."""
         ...
 
 
@@ -128,6 +136,9 @@ class LocalRepository:
             if (self.root / model_id / spec.file).is_file():
                 found.append(model_id)
         return found
+
+    def local_artifact(self, model_id: str, spec: ModelSpec) -> Path | None:
+        return _existing(ModelFiles.of(model_id, self._folder(model_id), spec.file).artifact)
 
     def _folder(self, model_id: str) -> Path:
         """The model's folder, refusing anything that resolves outside the root."""

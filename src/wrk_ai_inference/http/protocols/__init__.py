@@ -1,15 +1,16 @@
 """The worker's HTTP protocols, one route table each: the seed API, the Open Inference
-Protocol (v2), the OpenAI API (chat, completions, embeddings), OpenAI's Responses API and
-Anthropic's Messages API."""
+Protocol (v2), the OpenAI API (chat, completions, embeddings), OpenAI's Responses API,
+Anthropic's Messages API and Ollama's API."""
 
 from __future__ import annotations
 
 from ..routing import Table
 from .anthropic import TABLE as ANTHROPIC
+from .ollama import TABLE as OLLAMA
 from .openai import TABLE as OPENAI
 from .responses import TABLE as RESPONSES
 from .seed import TABLE as SEED
 from .v2 import TABLE as V2
 
 #: every table, in the order their routes are matched
-TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, RESPONSES, ANTHROPIC)
+TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, RESPONSES, ANTHROPIC, OLLAMA)
