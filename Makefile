@@ -12,7 +12,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
 	examples/models/qwen2.5-coder-1.5b/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
 
@@ -108,6 +108,10 @@ $(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
 bench-llm: setup $(LLM_BENCH_VENV)/.installed $(LLM_BENCH_VENV)/.llama-server
 	$(BIN)/python benchmarks/llm_bench.py
 	$(BIN)/python benchmarks/tools_bench.py
+
+# Ollama's streaming chat against the OpenAI one, on one worker and model.
+bench-ollama: setup
+	$(BIN)/python benchmarks/ollama_bench.py
 
 # What tool calling costs: an agent-sized toolset's grammar and first token, and the
 # decoding speed of a constrained call against plain text.

@@ -361,3 +361,27 @@ def test_gateway_api_gauges_follow_the_load(llm: Worker) -> None:
         done.set()
         pool.shutdown(wait=True)
     _free(llm, within_s=30)
+
+
+def test_the_tokenizer_routes_are_llama_cpp_s(llm: Worker, reference: Any) -> None:
+    """vLLM's tokenizer routes (lm-evaluation-harness's remote tokenizer): llama.cpp's
+    tokens for the same text and settings, the text back, the template's prompt; the one
+    loaded language model is used when none is named."""
+    text = "The capital of France is Paris. <|im_start|> naïve café 東京"
+    for add in (True, False):
+        r = httpx.post(f"{llm.url}/tokenize", json={"prompt": text, "add_special_tokens": add},
+                       timeout=60).json()
+        expected = reference.tokenize(text.encode(), add_bos=add, special=True)
+        assert r["tokens"] == expected and r["count"] == len(expected)
+        assert r["max_model_len"] == 2048
+    back = httpx.post(f"{llm.url}/detokenize", json={"model": "smollm2",
+                                                     "tokens": r["tokens"]}, timeout=60)
+    assert back.json()["prompt"] == text
+    chat = httpx.post(f"{llm.url}/tokenize", json={"messages": QUESTION}, timeout=60).json()
+    usage = httpx.post(f"{llm.url}/v1/chat/completions", json={
+        "model": "smollm2", "messages": QUESTION, "max_tokens": 1}, timeout=60).json()["usage"]
+    assert chat["count"] == usage["prompt_tokens"]
+    info = httpx.get(f"{llm.url}/tokenizer_info", timeout=60).json()
+    assert info["eos_token"] == "<|im_end|>" and "im_start" in info["chat_template"]
+    bad = httpx.post(f"{llm.url}/detokenize", json={"tokens": [10**9]}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "ERR_INVALID_INPUT"

@@ -90,6 +90,9 @@ class Settings(BaseModel):
     fetch_timeout: int = Field(30_000, alias="fetchTimeout", ge=100,
                                description="ms a model fetch waits for a peer, a block or "
                                            "an HTTP read before it fails")
+    default_model: str | None = Field(None, alias="defaultModel",
+                                      description="the language model of requests that name "
+                                                  "none (the tokenizer routes)")
 
     @field_validator("memory_limit", "max_request_bytes", "max_string_bytes", mode="before")
     @classmethod

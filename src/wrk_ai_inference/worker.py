@@ -215,6 +215,47 @@ class InferenceWorker:
         with self._admitted():
             return await self.engine.count_tokens(model_id, input_data, options)
 
+    async def tokenize(self, model_id: str, text: str | None = None,
+                       messages: Any = None, add_special: bool = True) -> list[int]:
+        """A text's tokens (special tokens parsed, as templates write them), or the tokens
+        of a conversation rendered by the model's chat template."""
+        def text_tokens(task: Any, request: Any) -> list[int]:
+            return list(task.tokenize(text, add_special))
+
+        def prompt_tokens(task: Any, request: Any) -> list[int]:
+            return list(task.prepare(request).tokens)
+
+        with self._admitted():
+            if messages is not None:
+                return list(await self.engine.with_task(model_id, prompt_tokens,
+                                                        {"messages": messages}))
+            return list(await self.engine.with_task(model_id, text_tokens))
+
+    async def detokenize(self, model_id: str, tokens: Any) -> str:
+        with self._admitted():
+            return str(await self.engine.with_task(
+                model_id, lambda task, _: task.detokenize(tokens)))
+
+    async def tokenizer_info(self, model_id: str) -> dict[str, Any]:
+        with self._admitted():
+            info: dict[str, Any] = await self.engine.with_task(
+                model_id, lambda task, _: task.tokenizer_info())
+            return info
+
+    def language_model(self, model_id: Any) -> str:
+        """The model a request that may name none is for: the one it names, else
+        ``defaultModel``, else the only loaded language model; a 400 lists the choices."""
+        if isinstance(model_id, str) and model_id:
+            return model_id
+        if self.settings.default_model:
+            return self.settings.default_model
+        loaded = list(self._sequences())
+        if len(loaded) == 1:
+            return loaded[0]
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"name the model (loaded language models: {sorted(loaded)}), or "
+                             "set defaultModel in the config")
+
     # ---- stored responses (OpenAI's Responses API) -----------------------------------
     def store_response(self, response_id: str, response: dict[str, Any],
                        conversation: list[dict[str, Any]]) -> None:

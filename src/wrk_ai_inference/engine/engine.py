@@ -93,17 +93,22 @@ def _stream_options(options: Any, settings: Settings) -> tuple[float, str, dict[
     return timeout_s, inference_id, options
 
 
+def _streaming_task(entry: ModelEntry) -> StreamingTask:
+    task = entry.pipeline
+    if not isinstance(task, StreamingTask):
+        raise InferenceError("ERR_INVALID_REQUEST",
+                             f"model '{entry.id}' does not generate text; its task is "
+                             f"'{task.name if task else '?'}'")
+    return task
+
+
 def _generation_request(entry: ModelEntry, input_data: Any, options: Any,
                         settings: Settings, started: float
                         ) -> tuple[StreamingTask, Any, float, str]:
     """(the model's streaming task, the request it checked, the deadline, the inference
     id) of a generation request, checked on the loop before a slot is taken."""
     timeout_s, inference_id, task_options = _stream_options(options, settings)
-    task = entry.pipeline
-    if not isinstance(task, StreamingTask):
-        raise InferenceError("ERR_INVALID_REQUEST",
-                             f"model '{entry.id}' does not generate text; its task is "
-                             f"'{task.name if task else '?'}'")
+    task = _streaming_task(entry)
     request = task.request(_lists(input_data), _lists(task_options))
     return task, request, started + timeout_s, inference_id
 
@@ -322,19 +327,32 @@ class InferenceEngine:
 
     async def count_tokens(self, model_id: str, input_data: Any, options: Any = None) -> int:
         """The prompt tokens a generation request would read (template, tools and all),
-        without generating: the same checks and preparation as a generation, on a prompt
-        thread, under the request's deadline and a slot (it costs what a prompt costs)."""
+        without generating."""
+        def prompt(task: StreamingTask, request: Any) -> int:
+            return len(task.prepare(request).tokens)
+
+        return int(await self.with_task(model_id, prompt, input_data, options))
+
+    async def with_task(self, model_id: str, work: Callable[[StreamingTask, Any], Any],
+                        input_data: Any = None, options: Any = None) -> Any:
+        """``work(task, request)`` on a prompt thread for a language model's task (the
+        tokenizer routes, token counts): admitted under a slot and the request's deadline,
+        as the preparation of a generation is, since it costs what a prompt costs.
+        ``request`` is the task's check of ``input_data`` when given, else None."""
         started = time.perf_counter()
         entry = await self.models.acquire(model_id)
         hold = _Hold(self, entry)
         try:
-            task, request, deadline, _ = _generation_request(entry, input_data, options,
-                                                             self.settings, started)
+            if input_data is not None:
+                task, request, deadline, _ = _generation_request(
+                    entry, input_data, options, self.settings, started)
+            else:
+                timeout_s, _, _ = _stream_options(options, self.settings)
+                task, request, deadline = _streaming_task(entry), None, started + timeout_s
             await self._admit(deadline, model_id)
             hold.slot = True
-            prompt = await self._off_loop(self.prompts, task.prepare, (request,), deadline,
-                                          hold, "while reading the prompt")
-            return len(prompt.tokens)
+            return await self._off_loop(self.prompts, work, (task, request), deadline,
+                                        hold, "while reading the prompt")
         except RecursionError:
             raise _too_deep() from None
         finally:

@@ -62,6 +62,6 @@ def protocol_of(path: str) -> str:
         return "v2"
     if path.startswith("/v1/messages"):
         return "anthropic"
-    if path.startswith("/v1"):
+    if path.startswith("/v1") or path in ("/tokenize", "/detokenize", "/tokenizer_info"):
         return "openai"
     return "seed"

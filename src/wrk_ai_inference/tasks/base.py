@@ -71,3 +71,13 @@ class StreamingTask(Task):
 
     def submit(self, job: Any) -> None:
         raise NotImplementedError
+
+    # the tokenizer routes (``/tokenize``, ``/detokenize``, ``/tokenizer_info``)
+    def tokenize(self, text: Any, add_special: bool) -> list[int]:
+        raise NotImplementedError
+
+    def detokenize(self, tokens: Any) -> str:
+        raise NotImplementedError
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        raise NotImplementedError

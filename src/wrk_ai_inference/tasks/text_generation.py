@@ -317,6 +317,27 @@ class TextGeneration(StreamingTask):
     def submit(self, job: Generation) -> None:
         self.session.submit(job)
 
+    # ---- the tokenizer routes -------------------------------------------------------
+    def tokenize(self, text: Any, add_special: bool) -> list[int]:
+        if not isinstance(text, str):
+            raise InferenceError("ERR_INVALID_INPUT", "prompt must be a string")
+        if len(text) > self.max_chars * self.spec.parallel:
+            raise InferenceError("ERR_INVALID_INPUT",
+                                 f"the text is {len(text)} characters: longer than model "
+                                 f"'{self.model_id}' could ever read")
+        return self.session.tokenize(text, add_special)
+
+    def detokenize(self, tokens: Any) -> str:
+        if not isinstance(tokens, list) or len(tokens) > self.cells * self.spec.parallel:
+            raise InferenceError("ERR_INVALID_INPUT", "tokens must be a list of at most "
+                                 f"{self.cells * self.spec.parallel} token ids")
+        return self.session.detokenize(tokens)
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        return {"bos_token": self.session.bos_text, "eos_token": self.eos_text,
+                "pad_token": self.eos_text, "chat_template": self.formatter.template,
+                "model_max_length": self.cells, "tokenizer_class": "llama.cpp"}
+
 
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",

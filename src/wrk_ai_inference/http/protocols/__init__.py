@@ -1,6 +1,6 @@
 """The worker's HTTP protocols, one route table each: the seed API, the Open Inference
 Protocol (v2), the OpenAI API (chat, completions, embeddings), OpenAI's Responses API,
-Anthropic's Messages API and Ollama's API."""
+Anthropic's Messages API, Ollama's API and the tokenizer routes (vLLM's shapes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from .ollama import TABLE as OLLAMA
 from .openai import TABLE as OPENAI
 from .responses import TABLE as RESPONSES
 from .seed import TABLE as SEED
+from .tokenizer import TABLE as TOKENIZER
 from .v2 import TABLE as V2
 
 #: every table, in the order their routes are matched
-TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, RESPONSES, ANTHROPIC, OLLAMA)
+TABLES: tuple[Table, ...] = (SEED, V2, OPENAI, RESPONSES, ANTHROPIC, OLLAMA, TOKENIZER)

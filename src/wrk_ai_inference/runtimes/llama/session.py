@@ -93,6 +93,22 @@ class LlamaSession(ModelSession):
             raise InferenceError("ERR_INVALID_INPUT", "the prompt could not be tokenised")
         return list(tokens[:n])
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens``, special tokens written out (ids checked first: they come
+        from callers). Reads the vocabulary only, like ``tokenize``."""
+        n_vocab = int(self.llm.n_vocab())
+        bad = next((t for t in tokens if not isinstance(t, int) or isinstance(t, bool)
+                    or not 0 <= t < n_vocab), None)
+        if bad is not None or not isinstance(tokens, list):
+            raise InferenceError("ERR_INVALID_INPUT", f"tokens must be ids of this model's "
+                                 f"vocabulary (0 to {n_vocab - 1}); got {str(bad)[:40]!r}")
+        data = (self._lib.llama_token * max(1, len(tokens)))(*tokens)
+        room = 64 + len(tokens) * self.max_token_bytes
+        buffer = ctypes.create_string_buffer(room)
+        n = int(self._lib.llama_detokenize(self._vocab, data, len(tokens), buffer, room,
+                                           False, True))
+        return buffer.raw[:max(n, 0)].decode("utf-8", errors="replace")
+
     def piece(self, token: int) -> str:
         """One token's text, special tokens as they are written."""
         buffer = ctypes.create_string_buffer(_PIECE_BYTES)
