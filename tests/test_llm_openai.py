@@ -385,3 +385,39 @@ def test_the_tokenizer_routes_are_llama_cpp_s(llm: Worker, reference: Any) -> No
     assert info["eos_token"] == "<|im_end|>" and "im_start" in info["chat_template"]
     bad = httpx.post(f"{llm.url}/detokenize", json={"tokens": [10**9]}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "ERR_INVALID_INPUT"
+
+
+def test_echo_scores_the_prompt_as_llama_cpp_does(llm: Worker) -> None:
+    """lm-evaluation-harness's log-likelihood requests: token-id prompts in a batch, echo,
+    max_tokens 0; each prompt token's log-probability equals llama-cpp-python's (every
+    position's logits kept, same file, same flash-attention setting) within 0.02."""
+    import os
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    threads = len(os.sched_getaffinity(0))
+    scorer = Llama(str(GGUF), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                   n_batch=512, flash_attn=True, logits_all=True, verbose=False)
+    texts = ["The capital of France is Paris.", "Water boils at one hundred degrees."]
+    prompts = [scorer.tokenize(t.encode(), add_bos=False) for t in texts]
+    r = httpx.post(f"{llm.url}/v1/completions", json={
+        "model": "smollm2", "prompt": prompts, "echo": True, "max_tokens": 0,
+        "logprobs": 1, "temperature": 0}, timeout=120)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    for tokens, text, choice in zip(prompts, texts, choices, strict=True):
+        scorer.reset()
+        scorer.eval(tokens)
+        logits = np.array(scorer.scores[:len(tokens)], dtype=np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        expected = [float(log_softmax[i - 1][tokens[i]]) for i in range(1, len(tokens))]
+        got = choice["logprobs"]["token_logprobs"]
+        assert got[0] is None and len(got) == len(tokens)
+        assert max(abs(a - b) for a, b in zip(got[1:], expected, strict=True)) < 0.02
+        assert choice["text"] == text and choice["finish_reason"] == "length"
+        top = choice["logprobs"]["top_logprobs"]
+        assert top[0] is None and all(len(t) == 1 for t in top[1:])
+    assert r.json()["usage"]["completion_tokens"] == 0

@@ -429,6 +429,8 @@ class InferenceEngine:
                     raise self._timeout("while generating")
                 if kind == "prompt":
                     tokens.prompt = rest[0]
+                elif kind == "promptLogprobs":  # echo: the prompt's tokens, scored
+                    yield {"type": "promptLogprobs", "index": rest[0], "entries": rest[1]}
                 elif kind == "delta":
                     now = time.perf_counter()
                     if tokens.first_s is None:

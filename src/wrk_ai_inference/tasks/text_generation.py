@@ -118,6 +118,7 @@ class GenerationRequest:
     constraint: str | None = None  # what a text answer must be (``_constraint``)
     tools: Toolset | None = None  # tools the model may call (None: none offered)
     asked_stops: list[str] = field(default_factory=list)  # the request's own stop strings
+    tokens: list[int] | None = None  # a prompt given as token ids
 
 
 @dataclass
@@ -169,11 +170,11 @@ class TextGeneration(StreamingTask):
         """Validate on the loop, before a slot is taken: bad input never holds one."""
         if isinstance(data, str):
             data = {"prompt": data}
-        if not isinstance(data, dict) or len({"prompt", "messages"} & set(data)) != 1 \
-                or set(data) - {"prompt", "messages"}:
+        kinds = {"prompt", "messages", "tokens"}
+        if not isinstance(data, dict) or len(kinds & set(data)) != 1 or set(data) - kinds:
             raise InferenceError("ERR_INVALID_INPUT",
-                                 'inputData must be {"prompt": "..."} or {"messages": '
-                                 '[{"role", "content"}, ...]}')
+                                 'inputData must be {"prompt": "..."}, {"messages": '
+                                 '[{"role", "content"}, ...]} or {"tokens": [ids]}')
         unknown = set(options) - _OPTION_NAMES - ENGINE_OPTIONS
         if unknown:
             raise _invalid(f"options this model does not support: {sorted(unknown)} "
@@ -183,7 +184,13 @@ class TextGeneration(StreamingTask):
                         options.get("parallel_tool_calls"))
         messages: list[dict[str, Any]] | None = None
         prompt: str | None = None
-        if "messages" in data:
+        token_ids: list[int] | None = None
+        if "tokens" in data:  # a prompt given as token ids (lm-evaluation-harness)
+            token_ids = self._token_ids(data["tokens"])
+            if tools is not None:
+                raise _invalid("tools need messages (a chat), not a prompt")
+            size, stops = 0, []
+        elif "messages" in data:
             messages = conversation.messages(data["messages"], self.cells)
             size = conversation.text_size(messages) + (len(tools.key) if tools else 0)
             stops = [self.eos_text] if self.eos_text else []
@@ -204,8 +211,20 @@ class TextGeneration(StreamingTask):
         sampling.stop = [*sampling.stop, *self.spec.stop, *stops]
         if tools is not None and tools.choice == "none":
             tools = None  # the model is not told of tools it may not call
+        if sampling.echo and (messages is not None or sampling.n != 1):
+            raise _invalid("echo needs a prompt (not messages) and n 1")
         return GenerationRequest(messages, prompt, sampling, messages is not None,
-                                 _constraint(options.get("response_format")), tools, asked)
+                                 _constraint(options.get("response_format")), tools, asked,
+                                 token_ids)
+
+    def _token_ids(self, value: Any) -> list[int]:
+        if not isinstance(value, list) or not value or len(value) >= self.cells or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.n_vocab
+                for t in value):
+            raise InferenceError("ERR_INVALID_INPUT",
+                                 f"tokens must be a non-empty list of fewer than {self.cells} "
+                                 f"token ids of this model (0 to {self.n_vocab - 1})")
+        return list(value)
 
     def prepare(self, request: GenerationRequest) -> Prompt:
         """The prompt's tokens: the chat template rendered and the text tokenised, and the
@@ -213,6 +232,10 @@ class TextGeneration(StreamingTask):
         runs on a helper thread after admission, under the request's deadline (the
         engine's ``_off_loop``); neither the event loop nor the model's thread waits on
         it."""
+        if request.tokens is not None:
+            check_fits(len(request.tokens), request.sampling.max_tokens, self.cells,
+                       self.model_id)
+            return Prompt(list(request.tokens), self._grammar(request))
         if request.messages is not None:
             text, add_bos = self._render(request.messages, request.tools), False
         else:
@@ -270,7 +293,11 @@ class TextGeneration(StreamingTask):
 
     def _sampling(self, o: dict[str, Any]) -> Sampling:
         d = self.spec.sampling
-        max_tokens = _number(o, "max_tokens", 1, 1 << 20, whole=True)
+        echo = o.get("echo", False)
+        if not isinstance(echo, bool):
+            raise _invalid("echo must be true or false")
+        # max_tokens 0 scores the prompt only: it needs echo, or nothing would come back
+        max_tokens = _number(o, "max_tokens", 0 if echo else 1, 1 << 20, whole=True)
         max_completion = _number(o, "max_completion_tokens", 1, 1 << 20, whole=True)
         if max_tokens is not None and max_completion is not None:
             raise _invalid("give max_tokens or max_completion_tokens, not both")
@@ -305,7 +332,7 @@ class TextGeneration(StreamingTask):
             presence_penalty=float(o.get("presence_penalty") or 0.0),
             seed=None if seed is None else seed % (1 << 31),
             stop=_stops(o.get("stop")), logprobs=wanted,
-            n=n,
+            n=n, echo=echo,
             logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab))
 
     def generation(self, request: GenerationRequest, deliver: Any) -> Generation:
@@ -342,7 +369,7 @@ class TextGeneration(StreamingTask):
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
                  "stop", "logprobs", "top_logprobs", "n", "response_format", "logit_bias",
-                 "tools", "tool_choice", "parallel_tool_calls"}
+                 "tools", "tool_choice", "parallel_tool_calls", "echo"}
 
 
 def _regex(text: str) -> str:
@@ -453,6 +480,7 @@ class Collector:
         self.reasons: list[str | None] = []
         self.calls: list[list[dict[str, Any]]] = []
         self.stop_strings: list[str | None] = []
+        self.prompt_logprobs: list[list[dict[str, Any]]] = []
         self.want_logprobs = False
         self.usage: dict[str, int] = {}
 
@@ -466,6 +494,9 @@ class Collector:
             self.reasons = [None] * n
             self.calls = [[] for _ in range(n)]
             self.stop_strings = [None] * n
+            self.prompt_logprobs = [[] for _ in range(n)]
+        elif kind == "promptLogprobs":
+            self.prompt_logprobs[event["index"]] += event["entries"]
         elif kind == "toolCall":
             call = event["call"]
             self.calls[event["index"]].append({
@@ -493,6 +524,9 @@ class Collector:
                 choice["toolCalls"] = self.calls[i]
             if self.stop_strings[i] is not None:
                 choice["stopSequence"] = self.stop_strings[i]
+            if self.prompt_logprobs[i]:  # echo: the prompt's text and its scored tokens
+                choice["prompt"] = "".join(e["token"] for e in self.prompt_logprobs[i])
+                choice["promptLogprobs"] = self.prompt_logprobs[i]
             if self.want_logprobs:
                 choice["logprobs"] = self.logprobs[i]
             out.append(choice)

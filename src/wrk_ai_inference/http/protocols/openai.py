@@ -10,6 +10,7 @@ ending in ``data: [DONE]``; a client that goes away stops its generation.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import time
@@ -94,7 +95,7 @@ def _text_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0
         offset += len(e["token"])
     return {"tokens": [e["token"] for e in entries],
             "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [dict(e.get("top", [])) or None for e in entries],
+            "top_logprobs": [dict(e.get("top") or []) or None for e in entries],
             "text_offset": offsets}
 
 
@@ -108,6 +109,7 @@ class _Shapes:
     def __init__(self, chat: bool, model: str) -> None:
         self.chat, self.model = chat, model
         self.created = int(time.time())
+        self.logprobs_asked = False
         self.object = "chat.completion" if chat else "text_completion"
 
     def ident(self, inference_id: str) -> str:
@@ -124,7 +126,12 @@ class _Shapes:
             return {"index": choice["index"], "message": message,
                     "logprobs": _chat_logprobs(logprobs),
                     "finish_reason": choice["finishReason"]}
-        return {"index": choice["index"], "text": choice["text"],
+        text = choice["text"]
+        if "promptLogprobs" in choice:  # echo: the prompt, then the answer
+            text = choice["prompt"] + text
+            if self.logprobs_asked:  # the prompt's come first
+                logprobs = [*choice["promptLogprobs"], *(logprobs or [])]
+        return {"index": choice["index"], "text": text,
                 "logprobs": _text_logprobs(logprobs), "finish_reason": choice["finishReason"]}
 
     def chunk(self, inference_id: str, choices: list[dict[str, Any]],
@@ -167,19 +174,33 @@ async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response
     payload = await json_body(call, worker)
     model = _model(payload)
     options = _options(payload, _CHAT_FIELDS if chat else _COMPLETION_FIELDS)
-    if chat:
-        input_data: dict[str, Any] = {"messages": payload.get("messages")}
-    else:
-        input_data = {"prompt": _prompt(payload)}
     stream, include_usage = _stream_flag(payload)
+    if chat:
+        inputs: list[dict[str, Any]] = [{"messages": payload.get("messages")}]
+    else:
+        inputs = _prompts(payload)
+        if payload.get("echo"):
+            if stream:
+                raise _invalid("echo is not supported with stream", "echo")
+            options["echo"] = True
     shapes = _Shapes(chat, model)
-    if not stream:
-        answer = await worker.run_inference(model, input_data, options)
-        result = answer["result"]
-        return JSON({"id": shapes.ident(answer["inferenceId"]), "object": shapes.object,
-                     "created": shapes.created, "model": model,
-                     "choices": [shapes.choice(c) for c in result["choices"]],
-                     "usage": _usage(result["usage"]), "system_fingerprint": None})
+    shapes.logprobs_asked = payload.get("logprobs") not in (None, False)
+    if len(inputs) > 1 and stream:
+        raise _invalid("one prompt per streamed request", "prompt")
+    if not stream:  # a batch of prompts: each a request of its own, run side by side
+        answers = await asyncio.gather(*(worker.run_inference(model, i, options)
+                                          for i in inputs))
+        choices: list[dict[str, Any]] = []
+        usage = {"promptTokens": 0, "completionTokens": 0, "totalTokens": 0}
+        for answer in answers:
+            result = answer["result"]
+            for choice in result["choices"]:
+                choices.append(shapes.choice({**choice, "index": len(choices)}))
+            usage = {k: usage[k] + result["usage"].get(k, 0) for k in usage}
+        return JSON({"id": shapes.ident(answers[0]["inferenceId"]), "object": shapes.object,
+                     "created": shapes.created, "model": model, "choices": choices,
+                     "usage": _usage(usage), "system_fingerprint": None})
+    input_data = inputs[0]
     events = worker.stream_inference(model, input_data, options)
     start = await first_event(events)
     return EventStream(_sse_chunks(shapes, start, events, include_usage))
@@ -254,19 +275,33 @@ TABLE = Table("openai", "OpenAI API", (
 ))
 
 
-def _prompt(payload: dict[str, Any]) -> str:
+#: prompts one completions request may carry (each runs as a request of its own)
+MAX_PROMPTS = 64
+
+
+def _prompts(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The completions API's ``prompt``: a string, token ids, or a list of either."""
     prompt = payload.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise _invalid("prompt must be a non-empty string (one prompt per request)", "prompt")
-    if payload.get("echo"):
-        raise _invalid("echo is not supported", "echo")
     if payload.get("suffix") is not None:
         raise _invalid("suffix is not supported", "suffix")
     if payload.get("best_of") not in (None, 1):
         raise _invalid("best_of is not supported (use n)", "best_of")
-    return prompt
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                   and all(isinstance(t, int) for t in prompt)):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt or len(prompt) > MAX_PROMPTS:
+        raise _invalid(f"prompt must be a string, token ids, or a list of at most "
+                       f"{MAX_PROMPTS} of either", "prompt")
+    out: list[dict[str, Any]] = []
+    for one in prompt:
+        if isinstance(one, str) and one:
+            out.append({"prompt": one})
+        elif isinstance(one, list):
+            out.append({"tokens": one})  # checked against the vocabulary by the task
+        else:
+            raise _invalid("each prompt must be a non-empty string or a list of token ids",
+                           "prompt")
+    return out
 
 
 async def _sse_chunks(shapes: _Shapes, start: dict[str, Any],

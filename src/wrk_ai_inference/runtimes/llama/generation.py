@@ -51,6 +51,8 @@ class Sampling:
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: and the k best
     grammar: Grammar | None = None
     n: int = 1
+    #: the prompt's tokens come back with their log-probabilities (``logprobs`` of them)
+    echo: bool = False
     logit_bias: list[tuple[int, float]] = field(default_factory=list)  # (token, bias)
 
 

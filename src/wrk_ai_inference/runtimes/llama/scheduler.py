@@ -147,7 +147,8 @@ class Scheduler:
         slot = self.running
         prompt = job.tokens
         limit = self.cells - len(prompt)
-        asked = job.sampling.max_tokens or job.sampling.default_max_tokens
+        asked = (job.sampling.max_tokens if job.sampling.max_tokens is not None
+                 else job.sampling.default_max_tokens)
         if asked is not None:
             limit = min(limit, asked)
         seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
@@ -155,17 +156,17 @@ class Scheduler:
                         if s is not None and s.job is job and s.source is None), None)
         if sibling is not None:
             seq.source = sibling  # copies its prompt when it has been read
-        else:
-            self._reuse(seq, prompt)
+        else:  # a scored prompt is read whole: cached cells have no logits to give
+            self._reuse(seq, prompt, allowed=not job.sampling.echo)
         self.slots[slot] = seq
         self.running += 1
         job.admitted += 1
         job.live += 1
 
-    def _reuse(self, seq: Sequence, prompt: list[int]) -> None:
+    def _reuse(self, seq: Sequence, prompt: list[int], allowed: bool = True) -> None:
         """Start ``seq`` where an idle slot's cache stops matching its prompt."""
         best, match = seq.slot, 0
-        for slot in range(seq.slot, self.parallel):
+        for slot in range(seq.slot, self.parallel if allowed else seq.slot):
             if self.slots[slot] is None and self._reusable(slot):
                 n = common_prefix(self._cached[slot], prompt)
                 if n > match:
@@ -237,7 +238,13 @@ class Scheduler:
                 "ERR_INFERENCE_FAILED", f"the runtime failed: llama_decode returned {status}"))
             return
         for seq in live:
-            if seq.index >= 0:
+            if seq.job.sampling.echo and (seq.scoring or not seq.scored):
+                self._score(seq)
+            if seq.index < 0:
+                continue
+            if seq.limit == 0:  # the prompt scored, nothing asked of the answer
+                self._end(seq, "length")
+            else:
                 self._advance(seq, seq.sample(self._ctx))
 
     def _emit(self, job: Generation, event: tuple[Any, ...]) -> None:
@@ -298,8 +305,13 @@ class Scheduler:
             if seq is reader:
                 take = seq.pending[:self.chunk]
                 del seq.pending[:len(take)]
-                for token in take:
-                    n = self._put(b, n, seq, token, False)
+                echo = seq.job.sampling.echo
+                for k, token in enumerate(take):
+                    if echo and k + 1 < len(take):  # its logits score the next prompt token
+                        seq.scoring.append((n, take[k + 1]))
+                    elif echo and seq.pending:
+                        seq.scoring.append((n, seq.pending[0]))
+                    n = self._put(b, n, seq, token, echo)
                 if not seq.pending:
                     b.logits[n - 1] = True
                     seq.index = n - 1
@@ -380,11 +392,27 @@ class Scheduler:
                 "reason": job.stop_reason,
                 "stopMs": round((time.perf_counter() - job.stop_asked) * 1000, 2)})
 
-    def _logprob(self, seq: Sequence, token: int) -> dict[str, Any]:
-        """The chosen token's log-probability (and the ``top`` best) from the logits the
-        sequence sampled from."""
+    def _score(self, seq: Sequence) -> None:
+        """The log-probabilities of the prompt tokens this step read logits for (echo):
+        each from the logits of the position before it; the prompt's first token has
+        none."""
+        entries = []
+        if not seq.scored:
+            first = seq.job.tokens[0]
+            entries.append({"token": seq.piece(first), "logprob": None})
+            seq.scored = True
+        for index, token in seq.scoring:
+            entries.append(self._logprob(seq, token, index))
+        seq.scoring = []
+        self._emit(seq.job, ("promptLogprobs", seq.choice, entries))
+
+    def _logprob(self, seq: Sequence, token: int, index: int | None = None
+                 ) -> dict[str, Any]:
+        """The token's log-probability (and the ``top`` best) from the logits at ``index``
+        of the batch (default: the ones the sequence sampled from)."""
         top = seq.job.sampling.logprobs or 0
-        pointer = self._lib.llama_get_logits_ith(self._ctx, seq.index)
+        pointer = self._lib.llama_get_logits_ith(self._ctx,
+                                                 seq.index if index is None else index)
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
         peak = logits.max()
         log_norm = peak + math.log(float(np.exp(logits - peak).sum()))

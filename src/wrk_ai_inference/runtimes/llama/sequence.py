@@ -133,6 +133,9 @@ class Sequence:
         self.source: Sequence | None = None  # a sibling whose prompt it will copy
         self.last = -1  # the token sampled last, decoded at the next step
         self.index = -1  # where this step's batch puts the logits it samples from
+        #: (batch index, the prompt token its logits score) of this step (echo)
+        self.scoring: list[tuple[int, int]] = []
+        self.scored = False  # the prompt's first token has been reported
         self.made = 0
         self.first_at = 0.0  # perf_counter() of its first token
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
