@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := src/wrk_ai_inference/p2p/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+TEST_NODE_STAMP := tests/node/node_modules/.installed
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
@@ -14,7 +15,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama bench-fetch bench-fleet
 
-setup: $(STAMP) $(NODE_STAMP) $(EXAMPLES)
+setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES)
 
 # llama.cpp's AMX kernels crash on Sapphire Rapids class CPUs (SIGSEGV in
 # ggml_backend_amx_mul_mat on the first decode, ggml-org/llama.cpp#20824), so llama.cpp is
@@ -46,6 +47,11 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 # The Node bridge's exact versions come from its committed package-lock.json.
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Clients the tests drive unchanged (the Ollama JavaScript client), from their own lock file.
+$(TEST_NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(EXAMPLES) &: $(STAMP) src/wrk_ai_inference/examples.py

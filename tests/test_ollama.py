@@ -126,3 +126,17 @@ def test_errors_in_ollama_s_shape(api: ollama.Client, llm: Worker) -> None:
     r = httpx.post(f"{llm.url}/api/generate", json={"model": "smollm2", "prompt": "x",
                                                     "template": "{{ .Prompt }}"}, timeout=60)
     assert r.status_code == 400 and "template" in r.json()["error"]
+
+
+def test_the_javascript_client_chats(llm: Worker) -> None:
+    """The ``ollama`` npm package, unchanged, from a plain Node script."""
+    import json
+    import subprocess
+
+    from .helpers import ROOT
+
+    done = subprocess.run(["node", str(ROOT / "tests" / "node" / "ollama_chat.js"), llm.url],
+                          capture_output=True, text=True, timeout=300, check=True)
+    answer = json.loads(done.stdout)
+    assert "Paris" in answer["text"] and answer["streamed"] == answer["text"]
+    assert answer["doneReason"] == "stop" and "smollm2:latest" in answer["models"]
