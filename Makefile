@@ -13,7 +13,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
 	examples/models/qwen2.5-coder-1.5b/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet
 
 setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES)
 
@@ -114,6 +114,18 @@ $(LLM_BENCH_VENV)/.llama-server: $(LLM_BENCH_VENV)/.installed
 bench-llm: setup $(LLM_BENCH_VENV)/.installed $(LLM_BENCH_VENV)/.llama-server
 	$(BIN)/python benchmarks/llm_bench.py
 	$(BIN)/python benchmarks/tools_bench.py
+
+# lm-evaluation-harness against the worker on the small tasks in benchmarks/eval/tasks
+# (local JSON: nothing is downloaded), beside the same scoring in process.
+EVAL_VENV := .venv-eval
+$(EVAL_VENV)/.installed: benchmarks/eval.lock
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(EVAL_VENV)/bin/python -m pip install --quiet -r benchmarks/eval.lock
+	touch $@
+
+eval: setup $(EVAL_VENV)/.installed
+	$(BIN)/python benchmarks/eval/run.py --lm-eval $(EVAL_VENV)/bin/lm_eval
 
 # Ollama's streaming chat against the OpenAI one, on one worker and model.
 bench-ollama: setup
