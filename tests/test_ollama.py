@@ -80,8 +80,11 @@ def test_tools_through_chat(api: ollama.Client) -> None:
 
 def test_embed_gives_the_openai_route_s_vectors(api: ollama.Client, llm: Worker) -> None:
     texts = ["A man plays a guitar.", "Stocks fell."]
-    progress = [p.status for p in api.pull("minilm", stream=True)]
+    pulled = list(api.pull("minilm", stream=True))
+    progress = [p.status for p in pulled]
     assert progress[0] == "pulling manifest" and progress[-1] == "success"
+    sized = [p for p in pulled if p.total]
+    assert sized and sized[-1].completed == sized[-1].total > 0
     embedded = api.embed(model="minilm", input=texts).embeddings
     reference = httpx.post(f"{llm.url}/v1/embeddings", json={"model": "minilm", "input": texts},
                            timeout=60).json()["data"]

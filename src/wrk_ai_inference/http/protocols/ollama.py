@@ -389,10 +389,13 @@ async def _progress(worker: InferenceWorker, model: str, loading: asyncio.Future
             fetch = (await worker.get_model(model)).get("fetch")
             if fetch:
                 yield _line({"status": f"pulling {model}", "digest": model,
-                             "total": fetch.get("total") or 0,
-                             "completed": fetch.get("done") or 0})
+                             "total": fetch.get("bytesTotal") or 0,
+                             "completed": fetch.get("bytesDone") or 0})
             await asyncio.wait({loading}, timeout=0.5)
         await loading
+        size = (await worker.get_model(model)).get("sizeBytes") or 0
+        yield _line({"status": f"pulling {model}", "digest": model, "total": size,
+                     "completed": size})
     except InferenceError as exc:
         yield _line({"error": exc.message, "code": exc.code})
         return
