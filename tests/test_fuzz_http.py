@@ -26,7 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from wrk_ai_inference.errors import HTTP_STATUS, V2_STATUS
-from wrk_ai_inference.http.responses import OLLAMA_PATHS
+from wrk_ai_inference.http.responses import protocol_of
 
 from .helpers import DIGIT_ZERO, Worker, make_repo, running_worker
 
@@ -53,7 +53,8 @@ def _check(case: schemathesis.Case) -> None:
     per_op[f"{case.method} {case.path}"] += 1
     if response.status_code < 400:
         return
-    if case.path.startswith("/v2"):
+    protocol = protocol_of(case.path)  # each path answers in its protocol's error shape
+    if protocol == "v2":
         if not response.content:  # readiness answers carry no body (200 / 400)
             assert case.path.endswith("/ready"), case.path
             return
@@ -61,18 +62,18 @@ def _check(case: schemathesis.Case) -> None:
         code = body["code"]
         assert code in V2_STATUS and V2_STATUS[code] == response.status_code, body
         assert isinstance(body["error"], str) and body["error"]
-    elif case.path in OLLAMA_PATHS:  # Ollama: {"error": "message", "code"}
+    elif protocol == "ollama":  # Ollama: {"error": "message", "code"}
         body = response.json()
         code = body["code"]
         assert code in HTTP_STATUS and HTTP_STATUS[code] == response.status_code, body
         assert isinstance(body["error"], str) and body["error"]
-    elif case.path.startswith("/v1/messages"):  # Anthropic: {"type": "error", "error", "code"}
+    elif protocol == "anthropic":  # Anthropic: {"type": "error", "error", "code"}
         body = response.json()
         code = body["code"]
         assert body["type"] == "error" and code in HTTP_STATUS, body
         assert HTTP_STATUS[code] == response.status_code, body
         assert isinstance(body["error"]["message"], str) and body["error"]["type"]
-    elif case.path.startswith("/v1"):  # OpenAI: {"error": {"message", "type", "code"}}
+    elif protocol == "openai":  # OpenAI: {"error": {"message", "type", "code"}}
         error = response.json()["error"]
         code = error["code"]
         assert code in HTTP_STATUS and HTTP_STATUS[code] == response.status_code, error
