@@ -151,6 +151,15 @@ def running_worker(repo: Path, log_path: Path, **config: Any) -> Iterator[Worker
 
 
 @contextlib.contextmanager
+def examples_worker(factory: Any, name: str, preload: list[str], **config: Any
+                    ) -> Iterator[Worker]:
+    """A worker on the bundled example models with ``preload`` loaded: a test module's."""
+    with running_worker(EXAMPLES, factory.mktemp(name) / "w.log", preload=preload,
+                        **config) as worker:
+        yield worker
+
+
+@contextlib.contextmanager
 def worker_serving(root: Path, models: dict[str, str], **config: Any) -> Iterator[Worker]:
     """A worker on a fresh repository of example models, all preloaded."""
     repo = make_repo(root / "repo", models)

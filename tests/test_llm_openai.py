@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from .helpers import EXAMPLES, Worker, cpu_seconds, failed_seconds, running_worker
+from .helpers import EXAMPLES, Worker, cpu_seconds, examples_worker, failed_seconds
 
 GGUF = EXAMPLES / "smollm2" / "model.gguf"
 # every token of its greedy answer leads the next best by about a nat or more, so CPUs whose
@@ -32,8 +32,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    log = tmp_path_factory.mktemp("llm") / "w.log"
-    with running_worker(EXAMPLES, log, preload=["smollm2", "minilm"]) as w:
+    with examples_worker(tmp_path_factory, "llm", ["smollm2", "minilm"]) as w:
         yield w
 
 

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from .agent_tools import HOSTILE_TOOLS, ODD_BUT_VALID, agent_toolset, schema_bytes
-from .helpers import EXAMPLES, Worker, edit_spec, make_repo, running_worker
+from .helpers import Worker, edit_spec, examples_worker, make_repo, running_worker
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -43,9 +43,8 @@ ANSWER_FROM_RESULTS = ("You are a helpful assistant. When a tool response is giv
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    log = tmp_path_factory.mktemp("tools") / "w.log"
-    with running_worker(EXAMPLES, log, preload=["smollm2", "qwen2.5-coder",
-                                                 "qwen2.5-coder-1.5b"]) as w:
+    with examples_worker(tmp_path_factory, "tools",
+                         ["smollm2", "qwen2.5-coder", "qwen2.5-coder-1.5b"]) as w:
         yield w
 
 

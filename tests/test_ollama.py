@@ -10,7 +10,7 @@ import httpx
 import ollama
 import pytest
 
-from .helpers import EXAMPLES, Worker, running_worker
+from .helpers import EXAMPLES, Worker, examples_worker
 
 QUESTION = [{"role": "user", "content": "Name the capital of France."}]
 GREEDY = {"temperature": 0}
@@ -18,8 +18,7 @@ GREEDY = {"temperature": 0}
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    log = tmp_path_factory.mktemp("ollama") / "w.log"
-    with running_worker(EXAMPLES, log, preload=["smollm2", "qwen2.5-coder"]) as w:
+    with examples_worker(tmp_path_factory, "ollama", ["smollm2", "qwen2.5-coder"]) as w:
         yield w
 
 
