@@ -22,7 +22,7 @@ from ..runtimes.llama import Generation, Grammar, LlamaSession, Sampling, check_
 from .base import StreamingTask
 from .chat import conversation
 from .chat.calls import CallStream, call_id
-from .chat.formats import Call, Generic, family
+from .chat.formats import Call, family
 from .chat.grammars import calls_grammar, schema_grammar
 from .chat.tools import Toolset, toolset
 
@@ -163,7 +163,7 @@ class TextGeneration(StreamingTask):
         tokens = session.tokenize(trigger, False) if trigger else []
         #: the trigger as one special token, when the vocabulary has it as one
         self.trigger_tokens = tokens if len(tokens) == 1 and trigger and \
-            session.piece(tokens[0]) == trigger else []
+            session.token_text(tokens[0]) == trigger else []
 
     # ---- one request ------------------------------------------------------------
     def request(self, data: Any, options: dict[str, Any]) -> GenerationRequest:
@@ -252,10 +252,8 @@ class TextGeneration(StreamingTask):
 
     def _render(self, messages: list[dict[str, Any]], tools: Toolset | None) -> str:
         offered: list[dict[str, Any]] | None = None
-        if tools is not None and self.format.native:
-            offered = [t.as_openai() for t in tools.offered]
-        elif tools is not None:  # the generic format: the template knows nothing of tools
-            messages = _generic_conversation(messages, tools)
+        if tools is not None:
+            messages, offered = self.format.conversation(messages, tools)
         try:
             formatted = self.formatter(messages=messages, tools=offered)  # type: ignore[arg-type]
         except Exception as exc:  # the template's raise_exception, bad roles...
@@ -267,28 +265,22 @@ class TextGeneration(StreamingTask):
         """The output's grammar: the tools' calls (for the whole answer when a call is
         required or the format is JSON, else from the call's trigger on), and the
         response format's where the answer may be text."""
-        tools = request.tools
+        tools, fmt = request.tools, self.format
         if tools is None:
             return None if request.constraint is None else Grammar(
                 schema_grammar(request.constraint))
-        answer: Any = None if request.constraint is None or tools.forced else (
-            "json" if request.constraint == "json" else json.loads(request.constraint))
-        if isinstance(self.format, Generic) and not tools.forced and answer is None:
-            answer = {"type": "string"}  # the text of {"response": ...}
-        plan = json.dumps({"tools": [[t.name, t.parameters] for t in tools.offered],
-                           "key": self.format.arguments_key,
-                           "root": self.format.root(tools, answer is not None),
-                           "answer": answer}, sort_keys=True)
-        text = calls_grammar(plan)
-        lazy = not tools.forced and answer is None and self.format.trigger is not None
-        if not lazy:
-            if not tools.forced and answer is None and not isinstance(self.format, Generic):
-                return None  # a format told by the answer's first characters: parsed only
+        answer = fmt.answer(tools, request.constraint)
+        mode = fmt.mode(tools, answer)
+        if mode is None:
+            return None
+        text = calls_grammar(tools.key, tuple(t.name for t in tools.offered),
+                             fmt.arguments_key, fmt.root(tools, answer is not None),
+                             None if answer is None else json.dumps(answer, sort_keys=True))
+        if mode == "whole":
             return Grammar(text)
-        trigger = self.format.trigger
-        assert trigger is not None
+        assert fmt.trigger is not None
         return Grammar(text, patterns=[] if self.trigger_tokens else
-                       ["[\\s\\S]*?(" + _regex(trigger) + ")"],
+                       ["[\\s\\S]*?(" + _regex(fmt.trigger) + ")"],
                        tokens=self.trigger_tokens)
 
     def _sampling(self, o: dict[str, Any]) -> Sampling:
@@ -377,33 +369,6 @@ def _regex(text: str) -> str:
     return "".join("\\" + c if c in "\\^$.|?*+()[]{}" else c for c in text)
 
 
-def _generic_conversation(messages: list[dict[str, Any]], tools: Toolset
-                          ) -> list[dict[str, Any]]:
-    """The conversation for a template that knows nothing of tools: the tools described
-    in the system message, past calls and results written as the JSON the model is asked
-    to answer with."""
-    intro = Generic.system_text(tools.offered, tools.forced)
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        if message.get("tool_calls"):
-            calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                     for c in message["tool_calls"]]
-            out.append({"role": "assistant", "content": json.dumps({"tool_calls": calls})})
-        elif message["role"] == "tool":
-            out.append({"role": "user", "content": json.dumps({"tool_response": {
-                "name": message.get("name", ""), "content": message["content"]}})})
-        elif message["role"] == "assistant" and message["content"]:
-            out.append({"role": "assistant",
-                        "content": json.dumps({"response": message["content"]})})
-        else:
-            out.append({"role": message["role"], "content": message["content"]})
-    if out[0]["role"] == "system":
-        out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + intro}
-    else:
-        out.insert(0, {"role": "system", "content": intro})
-    return out
-
-
 @dataclass
 class _Choice:
     calls: CallStream
@@ -420,8 +385,7 @@ class Shaper:
         self._stops = set(request.asked_stops)
         self._choices: dict[int, _Choice] = {}
         self._make = None if tools is None else (
-            lambda: _Choice(CallStream(fmt, tools, whole=tools.forced
-                                       or isinstance(fmt, Generic))))
+            lambda: _Choice(CallStream(fmt, tools, whole=tools.forced or fmt.whole_json)))
 
     def _choice(self, index: int) -> _Choice | None:
         if self._make is None:
@@ -469,18 +433,25 @@ class Shaper:
         return events
 
 
+@dataclass
+class _Collected:
+    """One choice's events, gathered."""
+
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    stop_string: str | None = None
+    prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)  # echo
+
+
 class Collector:
     """A generation's events gathered into one answer (non-streaming requests)."""
 
     def __init__(self) -> None:
         self.inference_id = ""
         self.chat = False
-        self.texts: list[list[str]] = []
-        self.logprobs: list[list[dict[str, Any]]] = []
-        self.reasons: list[str | None] = []
-        self.calls: list[list[dict[str, Any]]] = []
-        self.stop_strings: list[str | None] = []
-        self.prompt_logprobs: list[list[dict[str, Any]]] = []
+        self.answers: list[_Collected] = []
         self.want_logprobs = False
         self.usage: dict[str, int] = {}
 
@@ -488,47 +459,43 @@ class Collector:
         kind = event["type"]
         if kind == "start":
             self.inference_id, self.chat = event["inferenceId"], event["chat"]
-            n = event["n"]
-            self.texts = [[] for _ in range(n)]
-            self.logprobs = [[] for _ in range(n)]
-            self.reasons = [None] * n
-            self.calls = [[] for _ in range(n)]
-            self.stop_strings = [None] * n
-            self.prompt_logprobs = [[] for _ in range(n)]
-        elif kind == "promptLogprobs":
-            self.prompt_logprobs[event["index"]] += event["entries"]
+            self.answers = [_Collected() for _ in range(event["n"])]
+            return
+        if kind == "end":
+            self.usage = event["usage"]
+            for answer in self.answers:
+                answer.reason = answer.reason or event["finishReason"] or "stop"
+            return
+        answer = self.answers[event["index"]]
+        if kind == "promptLogprobs":
+            answer.prompt_logprobs += event["entries"]
         elif kind == "toolCall":
             call = event["call"]
-            self.calls[event["index"]].append({
-                "id": call["id"], "type": "function",
-                "function": {"name": call["name"], "arguments": call["arguments"]}})
+            answer.calls.append({"id": call["id"], "type": "function", "function": {
+                "name": call["name"], "arguments": call["arguments"]}})
         elif kind == "delta":
-            self.texts[event["index"]].append(event["text"])
+            answer.texts.append(event["text"])
             if event["logprob"] is not None:
                 self.want_logprobs = True
-                self.logprobs[event["index"]].append(event["logprob"])
+                answer.logprobs.append(event["logprob"])
         elif kind == "finish":
-            self.reasons[event["index"]] = event["finishReason"]
-            if "stopSequence" in event:
-                self.stop_strings[event["index"]] = event["stopSequence"]
-        elif kind == "end":
-            self.usage = event["usage"]
-            self.reasons = [r or event["finishReason"] or "stop" for r in self.reasons]
+            answer.reason = event["finishReason"]
+            answer.stop_string = event.get("stopSequence")
 
     def choices(self) -> list[dict[str, Any]]:
         out = []
-        for i, (parts, reason) in enumerate(zip(self.texts, self.reasons, strict=True)):
-            choice: dict[str, Any] = {"index": i, "text": "".join(parts),
-                                      "finishReason": reason}
-            if self.calls[i]:
-                choice["toolCalls"] = self.calls[i]
-            if self.stop_strings[i] is not None:
-                choice["stopSequence"] = self.stop_strings[i]
-            if self.prompt_logprobs[i]:  # echo: the prompt's text and its scored tokens
-                choice["prompt"] = "".join(e["token"] for e in self.prompt_logprobs[i])
-                choice["promptLogprobs"] = self.prompt_logprobs[i]
+        for i, answer in enumerate(self.answers):
+            choice: dict[str, Any] = {"index": i, "text": "".join(answer.texts),
+                                      "finishReason": answer.reason}
+            if answer.calls:
+                choice["toolCalls"] = answer.calls
+            if answer.stop_string is not None:
+                choice["stopSequence"] = answer.stop_string
+            if answer.prompt_logprobs:  # echo: the prompt's text and its scored tokens
+                choice["prompt"] = "".join(e["token"] for e in answer.prompt_logprobs)
+                choice["promptLogprobs"] = answer.prompt_logprobs
             if self.want_logprobs:
-                choice["logprobs"] = self.logprobs[i]
+                choice["logprobs"] = answer.logprobs
             out.append(choice)
         return out
 

@@ -208,27 +208,36 @@ async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response
     started = time.perf_counter()
     events = worker.stream_inference(model, input_data, options)
     await first_event(events)
-    body = _lines(worker, model, chat, events, started, keep)
+    parts = _parts(worker, model, chat, events, started, keep)
     if stream:
-        return NDJSON(body)
-    parts = [orjson.loads(line) async for line in body]
-    final = parts[-1]
+        return NDJSON(_lines(parts))
+    collected = [part async for part in parts]
+    final = collected[-1]
     if "error" in final:
-        raise InferenceError(final.get("code", "ERR_INFERENCE_FAILED"), final["error"])
+        raise InferenceError(final["code"], final["error"])
     if chat:
-        calls = [c for p in parts for c in p["message"].get("tool_calls", ())]
+        calls = [c for p in collected for c in p["message"].get("tool_calls", ())]
         final["message"] = {"role": "assistant",
-                            "content": "".join(p["message"]["content"] for p in parts)}
+                            "content": "".join(p["message"]["content"] for p in collected)}
         if calls:
             final["message"]["tool_calls"] = calls
     else:
-        final["response"] = "".join(p["response"] for p in parts)
+        final["response"] = "".join(p["response"] for p in collected)
     return JSON(final)
 
 
-async def _lines(worker: InferenceWorker, model: str, chat: bool,
+async def _lines(parts: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[bytes, None]:
+    async with contextlib.aclosing(parts):
+        async for part in parts:
+            yield _line(part)
+
+
+async def _parts(worker: InferenceWorker, model: str, chat: bool,
                  events: AsyncGenerator[dict[str, Any], None], started: float,
-                 keep: float | None) -> AsyncGenerator[bytes, None]:
+                 keep: float | None) -> AsyncGenerator[dict[str, Any], None]:
+    """The worker's events as Ollama's response objects (one NDJSON line each when
+    streamed), the last with ``done`` and the timings; an error after the start is one
+    ``{"error"}`` object."""
     first: float | None = None
     reason = "stop"
 
@@ -246,21 +255,21 @@ async def _lines(worker: InferenceWorker, model: str, chat: bool,
                 kind = event["type"]  # one choice: this API has no n
                 if kind == "delta" and event["text"]:
                     first = first or time.perf_counter()
-                    yield _line(piece(event["text"]))
+                    yield piece(event["text"])
                 elif kind == "toolCall":
                     first = first or time.perf_counter()
                     tool = event["call"]
-                    yield _line(piece("", [{"function": {
-                        "name": tool["name"], "arguments": orjson.loads(tool["arguments"])}}]))
+                    yield piece("", [{"function": {
+                        "name": tool["name"], "arguments": orjson.loads(tool["arguments"])}}])
                 elif kind == "finish":
                     reason = event["finishReason"]
                 elif kind == "end":
                     last = piece("")
                     last.update(_timings(event["usage"], started, first,
                                          time.perf_counter(), reason))
-                    yield _line(last)
+                    yield last
         except InferenceError as exc:
-            yield _line({"error": exc.message, "code": exc.code})
+            yield {"error": exc.message, "code": exc.code}
         finally:
             if keep is not None:
                 worker.keep_alive(model, keep)

@@ -16,6 +16,7 @@ prompt read alone) stops sooner, inside ``llama_decode``, through the abort call
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -54,13 +55,13 @@ class LlamaSession(ModelSession):
         self.inputs = [TensorSpec(name="text", datatype="BYTES", shape=[-1])]
         self.outputs = [TensorSpec(name="text", datatype="BYTES", shape=[-1])]
         self.chat_template: str | None = llm.metadata.get("tokenizer.chat_template")
-        self.bos_text = self._special_text(llm.token_bos())
-        self.eos_text = self._special_text(llm.token_eos())
+        self.bos_text = self.token_text(llm.token_bos())
+        self.eos_text = self.token_text(llm.token_eos())
         self.slots = spec.parallel
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx)) // spec.parallel  # cells per sequence
         self._lib, self._vocab = llama_cpp, llm._model.vocab
         self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
-        self._parsed: set[str] = set()  # grammars llama.cpp accepted
+        self._parsed: set[bytes] = set()  # digests of grammars llama.cpp accepted
         self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
                                     spec.prompt_chunk, model)
         self._submitted = 0
@@ -109,28 +110,24 @@ class LlamaSession(ModelSession):
                                            False, True))
         return buffer.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
-    def piece(self, token: int) -> str:
-        """One token's text, special tokens as they are written."""
-        buffer = ctypes.create_string_buffer(_PIECE_BYTES)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buffer, _PIECE_BYTES, 0, True)
-        return buffer.raw[:max(n, 0)].decode("utf-8", errors="replace")
-
     def grammar_parses(self, text: str) -> bool:
         """Whether llama.cpp accepts ``text`` as GBNF (checked once per text, off the
         model's thread: parsing reads the vocabulary only)."""
-        if text in self._parsed:
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).digest()  # a grammar may be a megabyte: keep its hash
+        if digest in self._parsed:
             return True
-        sampler = self._lib.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"),
-                                                       b"root")
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, data, b"root")
         if not sampler:
             return False
         self._lib.llama_sampler_free(sampler)
         if len(self._parsed) >= 64:
             self._parsed.clear()
-        self._parsed.add(text)
+        self._parsed.add(digest)
         return True
 
-    def _special_text(self, token: int) -> str:
+    def token_text(self, token: int) -> str:
+        """A token's text as the vocabulary writes it (special tokens as themselves)."""
         if token < 0:
             return ""
         text: bytes = self.llm._model.token_get_text(token)

@@ -32,7 +32,6 @@ class CallStream:
         # told by the answer's start (decided at the first characters that are not blank)
         self.whole = whole
         self.pending = ""
-        self.calls = 0
         self._fence = "```"
         self._markers = [m for m in (fmt.trigger, self._fence) if m]
         self._started = False
@@ -61,7 +60,6 @@ class CallStream:
 
     def _items(self, text: str, calls: list[Call]) -> list[Item]:
         out: list[Item] = [("text", text)] if text else []
-        self.calls += len(calls)
         out += [("call", c) for c in calls]
         return out
 

@@ -92,7 +92,29 @@ class Format:
     trigger: str | None = None
     end_tag: str | None = None
     arguments_key = "arguments"
-    native = False  # the template renders tools and tool turns itself
+    #: the whole answer is JSON: it is constrained whole and read whole
+    whole_json = False
+
+    def conversation(self, messages: list[dict[str, Any]], tools: Toolset
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """(the messages, the tools) as the template is given them: here the template
+        renders the tools and the tool turns itself."""
+        return messages, [t.as_openai() for t in tools.offered]
+
+    def answer(self, tools: Toolset, constraint: str | None) -> Any:
+        """What a text answer must be under the grammar: None (free text), "json" or a
+        schema; a required call leaves no text answer."""
+        if constraint is None or tools.forced:
+            return None
+        return "json" if constraint == "json" else json.loads(constraint)
+
+    def mode(self, tools: Toolset, answer: Any) -> str | None:
+        """How the calls' grammar applies: "whole" (the whole answer), "lazy" (from the
+        trigger on) or None (calls told by the answer's start are parsed, not
+        constrained)."""
+        if tools.forced or answer is not None:
+            return "whole"
+        return "lazy" if self.trigger is not None else None
 
     def root(self, toolset: Toolset, answer: bool) -> str:
         """The grammar's root rule over ``call`` (and ``answer`` when the answer may be
@@ -134,7 +156,6 @@ class Hermes(Format):
     name = "hermes"
     trigger = "<tool_call>"
     end_tag = "</tool_call>"
-    native = True
 
     def _calls(self, parallel: bool) -> str:
         one = '"<tool_call>\\n" space call "\\n"? "</tool_call>"'
@@ -169,7 +190,6 @@ class Hermes(Format):
 class Mistral(Format):
     name = "mistral"
     trigger = "[TOOL_CALLS]"
-    native = True
 
     def _calls(self, parallel: bool) -> str:
         more = ' ("," space call)*' if parallel else ""
@@ -190,7 +210,6 @@ class Mistral(Format):
 class Llama3(Format):
     name = "llama3"
     arguments_key = "parameters"
-    native = True
 
     def _calls(self, parallel: bool) -> str:
         return 'call (";" space call)*' if parallel else "call"
@@ -203,14 +222,49 @@ class Llama3(Format):
 class Generic(Format):
     """For templates that know nothing of tools: the whole answer is JSON."""
 
+    whole_json = True
+
+    def conversation(self, messages: list[dict[str, Any]], tools: Toolset
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """The tools described in the system message, past calls and results written as
+        the JSON the model is asked to answer with; the template sees no tools."""
+        intro = self.system_text(tools.offered, tools.forced)
+        out: list[dict[str, Any]] = []
+        for message in messages:
+            if message.get("tool_calls"):
+                calls = [{"name": c["function"]["name"],
+                          "arguments": c["function"]["arguments"]}
+                         for c in message["tool_calls"]]
+                out.append({"role": "assistant",
+                            "content": json.dumps({"tool_calls": calls})})
+            elif message["role"] == "tool":
+                out.append({"role": "user", "content": json.dumps({"tool_response": {
+                    "name": message.get("name", ""), "content": message["content"]}})})
+            elif message["role"] == "assistant" and message["content"]:
+                out.append({"role": "assistant",
+                            "content": json.dumps({"response": message["content"]})})
+            else:
+                out.append({"role": message["role"], "content": message["content"]})
+        if out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + intro}
+        else:
+            out.insert(0, {"role": "system", "content": intro})
+        return out, None
+
+    def answer(self, tools: Toolset, constraint: str | None) -> Any:
+        """Unless a call is required, the answer is ``{"response": <this>}``: text, or
+        the response format's value."""
+        if tools.forced:
+            return None
+        return super().answer(tools, constraint) or {"type": "string"}
+
     def _calls(self, parallel: bool) -> str:
         more = ' ("," space call)*' if parallel else ""
         return ('"{" space "\\"tool_calls\\"" space ":" space "[" space '
                 f'call{more} "]" space "}}" space')
 
     def root(self, toolset: Toolset, answer: bool) -> str:
-        """Calls, or (unless a call is required) the answer as ``{"response": answer}``:
-        the caller asks for ``answer`` as a string schema when no format is given."""
+        """Calls, or (unless a call is required) the answer as ``{"response": answer}``."""
         calls = self._calls(toolset.parallel)
         if toolset.forced:
             return calls

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from ...errors import InferenceError, first_line
+from .tools import toolset
 
 #: length and item bounds the grammar spells out; above them it leaves the count open
 #: (llama.cpp refuses repetitions of more than 2000 rules, and each bound unrolls into
@@ -97,27 +98,29 @@ def call_schema(name: str, parameters: dict[str, Any], arguments_key: str) -> di
 
 
 @functools.lru_cache(maxsize=32)
-def calls_grammar(spec: str) -> str:
-    """GBNF whose ``root`` is built by a format from rules named here: ``call`` (one call
-    to any offered tool) and, where asked, ``answer`` (a response format's text answer).
-
-    ``spec`` is canonical JSON of {"tools": [[name, parameters]...], "key": arguments
-    key, "root": the format's root rule, "answer": a schema or "json" or null}: one
-    cache entry per distinct toolset, choice and format."""
-    plan = json.loads(spec)
+def calls_grammar(tools_key: str, offered: tuple[str, ...], arguments_key: str, root: str,
+                  answer: str | None) -> str:
+    """GBNF whose ``root`` (the format's rule) is built from rules named here: ``call``
+    (one call to any of the ``offered`` tools) and, where asked, ``answer`` (a text
+    answer's schema, or "json", as JSON text). ``tools_key`` is the toolset's canonical
+    JSON (``Toolset.key``, made once when the request was checked): one cache entry per
+    distinct toolset, choice and format, and nothing serialised again on a hit."""
+    parsed = toolset(json.loads(tools_key), "auto", None)
+    assert parsed is not None
+    parameters = {t.name: t.parameters for t in parsed.tools}
     converter = _converter()
     alternatives: list[str] = []
-    for name, parameters in plan["tools"]:
+    for name in offered:
         where = f"tool '{name}'"
         alternatives.append(_visit(
-            converter, _loosen(parameters, where), f"call-{len(alternatives)}", where,
-            "tools", lambda resolved, name=name: call_schema(name, resolved, plan["key"])))
+            converter, _loosen(parameters[name], where), f"call-{len(alternatives)}", where,
+            "tools", lambda resolved, name=name: call_schema(name, resolved, arguments_key)))
     converter._add_rule("call", " | ".join(alternatives))
-    answer = plan.get("answer")
     if answer is not None:  # "json": any JSON object, as response_format json_object
         where = "response_format.json_schema"
-        schema = {"type": "object"} if answer == "json" else _loosen(answer, where)
+        value = json.loads(answer)
+        schema = {"type": "object"} if value == "json" else _loosen(value, where)
         converter._add_rule("answer", _visit(converter, schema, "answer-value", where,
                                              "response_format"))
-    converter._add_rule("root", plan["root"])
+    converter._add_rule("root", root)
     return _bounded(converter.format_grammar(), "the tools", "tools")
