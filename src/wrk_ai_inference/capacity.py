@@ -19,6 +19,7 @@ class CapacityTracker:
         self.max_running = max_running
         self.max_queued = max_queued
         self.running = 0
+        self.refused = 0  # requests turned away at once since start
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.recent_latency_s = 0.1  # smoothed, for Retry-After
 
@@ -41,6 +42,7 @@ class CapacityTracker:
             self.running += 1
             return 0.0
         if len(self._waiters) >= self.max_queued:
+            self.refused += 1
             raise InferenceError(
                 "ERR_CAPACITY_EXCEEDED",
                 f"worker is at capacity: {self.running} running (max {self.max_running}), "

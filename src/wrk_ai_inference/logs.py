@@ -20,6 +20,11 @@ import orjson
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+#: the protocol a request came in by ("seed", "openai", "rpc", ...), set by its transport so
+#: the request history can say it without the core knowing the transports
+transport_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "transport", default=None
+)
 
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(1)

@@ -12,7 +12,7 @@ import contextlib
 import gc
 import itertools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,7 @@ from .engine.engine import InferenceEngine
 from .engine.history import History
 from .engine.request_ids import RequestIds, check_request_id
 from .errors import InferenceError
+from .live import LiveFeed
 from .logs import get_logger
 from .metrics import Metrics
 from .models.manager import ModelManager, ModelState
@@ -120,6 +121,7 @@ class InferenceWorker:
         self._process = psutil.Process()
         self.max_loop_lag = 0.0
         self._capacity_seq = itertools.count(1)  # capacity answers, so stale ones can be dropped
+        self.live = LiveFeed(self)
 
     # ---- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -127,6 +129,7 @@ class InferenceWorker:
         self._tasks.append(asyncio.create_task(self._preload()))
         self._tasks.append(asyncio.create_task(self._health_monitor()))
         self._tasks.append(asyncio.create_task(self._loop_lag_monitor()))
+        self._tasks.append(asyncio.create_task(self.live.run()))
 
     async def _preload(self) -> None:
         await self.models.refresh()
@@ -158,6 +161,7 @@ class InferenceWorker:
 
     async def stop(self) -> None:
         self.state = WorkerState.STOPPED
+        self.live.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -249,7 +253,7 @@ class InferenceWorker:
             return model_id
         if self.settings.default_model:
             return self.settings.default_model
-        loaded = list(self._sequences())
+        loaded = list(self.sequences())
         if len(loaded) == 1:
             return loaded[0]
         raise InferenceError("ERR_INVALID_REQUEST",
@@ -357,7 +361,7 @@ class InferenceWorker:
             "state": self.state.value,
             "seq": next(self._capacity_seq),
         }
-        sequences = self._sequences()
+        sequences = self.sequences()
         if sequences:
             result["sequences"] = sequences
         if model_id is not None:
@@ -368,7 +372,7 @@ class InferenceWorker:
             result["modelAvailable"] = loaded or (exists and self.settings.auto_load)
         return result
 
-    def _sequences(self) -> dict[str, dict[str, float]]:
+    def sequences(self) -> dict[str, dict[str, float]]:
         """Each loaded language model's sequence slots: what runs, what waits, how full its
         KV cache is."""
         out = {}
@@ -408,8 +412,21 @@ class InferenceWorker:
             "uptime": round(time.time() - self.started_at, 3),
             "capacity": await self.check_capacity(),
             "loadedModels": self.models.loaded_ids(),
-            "memoryBytes": self._process.memory_info().rss,
+            "memoryBytes": self.memory_bytes(),
         }
+
+    def memory_bytes(self) -> int:
+        """The process's resident memory."""
+        return int(self._process.memory_info().rss)
+
+    def announce_transport(self, name: str, view: Callable[[], dict[str, Any]]) -> None:
+        """A transport says where it can be reached (``view`` is asked at each tick of the
+        live feed: an RPC key's topics change as models load)."""
+        self.live.transports[name] = view
+
+    def listen(self) -> AsyncGenerator[bytes, None]:
+        """The live feed (``live.py``): the worker's state and figures once a second."""
+        return self.live.listen()
 
     async def ping(self, payload: Any = None) -> Any:
         return payload

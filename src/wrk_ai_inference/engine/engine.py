@@ -26,7 +26,7 @@ from ..capacity import CapacityTracker
 from ..config import Settings
 from ..errors import InferenceError, first_line
 from ..json_tensors import map_numbers, plain
-from ..logs import get_logger, new_id, request_id_var
+from ..logs import get_logger, new_id, request_id_var, transport_var
 from ..metrics import Metrics
 from ..models.manager import ModelEntry, ModelManager
 from ..runtimes.base import LOOP_RUN, ModelSession, RunHandle, Tensors
@@ -484,13 +484,17 @@ class InferenceEngine:
         now = time.perf_counter()
         if code == "ERR_CANCELLED":  # the client went away: not a failure of the worker
             code = None
-        self._record(model_id, code, started, queue_s, now - started - queue_s)
+        rate = None
+        if tokens.first_s is not None and tokens.completion > 1 and now > tokens.first_s:
+            rate = (tokens.completion - 1) / (now - tokens.first_s)
+            self.metrics.decode_rate.labels(model_id).observe(rate)
+        self._record(model_id, code, started, queue_s, now - started - queue_s,
+                     ttft_ms=None if tokens.first_s is None
+                     else (tokens.first_s - started) * 1000,
+                     tokens=tokens.completion, tokens_per_s=rate)
         if tokens.prompt or tokens.completion:
             self.metrics.prompt_tokens.labels(model_id).inc(tokens.prompt)
             self.metrics.generated_tokens.labels(model_id).inc(tokens.completion)
-        if tokens.first_s is not None and tokens.completion > 1 and now > tokens.first_s:
-            self.metrics.decode_rate.labels(model_id).observe(
-                (tokens.completion - 1) / (now - tokens.first_s))
 
     def sequences(self) -> tuple[int, int]:
         """(running, waiting) generations over every loaded language model."""
@@ -699,12 +703,14 @@ class InferenceEngine:
                                  ) from exc
 
     def _record(self, model_id: Any, code: str | None, started: float, queue_s: float,
-                compute_s: float) -> float:
+                compute_s: float, **generation: Any) -> float:
+        """``generation``: a language model's ttft_ms, tokens and tokens_per_s."""
         elapsed = time.perf_counter() - started
         # label only ids the repository knows: arbitrary ids must not grow the metric set
         model = model_id if self.models.known(model_id) else "_unknown"
         self.history.record(model, code is None, code, elapsed * 1000, queue_s * 1000,
-                            compute_s * 1000)
+                            compute_s * 1000, request_id=request_id_var.get(),
+                            transport=transport_var.get(), **generation)
         self.metrics.request_done(model, code or "success", elapsed, queue_s, compute_s)
         if code is None:
             self.capacity.observe_latency(elapsed)

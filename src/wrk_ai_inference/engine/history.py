@@ -23,6 +23,23 @@ class Record:
     queue_ms: float
     compute_ms: float
     timestamp: float
+    request_id: str | None = None
+    transport: str | None = None
+    #: language models: time to the first token, tokens generated, decoding speed
+    ttft_ms: float | None = None
+    tokens: int = 0
+    tokens_per_s: float | None = None
+
+    def view(self) -> dict[str, Any]:
+        """The record as the live feed and the console show it."""
+        return {"t": round(self.timestamp * 1000), "requestId": self.request_id,
+                "model": self.model_id, "transport": self.transport, "ok": self.ok,
+                "code": self.code, "latencyMs": round(self.latency_ms, 1),
+                "queueMs": round(self.queue_ms, 1),
+                "ttftMs": None if self.ttft_ms is None else round(self.ttft_ms, 1),
+                "tokens": self.tokens,
+                "tokensPerS": None if self.tokens_per_s is None
+                else round(self.tokens_per_s, 1)}
 
 
 class _Totals:
@@ -44,11 +61,16 @@ class History:
         self._records: deque[Record] = deque(maxlen=size)
         self._totals: dict[str, _Totals] = {}
         self.started = time.time()
+        self.count = 0  # records ever added: ``since`` takes a count it returned before
 
     def record(self, model_id: str, ok: bool, code: str | None, latency_ms: float,
-               queue_ms: float = 0.0, compute_ms: float = 0.0) -> None:
+               queue_ms: float = 0.0, compute_ms: float = 0.0, **extra: Any) -> None:
+        """``extra``: the request's id and transport, and a generation's figures (the
+        optional fields of ``Record``)."""
         now = time.time()
-        self._records.append(Record(model_id, ok, code, latency_ms, queue_ms, compute_ms, now))
+        self._records.append(Record(model_id, ok, code, latency_ms, queue_ms, compute_ms, now,
+                                    **extra))
+        self.count += 1
         totals = self._totals.setdefault(model_id, _Totals())
         if ok:
             totals.success += 1
@@ -83,6 +105,14 @@ class History:
             "window": len(records),
             "errors": errors,
         }
+
+    def since(self, count: int) -> list[Record]:
+        """The records added after the history held ``count`` (those still kept)."""
+        new = min(self.count - count, len(self._records))
+        if new <= 0:
+            return []
+        records = self._records
+        return [records[i] for i in range(len(records) - new, len(records))]
 
     def stats(self) -> dict[str, Any]:
         records = list(self._records)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+import weakref
 from collections.abc import Coroutine
 from typing import Any, Literal
 
@@ -58,6 +59,14 @@ def _short(key: str) -> str:
     return key[:12]
 
 
+#: the fleet clients open in this process, for the live feed (the web console shows them)
+_RUNNING: weakref.WeakSet[FleetClient] = weakref.WeakSet()
+
+
+def running_clients() -> list[FleetClient]:
+    return list(_RUNNING)
+
+
 class FleetClient:
     """``policy="random"`` picks uniformly, as hp-svc-facs-net does (the bench's baseline);
     failover and at-most-once stay the same."""
@@ -81,9 +90,11 @@ class FleetClient:
 
     async def __aenter__(self) -> FleetClient:
         await self._rpc.__aenter__()
+        _RUNNING.add(self)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        _RUNNING.discard(self)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -94,6 +105,17 @@ class FleetClient:
         in flight now; whether it is taken for down."""
         return {key: {**v.counts, "inFlight": v.in_flight, "down": v.down_since is not None}
                 for key, v in self._views.items()}
+
+    def view(self) -> dict[str, Any]:
+        """What the client sees: the workers on each topic it looked up, with their last
+        capacity answers and its own counts."""
+        workers = {key: {"key": key, "capacity": v.capacity, "load": round(v.load(), 3),
+                         "inFlight": v.in_flight, "down": v.down_since is not None,
+                         **v.counts} for key, v in self._views.items()}
+        return {"policy": self.policy,
+                "topics": {topic: [workers[k] for k in entry.keys if k in workers]
+                           for topic, entry in self._topics.items()},
+                "workers": list(workers.values())}
 
     # ---- one request --------------------------------------------------------------
     async def run_inference(self, model_id: str, input_data: Any, options: Any = None,

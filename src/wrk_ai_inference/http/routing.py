@@ -24,6 +24,7 @@ from fastapi.responses import Response
 
 from ..bodies import Body, collapsed
 from ..errors import InferenceError
+from ..logs import transport_var
 from .disconnect import DisconnectWatch
 from .responses import error_response
 from .schemas import errors
@@ -128,7 +129,9 @@ class Table:
 
 async def answer(table: Table, route: Route, worker: InferenceWorker, call: Call
                  ) -> Response:
-    """The route's reply; an ``InferenceError`` it raises becomes the protocol's error."""
+    """The route's reply; an ``InferenceError`` it raises becomes the protocol's error.
+    The request's task is its own, so the transport it names needs no reset."""
+    transport_var.set(table.protocol)
     try:
         return await route.handler(worker, call)
     except InferenceError as exc:
@@ -153,6 +156,7 @@ def _endpoint(table: Table, route: Route, worker: InferenceWorker, watch: Discon
         query = {k: v for k, v in params.items() if k in route.query and v is not None}
         call = Call({k: v for k, v in params.items() if k not in route.query},
                     collapsed(chunks) if chunks else b"", query, request.scope["headers"])
+        transport_var.set(table.protocol)  # for a stream, sent from this task's context
         reply = await watch.run(answer(table, route, worker, call), request.receive)
         return reply if reply is not None else Response(status_code=499)
 

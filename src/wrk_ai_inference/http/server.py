@@ -59,6 +59,7 @@ def serve(settings: Settings, net: NetConfig | None = None) -> None:
         sidecar = Sidecar(net.sidecar_init(net.corestore()))
     worker = InferenceWorker(settings, sidecar)
     app = create_app(worker)
+    worker.announce_transport("http", lambda: {"host": settings.host, "port": settings.port})
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, loop="auto", http=inference_protocol(app, worker),
                             timeout_graceful_shutdown=5, server_header=False,

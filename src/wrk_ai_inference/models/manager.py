@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -32,7 +33,7 @@ from . import gguf
 from .drive_repository import DriveRepository, drive_location
 from .repository import LocalRepository, ModelFiles, ModelRepository, unknown_model
 from .sources import FetchProgress, Sources
-from .spec import ModelSpec, check_model_id
+from .spec import DriveSource, ModelSpec, UrlSource, check_model_id
 
 log = get_logger("models")
 
@@ -87,6 +88,7 @@ class ModelEntry:
             data["outputs"] = [t.model_dump() for t in spec.outputs] if spec.outputs else None
         if spec is not None:
             data["maxBatchSize"] = spec.max_batch_size
+            data["source"] = _source(spec)
         if self.labels is not None:
             data["labels"] = len(self.labels)
         data.update(
@@ -100,6 +102,20 @@ class ModelEntry:
         if self.fetch is not None:
             data["fetch"] = self.fetch.view()
         return data
+
+
+def _source(spec: ModelSpec) -> dict[str, Any]:
+    """Where the model's files come from, without what a URL may carry beyond its host and
+    path (credentials, a signed query)."""
+    source = spec.source
+    if isinstance(source, DriveSource):
+        return {"kind": "drive", "key": source.hyperdrive, "path": source.path,
+                "version": source.version}
+    if isinstance(source, UrlSource):
+        url = urlsplit(source.url)
+        return {"kind": "url", "url": f"{url.scheme}://{url.hostname}"
+                f"{f':{url.port}' if url.port else ''}{url.path}"}
+    return {"kind": "local"}
 
 
 ChangeListener = Callable[[str, ModelState], None]

@@ -15,7 +15,7 @@ import orjson
 
 from .. import bodies, json_tensors
 from ..errors import InferenceError
-from ..logs import get_logger, new_id, request_id_var
+from ..logs import get_logger, new_id, request_id_var, transport_var
 from ..worker import InferenceWorker
 from .wire import error_reply
 
@@ -80,9 +80,11 @@ async def dispatch(worker: InferenceWorker, method: str, body: bytes) -> bytes:
     """Answer one RPC request; never raises. Each call gets a request id for its log lines
     (and for the messages that point a caller at the log)."""
     token = request_id_var.set(new_id())
+    transport = transport_var.set("rpc")
     try:
         return await _dispatch(worker, method, body)
     finally:
+        transport_var.reset(transport)
         request_id_var.reset(token)
 
 

@@ -101,6 +101,9 @@ class RackWorker:
         result, _ = await self.sidecar.command(
             "rpc.serve", {"allow": self.net.allow or None, "methods": [*METHODS, "ping"]})
         self.public_key = str(result["publicKey"])
+        self.worker.announce_transport("rpc", lambda: {
+            "publicKey": self.public_key, "topics": sorted(self.topics), "rack": self.rack,
+            "env": self.env})
 
     async def start(self) -> None:
         self.worker.request_ids.attach(self.journal)  # before the first call can arrive
