@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := src/wrk_ai_inference/p2p/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 TEST_NODE_STAMP := tests/node/node_modules/.installed
+BROWSER_STAMP := .browser/.done
 EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
@@ -15,7 +16,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet
 
-setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES)
+setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES) $(BROWSER_STAMP)
 
 # llama.cpp's AMX kernels crash on Sapphire Rapids class CPUs (SIGSEGV in
 # ggml_backend_amx_mul_mat on the first decode, ggml-org/llama.cpp#20824), so llama.cpp is
@@ -52,6 +53,13 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 # Clients the tests drive unchanged (the Ollama JavaScript client), from their own lock file.
 $(TEST_NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Chromium for the console's browser test, unpacked from Debian's packages into .browser/
+# (nothing installed into the system). Where it cannot be had, .browser/unavailable says
+# why and that one test skips with the reason; setup never fails for it.
+$(BROWSER_STAMP): tests/browser/install_chromium.sh
+	bash tests/browser/install_chromium.sh .browser
 	touch $@
 
 $(EXAMPLES) &: $(STAMP) src/wrk_ai_inference/examples.py

@@ -228,9 +228,11 @@ def test_docs_render_in_a_real_browser_with_the_network_cut_off(tmp_path: Path) 
     import subprocess
     import sys
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    unpacked = ROOT / ".browser" / "chromium"  # make setup's (tests/browser/install_chromium.sh)
+    chromium = (str(unpacked) if unpacked.is_file()
+                else shutil.which("chromium") or shutil.which("chromium-browser"))
     if chromium is None or shutil.which("unshare") is None:
-        pytest.skip("needs Chromium (Debian's chromium package) and unshare")
+        pytest.skip("needs Chromium (make setup unpacks Debian's into .browser) and unshare")
     port = free_port()
     script = f"""
 set -e

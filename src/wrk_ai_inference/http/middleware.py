@@ -23,8 +23,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-#: Paths a load balancer probes without credentials.
-OPEN_PATHS = frozenset({"/health"})
+#: Paths served without credentials: what a load balancer probes, and the console's page
+#: and assets (they hold no data; the page asks for a key and sends it with its calls).
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIX = "/console/"
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
 
 
 def id_and_length(headers: Any) -> tuple[bytes | None, bytes | None]:
@@ -86,7 +92,7 @@ class GuardMiddleware:
 
     def check(self, scope: Scope, length: bytes | None) -> InferenceError | None:
         """Why the request may not proceed (API key, declared size), or None."""
-        if self.api_keys and scope.get("path") not in OPEN_PATHS and not self._authorised(scope):
+        if self.api_keys and not is_open(scope.get("path", "")) and not self._authorised(scope):
             return InferenceError("ERR_UNAUTHORIZED", "a valid API key is required: send "
                                   "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
         if length is not None:
