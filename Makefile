@@ -14,7 +14,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
 	examples/models/qwen2.5-coder-1.5b/model.gguf
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet bench-console
 
 setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES) $(BROWSER_STAMP)
 
@@ -97,6 +97,10 @@ $(BENCH_VENV)/.installed: benchmarks/mlserver.lock
 
 bench: setup $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
+
+# What ten open consoles cost the worker, idle and under make bench's seed-API load.
+bench-console: setup
+	$(BIN)/python benchmarks/console_bench.py
 
 # llama-cpp-python's own server, the alternative a user would run, in a venv of its own.
 LLM_BENCH_VENV := .venv-llm-bench

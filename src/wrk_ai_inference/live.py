@@ -84,7 +84,7 @@ class LiveFeed:
         now = time.time()
         sample = self._sample(now, new)
         self.series.append(sample)
-        views = [r.view() for r in new]
+        views = [r.view() for r in new[-RECENT:]]  # a busy second's newest: what is shown
         self._recent.extend(views)
         if self._listeners:
             now_state = await self.state()

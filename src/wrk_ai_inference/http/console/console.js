@@ -70,10 +70,25 @@ function setLink(text, cls) {
   $("feed-dot").className = "dot " + (cls || "");
 }
 
+// A hidden tab closes its feed and opens it again when shown: the worker sends nothing
+// nobody looks at, and a browser's few connections per host are not held by tabs in the
+// background.
+const feedState = { controller: null };
+
+function visibilityChanged() {
+  if (document.hidden && feedState.controller) feedState.controller.abort();
+}
+
 async function listen() {
   for (;;) {
+    while (document.hidden) {
+      setLink("paused (tab hidden)", "");
+      await new Promise((resolve) => document.addEventListener("visibilitychange", resolve,
+        { once: true }));
+    }
+    feedState.controller = new AbortController();
     try {
-      const response = await call("GET", "/api/live");
+      const response = await call("GET", "/api/live", undefined, feedState.controller.signal);
       if (!response.ok) {
         setLink(response.status === 401 ? "needs an API key" : await errorText(response), "off");
         await sleep(response.status === 401 ? 1000 : 3000);
@@ -97,6 +112,7 @@ async function listen() {
       }
       setLink("reconnecting", "off");
     } catch (err) {
+      if (document.hidden) continue;  // closed on purpose: wait to be shown
       setLink("disconnected", "off");
     }
     await sleep(2000);
@@ -554,6 +570,7 @@ function show() {
 
 function setup() {
   window.addEventListener("hashchange", show);
+  document.addEventListener("visibilitychange", visibilityChanged);
   $("key-button").addEventListener("click", askKey);
   $("key-cancel").addEventListener("click", () => $("key-dialog").close());
   $("key-form").addEventListener("submit", () => {
