@@ -3,6 +3,7 @@ and in a real Chromium with the network cut off (``tests/browser/console_check.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,7 +19,18 @@ from typing import Any
 import httpx
 import pytest
 
-from .helpers import DIGIT_ZERO, ROOT, Worker, examples_worker, slow_body
+from wrk_ai_inference.fleet.client import FleetClient, running_clients
+
+from .helpers import (
+    DIGIT_ZERO,
+    EXAMPLES,
+    ROOT,
+    Worker,
+    examples_worker,
+    free_port,
+    slow_body,
+)
+from .rack_helpers import local_testnet, running_rack
 
 BROWSER = ROOT / ".browser"
 
@@ -149,3 +161,29 @@ def test_the_console_in_a_real_browser_with_no_network(tmp_path: Path) -> None:
     done = subprocess.run(["unshare", "--net", "bash", "-c", inner], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+
+async def test_a_rack_worker_shows_its_key_topics_and_rpc_calls(tmp_path: Path) -> None:
+    """``rackHttp``: the console beside RPC, on the same core; a FleetClient in a process
+    shows the workers it sees (what the console's fleet panel reads)."""
+    port = free_port()
+    with local_testnet(3) as bootstrap, running_rack(
+            tmp_path, "console-rack", bootstrap, EXAMPLES, preload=["digits"],
+            rack_http=True, port=port) as rack:
+        url = f"http://127.0.0.1:{port}"
+        async with FleetClient(bootstrap) as fleet:
+            answer = await fleet.run_inference("digits", DIGIT_ZERO, request_id="console-rpc")
+            assert answer["worker"] == rack.key
+            assert fleet in running_clients()
+            seen = fleet.view()
+        assert fleet not in running_clients()
+        workers = seen["topics"]["ai-inference:digits"]
+        assert [w["key"] for w in workers] == [rack.key] and workers[0]["answered"] == 1
+        assert workers[0]["capacity"]["availableModels"] == ["digits"]
+        assert httpx.get(url + "/").status_code == 200
+        messages = await asyncio.to_thread(feed, url, 3)
+        rpc = messages[0]["transports"]["rpc"]
+        assert rpc["publicKey"] == rack.key and "ai-inference:digits" in rpc["topics"]
+        assert messages[0]["transports"]["http"]["port"] == port
+        calls = [r for m in messages for r in m["requests"] if r["model"] == "digits"]
+        assert [c["transport"] for c in calls] == ["rpc"], calls

@@ -70,6 +70,9 @@ class Settings(BaseModel):
     max_string_bytes: int = Field(parse_size("1MiB"), alias="maxStringBytes", ge=1,
                                   description="longest BYTES element, in UTF-8 bytes")
     api_keys: list[str] = Field(default_factory=list, alias="apiKeys")
+    rack_http: bool = Field(False, alias="rackHttp",
+                            description="rack mode also serves HTTP (the console and every "
+                                        "route) on host:port")
     shutdown_grace_period: int = Field(30_000, alias="shutdownGracePeriod", ge=0)
     intra_op_threads: int = Field(0, alias="intraOpThreads", ge=0, description="0 = cores")
     inference_threads: int = Field(0, alias="inferenceThreads", ge=0,

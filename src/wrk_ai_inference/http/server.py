@@ -9,8 +9,11 @@ signal skips the wait. The process exits 0 after a clean drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -51,6 +54,40 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """Uvicorn inside a loop someone else runs (rack mode): the owner handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: Any, worker: InferenceWorker, settings: Settings) -> uvicorn.Config:
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("HTTP is listening beyond loopback", extra={"host": settings.host,
+                                                              "auth": bool(settings.api_keys)})
+    worker.announce_transport("http", lambda: {"host": settings.host, "port": settings.port})
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                          access_log=False, loop="auto", http=inference_protocol(app, worker),
+                          timeout_graceful_shutdown=5, server_header=False,
+                          proxy_headers=False)
+
+
+async def serve_beside(worker: InferenceWorker, stopping: asyncio.Event) -> None:
+    """Every HTTP route (the console included) for a worker that another transport runs
+    (``rackHttp``), until ``stopping`` is set; the worker's lifecycle stays its owner's."""
+    settings = worker.settings
+    server = _EmbeddedServer(_config(create_app(worker, manage_lifecycle=False), worker,
+                                     settings))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    log.info("serving HTTP beside RPC", extra={"host": settings.host, "port": settings.port})
+    try:
+        await stopping.wait()
+    finally:
+        server.should_exit = True
+        await task
+
+
 def serve(settings: Settings, net: NetConfig | None = None) -> None:
     """``net`` with a bootstrap gives the worker a sidecar, started on first use, for
     models whose files come from a Hyperdrive."""
@@ -58,15 +95,7 @@ def serve(settings: Settings, net: NetConfig | None = None) -> None:
     if net is not None and net.dht_opts.bootstrap:
         sidecar = Sidecar(net.sidecar_init(net.corestore()))
     worker = InferenceWorker(settings, sidecar)
-    app = create_app(worker)
-    worker.announce_transport("http", lambda: {"host": settings.host, "port": settings.port})
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, loop="auto", http=inference_protocol(app, worker),
-                            timeout_graceful_shutdown=5, server_header=False,
-                            proxy_headers=False)
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("HTTP is listening beyond loopback", extra={"host": settings.host,
-                                                              "auth": bool(settings.api_keys)})
+    config = _config(create_app(worker), worker, settings)
     log.info("starting HTTP worker", extra={"host": settings.host, "port": settings.port,
                                            "modelRepository": settings.model_repository})
     DrainingServer(config, worker).run()

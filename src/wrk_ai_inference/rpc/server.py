@@ -187,9 +187,18 @@ class RackWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         await self.start()
+        beside = None
+        if self.settings.rack_http:  # the console and the HTTP routes, on the same core
+            from ..http.server import serve_beside
+
+            http_done = asyncio.Event()
+            beside = loop.create_task(serve_beside(self.worker, http_done))
         await self._stopping.wait()
         log.info("shutdown requested")
         await self.stop()
+        if beside is not None:
+            http_done.set()
+            await beside
 
 
 def serve_rack(settings: Settings, net: NetConfig, rack: str, env: str) -> None:
