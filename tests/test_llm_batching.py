@@ -40,7 +40,7 @@ async def _generate(worker: InferenceWorker, model: str, prompt: str,
 
 
 def _idle(worker: InferenceWorker, model: str) -> dict[str, Any]:
-    slots: dict[str, Any] = worker._sequences()[model]
+    slots: dict[str, Any] = worker.sequences()[model]
     return slots
 
 

@@ -21,12 +21,12 @@ from fastapi.responses import Response
 
 from ...errors import InferenceError
 from ...worker import InferenceWorker
+from ..middleware import OPEN_PREFIX
 from ..routing import Call, EventStream, Route, Table
 
 #: the console's files, by name, with their media types
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-ASSET_PREFIX = "/console/"
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
         "img-src 'self' data: blob:; font-src 'self'; object-src 'none'; "
         "base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
@@ -85,7 +85,7 @@ async def _live(worker: InferenceWorker, call: Call) -> Response:
 
 TABLE = Table("seed", "Web console", (
     Route("GET", "/", _page, summary="The web console (a page for browsers)"),
-    Route("GET", ASSET_PREFIX + "{name}", _file, summary="The console's script and styles",
+    Route("GET", OPEN_PREFIX + "{name}", _file, summary="The console's script and styles",
           responses=(404,)),
     Route("GET", "/api/live", _live, summary="Live feed: the worker's state and figures "
           "each second (server-sent events)", responses=(401, 429)),
