@@ -88,6 +88,10 @@ def browsers(url: str, count: int) -> Iterator[bool]:
             driver.quit()
 
 
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 def idle_cores(cpu: ServerCpu, seconds: float) -> float:
     before, started = cpu.seconds(), time.perf_counter()
     time.sleep(seconds)
@@ -129,25 +133,25 @@ def main() -> int:
                 loaded[case][c]["throughput_min"] = min(r[c]["throughput"] for r in runs)
                 loaded[case][c]["throughput_max"] = max(r[c]["throughput"] for r in runs)
         report["loaded"] = loaded
-    print(f"Worker CPU (cores) with {args.consoles} consoles, idle:")
+    say(f"Worker CPU (cores) with {args.consoles} consoles, idle:")
     for case, cores in report["idle_cores"].items():
         label = {"none": "no console", "feeds": f"{args.consoles} live feeds",
                  "tabs": f"{args.consoles} Chromium consoles"}[case]
-        print(f"  {label:<22} {cores:.4f}")
-    print(f"Seed API under make bench's load (digits, worker-batch), median of {args.rounds}:")
-    print(f"  {'conc':>4} {'req/s none':>11} {'req/s feeds':>12} {'ratio':>6} "
+        say(f"  {label:<22} {cores:.4f}")
+    say(f"Seed API under make bench's load (digits, worker-batch), median of {args.rounds}:")
+    say(f"  {'conc':>4} {'req/s none':>11} {'req/s feeds':>12} {'ratio':>6} "
           f"{'p50 none':>9} {'p50 feeds':>10} {'p99 none':>9} {'p99 feeds':>10} "
           f"{'cores none':>11} {'cores feeds':>12}")
     for c in concurrencies:
         a, b = loaded["none"][c], loaded["feeds"][c]
-        print(f"  {c:>4} {a['throughput']:>11.1f} {b['throughput']:>12.1f} "
+        say(f"  {c:>4} {a['throughput']:>11.1f} {b['throughput']:>12.1f} "
               f"{b['throughput'] / a['throughput']:>6.3f} {a['p50_ms']:>9.2f} "
               f"{b['p50_ms']:>10.2f} {a['p99_ms']:>9.2f} {b['p99_ms']:>10.2f} "
               f"{a['server_cores']:>11.3f} {b['server_cores']:>12.3f}")
-    print("  throughput range over the rounds (none | feeds):")
+    say("  throughput range over the rounds (none | feeds):")
     for c in concurrencies:
         a, b = loaded["none"][c], loaded["feeds"][c]
-        print(f"  {c:>4} {a['throughput_min']:.0f}-{a['throughput_max']:.0f} | "
+        say(f"  {c:>4} {a['throughput_min']:.0f}-{a['throughput_max']:.0f} | "
               f"{b['throughput_min']:.0f}-{b['throughput_max']:.0f}")
     out = ROOT / "benchmarks" / "results" / "console.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -269,7 +270,7 @@ def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
     finally:
         load.join()
     moving = [s for s in shares if s < 1.0]
-    print(f"fetch progress seen on the page: {shares}")
+    sys.stdout.write(f"fetch progress seen on the page: {shares}\n")
     assert len(moving) >= 2 and moving == sorted(moving), f"progress seen: {shares}"
 
     # unload and load digits with the page's buttons (the table is redrawn as models
