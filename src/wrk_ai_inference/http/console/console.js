@@ -95,27 +95,33 @@ async function listen() {
         continue;
       }
       setLink("live", "on");
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const event = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          for (const line of event.split("\n")) {
-            if (line.startsWith("data: ")) receive(JSON.parse(line.slice(6)));
-          }
-        }
-      }
+      await readEvents(response, (data) => receive(JSON.parse(data)));
       setLink("reconnecting", "off");
     } catch (err) {
       if (document.hidden) continue;  // closed on purpose: wait to be shown
       setLink("disconnected", "off");
     }
     await sleep(2000);
+  }
+}
+
+// Server-sent events from a fetch() reply (EventSource cannot send the key): each
+// event's data, in order, until the stream ends.
+async function readEvents(response, onData) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (line.startsWith("data: ")) onData(line.slice(6));
+      }
+    }
   }
 }
 
@@ -431,28 +437,18 @@ async function sendChat(event) {
   try {
     const response = await call("POST", "/v1/chat/completions", body, chat.controller.signal);
     if (!response.ok) throw new Error(await errorText(response));
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const data = buffer.slice(0, end).replace(/^data: /, "");
-        buffer = buffer.slice(end + 2);
-        if (data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.code + ": " + chunk.error.message);
-        const delta = (chunk.choices[0] || {}).delta || {};
-        if (delta.content) { reply += delta.content; textNode.data = reply; }
-        for (const tc of delta.tool_calls || []) {
-          const c = calls[tc.index] || (calls[tc.index] = { id: tc.id, name: "", args: "" });
-          if (tc.function && tc.function.name) c.name += tc.function.name;
-          if (tc.function && tc.function.arguments) c.args += tc.function.arguments;
-        }
+    await readEvents(response, (data) => {
+      if (data === "[DONE]") return;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.code + ": " + chunk.error.message);
+      const delta = (chunk.choices[0] || {}).delta || {};
+      if (delta.content) { reply += delta.content; textNode.data = reply; }
+      for (const tc of delta.tool_calls || []) {
+        const c = calls[tc.index] || (calls[tc.index] = { id: tc.id, name: "", args: "" });
+        if (tc.function && tc.function.name) c.name += tc.function.name;
+        if (tc.function && tc.function.arguments) c.args += tc.function.arguments;
       }
-    }
+    });
     const toolCalls = Object.values(calls);
     for (const c of toolCalls) chatLine("tool", "tool call", c.name + "(" + c.args + ")");
     chat.messages.push(toolCalls.length ? { role: "assistant", content: reply || null,
