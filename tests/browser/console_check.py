@@ -119,7 +119,9 @@ def test_overview_lists_the_loaded_models_and_moves_under_load(browser: WebDrive
     cards = wait_for("the loaded models on the overview",
                      lambda: "digits" in text(browser, "status-cards")
                      and text(browser, "status-cards"), timeout=10)
-    assert time.monotonic() - started < 2.0, "the loaded models took over 2 s to show"
+    shown_after = time.monotonic() - started
+    sys.stdout.write(f"loaded models shown {shown_after:.2f} s after the page was asked\n")
+    assert shown_after < 2.0, "the loaded models took over 2 s to show"
     assert "smollm2" in cards and "minilm" in cards
     assert text(browser, "feed-state") == "live"
 
