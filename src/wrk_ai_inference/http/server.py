@@ -79,7 +79,15 @@ async def serve_beside(worker: InferenceWorker, stopping: asyncio.Event) -> None
     settings = worker.settings
     server = _EmbeddedServer(_config(create_app(worker, manage_lifecycle=False), worker,
                                      settings))
-    task = asyncio.get_running_loop().create_task(server.serve())
+
+    async def run() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's answer to a port it cannot bind: RPC goes on
+            log.error("HTTP beside RPC did not start", extra={"host": settings.host,
+                                                              "port": settings.port})
+
+    task = asyncio.get_running_loop().create_task(run())
     log.info("serving HTTP beside RPC", extra={"host": settings.host, "port": settings.port})
     try:
         await stopping.wait()
