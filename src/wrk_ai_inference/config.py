@@ -58,7 +58,8 @@ class Settings(BaseModel):
     memory_limit: int = Field(parse_size("2GB"), alias="memoryLimit", description="bytes")
     health_check_interval: int = Field(10_000, alias="healthCheckInterval", ge=100)
     supported_model_types: list[str] = Field(
-        default_factory=lambda: ["onnx", "pytorch", "llama"], alias="supportedModelTypes"
+        default_factory=lambda: ["onnx", "pytorch", "llama", "whisper"],
+        alias="supportedModelTypes"
     )
     gpu_enabled: bool = Field(False, alias="gpuEnabled")
     model_repository: str = Field("examples/models", alias="modelRepository")
@@ -70,6 +71,8 @@ class Settings(BaseModel):
     max_string_bytes: int = Field(parse_size("1MiB"), alias="maxStringBytes", ge=1,
                                   description="longest BYTES element, in UTF-8 bytes")
     api_keys: list[str] = Field(default_factory=list, alias="apiKeys")
+    max_audio_seconds: float = Field(1800.0, alias="maxAudioSeconds", gt=0, le=86_400,
+                                     description="longest recording a transcription takes")
     rack_http: bool = Field(False, alias="rackHttp",
                             description="rack mode also serves HTTP (the console and every "
                                         "route) on host:port")

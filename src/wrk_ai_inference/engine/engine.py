@@ -34,7 +34,6 @@ from ..runtimes.llama import Generation
 from ..tasks import Limits, Task
 from ..tasks.base import StreamingTask
 from ..tasks.tensor import select_outputs, tensor_inputs
-from ..tasks.text_generation import Collector
 from .batcher import Batcher
 from .history import History
 
@@ -219,8 +218,8 @@ class InferenceEngine:
             self._record(model_id, exc.code, started, 0.0, 0.0)
             raise
         task = entry.pipeline
-        if postprocess and task is not None and task.streams:
-            collected = Collector()
+        if postprocess and isinstance(task, StreamingTask):
+            collected = task.collector()
             async with contextlib.aclosing(self._stream(entry, input_data, options,
                                                         started)) as events:
                 async for event in events:

@@ -366,7 +366,8 @@ class ModelManager:
             before = self._process.memory_info().rss
             session: ModelSession = runtime.load(files.artifact, spec, model_id)
             try:
-                task = load_task(spec, files.folder, labels, session, model_id)
+                task = load_task(spec, files.folder, labels, session, model_id,
+                                 self.settings.max_audio_seconds)
                 if spec.warmup:
                     from ..engine.warmup import warm_up
 

@@ -102,7 +102,7 @@ class ModelSpec(BaseModel):
     file: str
     version: str = "1"
     task: Literal["tensor", "classification", "text-embedding",
-                  "image-classification", "text-generation"] = "tensor"
+                  "image-classification", "text-generation", "speech-to-text"] = "tensor"
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     source: DriveSource | UrlSource | None = Field(
@@ -130,6 +130,9 @@ class ModelSpec(BaseModel):
                                       description="Jinja chat template; default: the GGUF's")
     stop: list[str] = Field(default_factory=list, description="always-on stop strings")
     sampling: Sampling = Field(default_factory=lambda: Sampling.model_validate({}))
+    # ---- speech-to-text (runtime whisper) ----
+    compute_type: Literal["int8", "int8_float32", "float32"] = Field(
+        "int8", alias="computeType", description="CTranslate2's weights and arithmetic")
 
     @model_validator(mode="after")
     def _fetched_files_are_checked(self) -> ModelSpec:

@@ -15,7 +15,8 @@ from .base import Runtime
 #: model.json "runtime" value -> the config's supportedModelTypes name.
 RUNTIME_TYPES = {"onnx": "onnx", "onnxruntime": "onnx", "torch": "pytorch",
                  "pytorch": "pytorch", "torchscript": "pytorch", "llama": "llama",
-                 "llama.cpp": "llama", "gguf": "llama"}
+                 "llama.cpp": "llama", "gguf": "llama", "whisper": "whisper",
+                 "faster-whisper": "whisper"}
 
 
 #: How many rounds an idle OpenMP thread spins before it sleeps (libgomp's default: 300,000).
@@ -48,6 +49,10 @@ def get_runtime(name: str, supported: list[str], intra_threads: int, inter_threa
         from .llama import LlamaRuntime
 
         return LlamaRuntime()
+    if kind == "whisper":
+        from .whisper import WhisperRuntime
+
+        return WhisperRuntime()
     if kind == "pytorch":
         from .torch import TorchRuntime
 

@@ -18,8 +18,18 @@ __all__ = ["Limits", "Task", "load_task"]
 
 
 def load_task(spec: ModelSpec, model_dir: Path, labels: list[str] | None,
-              session: ModelSession, model_id: str) -> Task:
+              session: ModelSession, model_id: str, max_audio_s: float = 1800.0) -> Task:
     """The task's resources (a tokenizer, a chat template...), loaded once with the model."""
+    from ..runtimes.whisper import WhisperSession
+
+    if spec.task == "speech-to-text" or isinstance(session, WhisperSession):
+        from .speech_to_text import SpeechToText
+
+        if spec.task != "speech-to-text" or not isinstance(session, WhisperSession):
+            raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                                 f"model '{model_id}': task 'speech-to-text' and runtime "
+                                 "'whisper' go together")
+        return SpeechToText(spec, session, model_id, max_audio_s)
     if spec.task == "text-generation":
         from .text_generation import TextGeneration
 

@@ -72,12 +72,22 @@ class StreamingTask(Task):
     def submit(self, job: Any) -> None:
         raise NotImplementedError
 
-    # the tokenizer routes (``/tokenize``, ``/detokenize``, ``/tokenizer_info``)
-    def tokenize(self, text: Any, add_special: bool) -> list[int]:
+    def collector(self) -> Any:
+        """What gathers the events into one answer (seed API, RPC, non-streamed calls):
+        ``add(event)``, ``inference_id`` and ``result()``."""
         raise NotImplementedError
+
+    # the tokenizer routes (``/tokenize``, ``/detokenize``, ``/tokenizer_info``): a
+    # language model's; other streaming tasks (speech to text) have none
+    def tokenize(self, text: Any, add_special: bool) -> list[int]:
+        raise self._no_tokenizer()
 
     def detokenize(self, tokens: Any) -> str:
-        raise NotImplementedError
+        raise self._no_tokenizer()
 
     def tokenizer_info(self) -> dict[str, Any]:
-        raise NotImplementedError
+        raise self._no_tokenizer()
+
+    def _no_tokenizer(self) -> InferenceError:
+        return InferenceError("ERR_INVALID_REQUEST",
+                              f"a {self.name} model has no tokenizer routes")

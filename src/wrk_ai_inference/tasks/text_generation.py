@@ -336,6 +336,9 @@ class TextGeneration(StreamingTask):
     def submit(self, job: Generation) -> None:
         self.session.submit(job)
 
+    def collector(self) -> Collector:
+        return Collector()
+
     # ---- the tokenizer routes -------------------------------------------------------
     def tokenize(self, text: Any, add_special: bool) -> list[int]:
         if not isinstance(text, str):
