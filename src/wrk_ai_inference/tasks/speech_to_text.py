@@ -55,6 +55,7 @@ class TranscriptionRequest:
     prompt: str | None
     words: bool
     sampling: Decoding
+    translate: bool = False  # into English, rather than in the language spoken
     chat: bool = False
 
 
@@ -150,7 +151,7 @@ class SpeechToText(StreamingTask):
             raise _bad('inputData must be {"audio": "<base64 of an audio file>"}')
         unknown = set(data) - {"audio"}
         known = {"timeout", "inferenceId", "language", "prompt", "temperature",
-                 "wordTimestamps", "beamSize"}
+                 "wordTimestamps", "beamSize", "task"}
         unknown |= set(options) - known
         if unknown:
             raise InferenceError("ERR_INVALID_REQUEST", f"unknown field(s) {sorted(unknown)}; "
@@ -175,8 +176,15 @@ class SpeechToText(StreamingTask):
         words = options.get("wordTimestamps", False)
         if not isinstance(words, bool):
             raise _bad("wordTimestamps must be true or false")
+        job = options.get("task", "transcribe")
+        if job not in ("transcribe", "translate"):
+            raise _bad("task must be 'transcribe' or 'translate'")
+        if job == "translate" and not self.session.multilingual:
+            raise InferenceError("ERR_INVALID_REQUEST",
+                                 f"model '{self.model_id}' knows English only: it transcribes "
+                                 "English and cannot translate; use a multilingual model")
         return TranscriptionRequest(data["audio"], language or None, prompt, words,
-                                    Decoding(float(temperature), beam))
+                                    Decoding(float(temperature), beam), job == "translate")
 
     def prepare(self, request: TranscriptionRequest) -> Audio:
         try:
@@ -207,6 +215,7 @@ class SpeechToText(StreamingTask):
                                                          self.session.multilingual else None),
                 initial_prompt=request.prompt, temperature=request.sampling.temperature,
                 beam_size=request.sampling.beam_size, word_timestamps=request.words,
+                task="translate" if request.translate else "transcribe",
                 vad_filter=False, condition_on_previous_text=True)
             for segment in segments:  # each decoded window yields its segments
                 if job.stop_reason is not None:
