@@ -14,7 +14,7 @@ EXAMPLES := examples/models/digits/model.onnx examples/models/mlp/model.onnx \
 	examples/models/gemma3/model.gguf examples/models/qwen2.5-coder/model.gguf \
 	examples/models/qwen2.5-coder-1.5b/model.gguf examples/models/whisper-tiny-en/model.bin
 
-.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet bench-console
+.PHONY: setup run test lint unit bench clean testnet rack bench-rpc bench-rpc-cpu bench-shared-cores soak bench-llm bench-tools bench-ollama eval bench-fetch bench-fleet bench-console bench-speech
 
 setup: $(STAMP) $(NODE_STAMP) $(TEST_NODE_STAMP) $(EXAMPLES) $(BROWSER_STAMP)
 
@@ -97,6 +97,10 @@ $(BENCH_VENV)/.installed: benchmarks/mlserver.lock
 
 bench: setup $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
+
+# Transcription speed: the worker against faster-whisper called in process.
+bench-speech: setup
+	$(BIN)/python benchmarks/speech_bench.py
 
 # What ten open consoles cost the worker, idle and under make bench's seed-API load.
 bench-console: setup

@@ -119,7 +119,8 @@ class ModelSpec(BaseModel):
     context_length: int = Field(2048, alias="contextLength", ge=16, le=1 << 20,
                                 description="tokens of prompt and answer together")
     parallel: int = Field(1, ge=1, le=256, description="sequences generated at once, "
-                          "each with a context of contextLength tokens")
+                          "each with a context of contextLength tokens (runtime whisper: "
+                          "transcriptions at once)")
     prompt_chunk: int = Field(64, alias="promptChunk", ge=8, le=8192,
                               description="prompt tokens read per step beside the "
                               "decoding sequences")

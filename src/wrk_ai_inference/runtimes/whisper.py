@@ -1,10 +1,11 @@
 """Speech-to-text models on faster-whisper (CTranslate2) on the CPU.
 
 A model is a folder in CTranslate2's format (``model.bin``, ``config.json``,
-``tokenizer.json``, ``vocabulary.txt``). Its transcriptions run on one thread of its own,
-one request after another: CTranslate2 spreads one transcription over ``threads`` cores,
-so a second at once would only split them. Threads are set explicitly (CTranslate2's
-default counts the machine's cores, not the process's quota).
+``tokenizer.json``, ``vocabulary.txt``). Its transcriptions run on threads of its own,
+``parallel`` at once (model.json), each on one of as many CTranslate2 workers: a
+transcription's beam search leaves cores idle between its steps, which another one fills.
+Threads are set explicitly (CTranslate2's default counts the machine's cores, not the
+process's quota).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ class WhisperSession(ModelSession):
     """A loaded model: CTranslate2's Whisper and the thread its transcriptions run on. The
     task (``tasks/speech_to_text.py``) drives it; it has no tensor ``run``."""
 
-    def __init__(self, model: Any, model_id: str) -> None:
+    def __init__(self, model: Any, model_id: str, parallel: int) -> None:
         self.model = model
         self.model_id = model_id
         self.multilingual = bool(model.model.is_multilingual)
         self.inputs = [TensorSpec(name="audio", datatype="BYTES", shape=[1])]
         self.outputs = [TensorSpec(name="text", datatype="BYTES", shape=[1])]
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"whisper-{model_id}")
+        self.thread = ThreadPoolExecutor(parallel, thread_name_prefix=f"whisper-{model_id}")
 
     def run(self, feeds: Tensors, handle: RunHandle) -> Tensors:
         raise InferenceError("ERR_INVALID_REQUEST",
@@ -56,9 +57,9 @@ class WhisperRuntime:
         try:
             whisper = WhisperModel(str(artifact.parent), device="cpu",
                                    compute_type=spec.compute_type, cpu_threads=threads,
-                                   num_workers=1)
+                                   num_workers=spec.parallel)
         except (ValueError, RuntimeError, OSError) as exc:
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model}': faster-whisper cannot load "
                                  f"{artifact.parent.name}: {first_line(exc)}") from exc
-        return WhisperSession(whisper, model)
+        return WhisperSession(whisper, model, spec.parallel)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,13 +78,14 @@ class Transcription:
     request_id: str = "-"
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     stop_reason: str | None = None
-    cancellable = True
+    stop_asked: float = 0.0  # perf_counter() when the stop was asked for
 
     def start_with(self, audio: np.ndarray, grammar: None) -> None:
         self.audio = audio
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
+            self.stop_asked = time.perf_counter()
             self.stop_reason = reason
 
 
@@ -120,6 +122,15 @@ def decode(data: bytes, max_seconds: float) -> np.ndarray:
     if count == 0:
         raise _bad("the file holds no audio samples")
     return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+#: temperature 0 means what it means in OpenAI's API (and Whisper's own decoder): greedy
+#: first, and a window whose text repeats itself or is unlikely is decoded again hotter
+FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _temperatures(decoding: Decoding) -> float | tuple[float, ...]:
+    return FALLBACK if decoding.temperature == 0 else decoding.temperature
 
 
 def _segment(segment: Any, words: bool) -> dict[str, Any]:
@@ -213,7 +224,7 @@ class SpeechToText(StreamingTask):
             segments, info = self.session.model.transcribe(
                 job.audio, language=request.language or ("en" if not
                                                          self.session.multilingual else None),
-                initial_prompt=request.prompt, temperature=request.sampling.temperature,
+                initial_prompt=request.prompt, temperature=_temperatures(request.sampling),
                 beam_size=request.sampling.beam_size, word_timestamps=request.words,
                 task="translate" if request.translate else "transcribe",
                 vad_filter=False, condition_on_previous_text=True)
@@ -230,7 +241,8 @@ class SpeechToText(StreamingTask):
             if job.stop_reason is not None:
                 log.info("transcription stopped", extra={
                     "modelId": self.model_id, "requestId": job.request_id,
-                    "reason": job.stop_reason})
+                    "reason": job.stop_reason,
+                    "stopMs": round((time.perf_counter() - job.stop_asked) * 1000, 2)})
         except Exception:  # the thread must always answer, or the slot stays held
             log.exception("transcription failed", extra={"modelId": self.model_id,
                                                          "requestId": job.request_id})

@@ -1,0 +1,238 @@
+"""Speech to text: whisper-tiny-en (faster-whisper) through the OpenAI client unchanged,
+the seed API and RPC, with hostile audio, a deadline and a cancel.
+
+The recordings are pytest-audioeval 0.1.3's English samples (MIT), copied into
+tests/fixtures/audio with their transcripts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import sys
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from openai import BadRequestError, OpenAI
+
+from wrk_ai_inference.rpc.client import RpcClient
+from wrk_ai_inference.tasks.speech_to_text import decode
+
+from .helpers import EXAMPLES, ROOT, Worker, examples_worker
+from .rack_helpers import local_testnet, running_rack
+
+AUDIO = ROOT / "tests" / "fixtures" / "audio"
+MODEL = "whisper-tiny-en"
+
+
+def words(text: str) -> list[str]:
+    """A transcript's words, case and punctuation aside."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def expected(name: str) -> list[str]:
+    return words((AUDIO / f"{name}.txt").read_text())
+
+
+def pcm16(name: str) -> np.ndarray:
+    """A fixture's samples as 16-bit PCM at 16 kHz (the files are 32-bit float WAVs)."""
+    samples = decode((AUDIO / f"{name}.wav").read_bytes(), 600)
+    return (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+
+
+def long_recording(seconds: float) -> bytes:
+    """A WAV of the fox sentence said again and again: speech for ``seconds``."""
+    once = pcm16("quick_brown_fox")
+    repeats = int(seconds * 16000 / once.size) + 1
+    return _wav(16000, 2, np.tile(once, repeats).tobytes())
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    with examples_worker(tmp_path_factory, "speech", [MODEL]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(worker: Worker) -> OpenAI:
+    return OpenAI(base_url=worker.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("name", ["hello_world", "quick_brown_fox"])
+def test_the_openai_client_transcribes_word_for_word(client: OpenAI, name: str) -> None:
+    with (AUDIO / f"{name}.wav").open("rb") as recording:
+        answer = client.audio.transcriptions.create(model=MODEL, file=recording)
+    assert words(answer.text) == expected(name), answer.text
+
+
+def test_verbose_json_srt_and_vtt(client: OpenAI) -> None:
+    recording = (AUDIO / "counting.wav").read_bytes()
+    verbose = client.audio.transcriptions.create(
+        model=MODEL, file=("counting.wav", recording), response_format="verbose_json",
+        timestamp_granularities=["segment", "word"])
+    assert words(verbose.text) == expected("counting")
+    assert 2.9 < verbose.duration < 3.1 and verbose.language == "en"
+    assert verbose.segments and verbose.words
+    starts = [s.start for s in verbose.segments]
+    assert starts == sorted(starts) and all(s.end > s.start for s in verbose.segments)
+    assert all(w.end >= w.start for w in verbose.words)
+    assert [w for v in verbose.words for w in words(v.word)] == expected("counting")
+
+    srt = client.audio.transcriptions.create(model=MODEL, file=("c.wav", recording),
+                                             response_format="srt")
+    cue = r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(.+)\n"
+    assert re.fullmatch(f"({cue}\n?)+", str(srt)), srt
+    vtt = client.audio.transcriptions.create(model=MODEL, file=("c.wav", recording),
+                                             response_format="vtt")
+    assert str(vtt).startswith("WEBVTT\n\n")
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n", str(vtt)), vtt
+    text = client.audio.transcriptions.create(model=MODEL, file=("c.wav", recording),
+                                              response_format="text")
+    assert words(str(text)) == expected("counting")
+
+
+def test_a_streamed_transcription_joins_to_the_same_text(client: OpenAI) -> None:
+    recording = long_recording(40)
+    deltas: list[str] = []
+    done = None
+    for event in client.audio.transcriptions.create(
+            model=MODEL, file=("long.wav", recording), stream=True):
+        if event.type == "transcript.text.delta":
+            deltas.append(event.delta)
+        else:
+            done = event
+    whole = client.audio.transcriptions.create(model=MODEL, file=("long.wav", recording))
+    assert done is not None and len(deltas) > 1
+    assert "".join(deltas).strip() == done.text == whole.text
+    assert words(done.text)[:9] == expected("quick_brown_fox")
+
+
+def test_the_seed_api_gives_the_same_text(worker: Worker, client: OpenAI) -> None:
+    recording = (AUDIO / "quick_brown_fox.wav").read_bytes()
+    seed = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
+        "inputData": {"audio": base64.b64encode(recording).decode()}}).json()
+    openai = client.audio.transcriptions.create(model=MODEL, file=("fox.wav", recording))
+    assert seed["success"] and seed["result"]["text"] == openai.text
+    assert seed["result"]["segments"][0]["start"] == 0.0
+
+
+def test_translation_is_refused_for_an_english_only_model(client: OpenAI) -> None:
+    with pytest.raises(BadRequestError) as refused:
+        client.audio.translations.create(model=MODEL,
+                                         file=(AUDIO / "hello_world.wav").open("rb"))
+    assert "English only" in str(refused.value)
+
+
+def _wav(rate: int, width: int, samples: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as target:
+        target.setnchannels(1)
+        target.setsampwidth(width)
+        target.setframerate(rate)
+        target.writeframes(samples)
+    return out.getvalue()
+
+
+HOSTILE: dict[str, tuple[bytes, int, str]] = {
+    "not audio": (b"this is a text file, not a recording" * 20, 400, "not audio"),
+    "empty": (b"", 400, "empty"),
+    "truncated header": ((AUDIO / "hello_world.wav").read_bytes()[:30], 400, "not audio"),
+    "random bytes": (bytes(np.random.default_rng(3).integers(0, 256, 5000, np.uint8)), 400,
+                     "not audio"),
+    "header only": (_wav(16000, 2, b""), 400, "no audio"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_audio_gets_a_clear_error(worker: Worker, case: str) -> None:
+    data, status, says = HOSTILE[case]
+    reply = httpx.post(f"{worker.url}/v1/audio/transcriptions", timeout=60,
+                       files={"file": ("x.wav", data)}, data={"model": MODEL})
+    assert reply.status_code == status, reply.text
+    assert says in reply.json()["error"]["message"]
+    assert httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0
+
+
+def test_odd_but_real_audio_is_transcribed(worker: Worker) -> None:
+    """8-bit and 8 kHz recordings, and a header that claims more data than follows."""
+    pcm = pcm16("hello_world")
+    eight_bit = _wav(16000, 1, ((pcm >> 8) + 128).astype(np.uint8).tobytes())
+    low_rate = _wav(8000, 2, pcm[::2].tobytes())
+    lying = bytearray(_wav(16000, 2, pcm.tobytes()))
+    assert lying[36:40] == b"data"
+    lying[40:44] = (10 ** 9).to_bytes(4, "little")  # the data chunk claims 1 GB
+    for data in (eight_bit, low_rate, bytes(lying)):
+        reply = httpx.post(f"{worker.url}/v1/audio/transcriptions", timeout=60,
+                           files={"file": ("x.wav", data)}, data={"model": MODEL})
+        assert reply.status_code == 200, reply.text
+        assert words(reply.json()["text"]) == expected("hello_world")
+
+
+def test_too_long_a_recording_is_413(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with examples_worker(tmp_path_factory, "speech-short", [MODEL],
+                         max_audio_seconds=10) as short:
+        reply = httpx.post(f"{short.url}/v1/audio/transcriptions", timeout=60,
+                           files={"file": ("x.wav", long_recording(12))},
+                           data={"model": MODEL})
+    assert reply.status_code == 413 and "maxAudioSeconds" in reply.text
+
+
+def _stops(worker: Worker, reason: str) -> list[dict[str, Any]]:
+    return [line for line in worker.log_lines() if line.get("msg") == "transcription stopped"
+            and line.get("reason") == reason]
+
+
+def test_a_deadline_and_a_cancel_stop_a_long_recording(worker: Worker) -> None:
+    audio = base64.b64encode(long_recording(60)).decode()
+    started = time.monotonic()
+    late = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
+        "inputData": {"audio": audio}, "options": {"timeout": 1500}})
+    assert late.status_code == 504 and time.monotonic() - started < 10
+    stopped = _wait(lambda: _stops(worker, "deadline"))
+    sys.stdout.write(f"deadline: the transcription stopped {stopped[-1]['stopMs']} ms after "
+                     "it was asked\n")
+    assert stopped[-1]["stopMs"] < 15_000
+    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
+
+    answer: dict[str, Any] = {}
+
+    def run() -> None:
+        answer.update(httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
+            "inputData": {"audio": audio}, "options": {"inferenceId": "long-talk"}}).json())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 1)
+    time.sleep(0.5)
+    assert httpx.post(f"{worker.url}/api/inference/long-talk/cancel").json()["cancelled"]
+    thread.join(60)
+    assert answer["result"]["finishReason"] == "cancelled", answer
+    cancelled = _stops(worker, "cancelled")
+    sys.stdout.write(f"cancel: stopped {cancelled[-1]['stopMs']} ms after it was asked\n")
+    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
+
+
+def _wait(check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+async def test_rpc_run_inference_gives_the_same_text(tmp_path: Path) -> None:
+    recording = (AUDIO / "hello_world.wav").read_bytes()
+    with local_testnet(3) as bootstrap, running_rack(tmp_path, "speech", bootstrap, EXAMPLES,
+                                                      preload=[MODEL]) as rack:
+        async with RpcClient(bootstrap) as rpc:
+            result = await rpc.request(rack.key, "runInference", {
+                "modelId": MODEL, "inputData": {"audio": base64.b64encode(recording).decode()}})
+    assert words(result["result"]["text"]) == expected("hello_world")
