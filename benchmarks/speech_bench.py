@@ -4,8 +4,9 @@ One recording (the fox sentence said again and again, 60 s of speech) through
 ``whisper-tiny-en``; the real-time factor (processing seconds per second of audio, lower is
 faster) of:
   ceiling    faster-whisper called in this process on the same folder and settings (int8,
-             beam 5, its temperature fallback, threads = usable cores): one transcription, then four at once (four
-             threads on one model with four CTranslate2 workers, the best it offers)
+             beam 5, its temperature fallback, threads = usable cores): one transcription,
+             then four at once (four threads on one model with four CTranslate2 workers,
+             the best it offers)
   worker     the worker's seed API: one request, then four at once
 interleaved over rounds, medians printed with the ratio ceiling / worker (1.0: as fast as
 the library itself). Loopback only, bounded.
