@@ -9,12 +9,15 @@ while the slot stays counted.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from ..errors import InferenceError
 
 if TYPE_CHECKING:
     from ..models.spec import ModelSpec, TensorSpec
@@ -80,3 +83,15 @@ class Runtime(Protocol):
     name: str
 
     def load(self, artifact: Path, spec: ModelSpec, model: str) -> ModelSession: ...
+
+
+def spec_threads(spec: ModelSpec) -> int:
+    """model.json's ``threads``, else the cores this process may use: set explicitly, since
+    llama.cpp's and CTranslate2's defaults count the machine's cores, not the quota."""
+    return spec.threads or len(os.sched_getaffinity(0))
+
+
+def missing_extra(model: str, what: str, extra: str) -> InferenceError:
+    """The load error of a model whose runtime's optional package is not installed."""
+    return InferenceError("ERR_MODEL_LOAD_FAILED",
+                          f"model '{model}': {what} (pip install 'wrk-ai-inference[{extra}]')")

@@ -10,14 +10,13 @@ process's quota).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..errors import InferenceError, first_line
 from ..models.spec import ModelSpec, TensorSpec
-from .base import ModelSession, RunHandle, Tensors
+from .base import ModelSession, RunHandle, Tensors, missing_extra, spec_threads
 
 
 class WhisperSession(ModelSession):
@@ -49,11 +48,8 @@ class WhisperRuntime:
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
-            raise InferenceError(
-                "ERR_MODEL_LOAD_FAILED",
-                f"model '{model}': speech-to-text needs faster-whisper (pip install "
-                "'wrk-ai-inference[audio]')") from exc
-        threads = spec.threads or len(os.sched_getaffinity(0))
+            raise missing_extra(model, "speech-to-text needs faster-whisper", "audio") from exc
+        threads = spec_threads(spec)
         try:
             whisper = WhisperModel(str(artifact.parent), device="cpu",
                                    compute_type=spec.compute_type, cpu_threads=threads,

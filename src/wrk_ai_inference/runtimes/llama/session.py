@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
-from ..base import ModelSession, RunHandle, SequenceUse, Tensors
+from ..base import ModelSession, RunHandle, SequenceUse, Tensors, missing_extra, spec_threads
 from .generation import Generation
 from .scheduler import Scheduler
 
@@ -174,12 +173,8 @@ class LlamaRuntime:
             import llama_cpp
             from llama_cpp import Llama
         except ImportError as exc:
-            raise InferenceError(
-                "ERR_MODEL_LOAD_FAILED",
-                f"model '{model}': GGUF models need llama-cpp-python (pip install "
-                "'wrk-ai-inference[llm]')") from exc
-        # set explicitly: llama.cpp's default counts the machine's cores, not the quota
-        threads = spec.threads or len(os.sched_getaffinity(0))
+            raise missing_extra(model, "GGUF models need llama-cpp-python", "llm") from exc
+        threads = spec_threads(spec)
         try:
             # its own context stays minimal: generation runs on the one made below
             llm = Llama(str(artifact), n_ctx=256, n_batch=256, n_threads=threads,
