@@ -442,7 +442,10 @@ async function sendChat(event) {
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.code + ": " + chunk.error.message);
       const delta = (chunk.choices[0] || {}).delta || {};
-      if (delta.content) { reply += delta.content; textNode.data = reply; }
+      if (delta.content) {
+        reply += delta.content; textNode.data = reply;
+        answer.dataset.deltas = Number(answer.dataset.deltas || 0) + 1;  // streamed pieces
+      }
       for (const tc of delta.tool_calls || []) {
         const c = calls[tc.index] || (calls[tc.index] = { id: tc.id, name: "", args: "" });
         if (tc.function && tc.function.name) c.name += tc.function.name;
