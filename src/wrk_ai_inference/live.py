@@ -91,6 +91,8 @@ class LiveFeed:
             models = orjson.dumps(now_state["models"])
             if models == self._models_sent:  # unchanged: listeners keep the last list
                 del now_state["models"]
+            else:  # serialised once: the message takes the bytes as they are
+                now_state["models"] = orjson.Fragment(models)
             self._models_sent = models
             self._send(orjson.dumps({"type": "tick", **now_state, "sample": sample,
                                      "requests": views}))

@@ -51,7 +51,7 @@ class Decoding:
 
 @dataclass
 class TranscriptionRequest:
-    audio: str  # base64, decoded by ``prepare``
+    audio: str | bytes  # base64 from JSON transports, decoded by ``prepare``; or the file
     language: str | None
     prompt: str | None
     words: bool
@@ -147,7 +147,6 @@ def _segment(segment: Any, words: bool) -> dict[str, Any]:
 
 class SpeechToText(StreamingTask):
     name = "speech-to-text"
-    costly = True
 
     def __init__(self, spec: ModelSpec, session: WhisperSession, model_id: str,
                  max_audio_s: float) -> None:
@@ -158,7 +157,7 @@ class SpeechToText(StreamingTask):
 
     # ---- the streaming contract ------------------------------------------------------
     def request(self, data: Any, options: dict[str, Any]) -> TranscriptionRequest:
-        if not isinstance(data, dict) or not isinstance(data.get("audio"), str):
+        if not isinstance(data, dict) or not isinstance(data.get("audio"), str | bytes):
             raise _bad('inputData must be {"audio": "<base64 of an audio file>"}')
         unknown = set(data) - {"audio"}
         known = {"timeout", "inferenceId", "language", "prompt", "temperature",
@@ -198,10 +197,12 @@ class SpeechToText(StreamingTask):
                                     Decoding(float(temperature), beam), job == "translate")
 
     def prepare(self, request: TranscriptionRequest) -> Audio:
-        try:
-            raw = base64.b64decode(request.audio, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _bad("audio must be base64") from exc
+        raw = request.audio
+        if isinstance(raw, str):
+            try:
+                raw = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise _bad("audio must be base64") from exc
         return Audio(decode(raw, self.max_audio_s))
 
     def generation(self, request: TranscriptionRequest, deliver: Any) -> Transcription:
