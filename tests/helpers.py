@@ -265,3 +265,15 @@ def greedy_decode_seconds(url: str, deadline_s: float = 120) -> float:
     assert reply.status_code == 200, reply.text
     assert reply.json()["result"]["usage"]["completionTokens"] == 48
     return float(reply.json()["processingTime"]) / 1000
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0, every: float = 0.05) -> Any:
+    """``check()``'s first true value, polled; an AssertionError naming ``what`` after
+    ``timeout`` seconds (a bound for failures, never a measured duration)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

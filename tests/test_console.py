@@ -10,8 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .helpers import (
     examples_worker,
     free_port,
     slow_body,
+    wait_for,
 )
 from .rack_helpers import local_testnet, running_rack
 
@@ -39,13 +39,6 @@ BROWSER = ROOT / ".browser"
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     with examples_worker(tmp_path_factory, "console", ["digits", "smollm2"]) as running:
         yield running
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def feed(url: str, messages: int, headers: dict[str, str] | None = None
@@ -117,7 +110,8 @@ def test_refusals_are_counted_and_shown(tmp_path_factory: pytest.TempPathFactory
         with ThreadPoolExecutor(1) as pool:
             endless = pool.submit(httpx.post, full.url + "/api/inference/slow",
                                   json=slow_body(10**9, timeout_ms=120_000), timeout=150)
-            wait_until(lambda: httpx.get(full.url + "/api/capacity").json()["currentLoad"])
+            wait_for("the endless run", lambda: httpx.get(
+                full.url + "/api/capacity").json()["currentLoad"])
             refused = httpx.post(full.url + "/api/inference/digits",
                                  json={"inputData": DIGIT_ZERO})
             assert refused.status_code == 429

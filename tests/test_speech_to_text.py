@@ -26,7 +26,7 @@ from openai import BadRequestError, OpenAI
 from wrk_ai_inference.rpc.client import RpcClient
 from wrk_ai_inference.tasks.speech_to_text import decode
 
-from .helpers import EXAMPLES, ROOT, Worker, examples_worker
+from .helpers import EXAMPLES, ROOT, Worker, examples_worker, wait_for
 from .rack_helpers import local_testnet, running_rack
 
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
@@ -210,11 +210,12 @@ def test_a_deadline_and_a_cancel_stop_a_long_recording(worker: Worker) -> None:
     late = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
         "inputData": {"audio": audio}, "options": {"timeout": 1500}})
     assert late.status_code == 504 and time.monotonic() - started < 10
-    stopped = _wait(lambda: _stops(worker, "deadline"))
+    stopped = wait_for("the deadline's stop", lambda: _stops(worker, "deadline"))
     sys.stdout.write(f"deadline: the transcription stopped {stopped[-1]['stopMs']} ms after "
                      "it was asked\n")
     assert stopped[-1]["stopMs"] < 15_000
-    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
+    wait_for("a free slot",
+             lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
 
     answer: dict[str, Any] = {}
 
@@ -224,22 +225,16 @@ def test_a_deadline_and_a_cancel_stop_a_long_recording(worker: Worker) -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
-    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 1)
+    wait_for("the long transcription",
+             lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 1)
     time.sleep(0.5)
     assert httpx.post(f"{worker.url}/api/inference/long-talk/cancel").json()["cancelled"]
     thread.join(60)
     assert answer["result"]["finishReason"] == "cancelled", answer
     cancelled = _stops(worker, "cancelled")
     sys.stdout.write(f"cancel: stopped {cancelled[-1]['stopMs']} ms after it was asked\n")
-    _wait(lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
-
-
-def _wait(check: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
+    wait_for("a free slot",
+             lambda: httpx.get(f"{worker.url}/api/capacity").json()["currentLoad"] == 0)
 
 
 async def test_rpc_run_inference_gives_the_same_text(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from tests.helpers import DIGIT_ZERO, EXAMPLES, Worker, make_repo, running_worker
+from tests.helpers import DIGIT_ZERO, EXAMPLES, Worker, make_repo, running_worker, wait_for
 from tests.rack_helpers import local_testnet
 from tests.test_drives import publishing
 
@@ -42,17 +42,6 @@ const row = document.querySelector(`tr[data-model=${arguments[0]}]`);
 if (!row) return [null, null];
 const bar = row.querySelector('.bar');
 return [row.dataset.state, bar ? bar.dataset.share : null];"""
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0,
-             every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
