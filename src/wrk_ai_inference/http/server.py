@@ -63,6 +63,8 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def _config(app: Any, worker: InferenceWorker, settings: Settings) -> uvicorn.Config:
+    """Uvicorn's settings for either way of serving, and the worker told where HTTP is
+    (its live feed shows the address)."""
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("HTTP is listening beyond loopback", extra={"host": settings.host,
                                                               "auth": bool(settings.api_keys)})
