@@ -142,6 +142,12 @@ class Metrics:
                                      "two text deltas of one generation", ["model"],
                                      buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
                                      registry=r)
+        self.audio_seconds = Counter("wrk_audio_seconds", "Seconds of audio transcribed to "
+                                     "their end", ["model"], registry=r)
+        self.real_time_factor = Histogram("wrk_audio_real_time_factor", "A transcription's "
+                                          "processing time over its audio's duration",
+                                          ["model"], buckets=(0.01, 0.02, 0.05, 0.1, 0.2,
+                                                              0.5, 1, 2, 5), registry=r)
         self.sequences_running = Gauge("wrk_llm_sequences_running", "Sequences generating "
                                        "now (one per choice)", registry=r)
         self.sequences_waiting = Gauge("wrk_llm_sequences_waiting", "Generations waiting for "

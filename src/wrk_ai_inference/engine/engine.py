@@ -440,6 +440,10 @@ class InferenceEngine:
                     tokens.last_s = now
                     for out in shaper.delta(rest[0], rest[1], rest[2]):
                         yield out
+                elif kind == "media":  # (seconds of audio, seconds it took) of a whole input
+                    self.metrics.audio_seconds.labels(model_id).inc(rest[0])
+                    if rest[0] > 0:
+                        self.metrics.real_time_factor.labels(model_id).observe(rest[1] / rest[0])
                 elif kind == "finish":
                     if rest[1] == "deadline":
                         continue  # answered at the end, once the thread is done

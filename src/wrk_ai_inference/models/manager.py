@@ -375,7 +375,8 @@ class ModelManager:
             except BaseException:
                 session.close()
                 raise
-            return session, task, max(0, self._process.memory_info().rss - before)
+            grown = max(0, self._process.memory_info().rss - before)
+            return session, task, grown + session.memory_outside()
 
     def _labels(self, files: ModelFiles, spec: ModelSpec) -> list[str] | None:
         model_id = files.model_id

@@ -62,6 +62,11 @@ class ModelSession(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the runtime's memory; called once, after the last run ended."""
 
+    def memory_outside(self) -> int:
+        """Memory the model holds outside this process (a runtime that runs it in child
+        processes), counted with the growth measured here."""
+        return 0
+
     def sequence_use(self) -> SequenceUse | None:
         """A runtime that generates sequences (a language model) says how its sequence
         slots are used; the others have none."""

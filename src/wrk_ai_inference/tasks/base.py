@@ -53,7 +53,11 @@ class StreamingTask(Task):
     ``request`` checks a request on the loop, ``prepare`` makes its prompt on a helper
     thread after admission, ``generation`` is the job the model's thread runs and
     ``submit`` hands it over, and ``shaper`` turns the thread's events into the ones
-    clients get."""
+    clients get. The thread hands over lists of events: ``("prompt", tokens)``,
+    ``("promptLogprobs", choice, entries)``, ``("delta", choice, text, extra)``,
+    ``("finish", choice, reason, tokens, info)``,
+    ``("media", seconds_of_input, seconds_taken)`` (audio, for its metrics), then
+    ``("end", stop_reason, tokens)`` or ``("error", exc)``."""
 
     streams = True
 

@@ -5,10 +5,9 @@ so admission, deadlines, ``cancel``, disconnects, history and metrics are the en
 ``request`` checks the options on the loop, ``prepare`` decodes the audio after admission
 on a helper thread under the deadline (PyAV: WAV, FLAC, MP3, OGG/Opus, WebM, M4A, ...,
 resampled to 16 kHz mono, stopped as soon as it passes ``maxAudioSeconds``), and the
-model's own thread transcribes, handing over each segment as it is made and looking for
-a stop between segments. A long recording answers progressively; a stop lands when the
-window being decoded ends (faster-whisper decodes 30 s windows and cannot be interrupted
-inside one).
+model's own thread has a child process transcribe, handing over each segment as it is
+made. A long recording answers progressively; a stop kills the child (``runtimes/whisper.py``
+says why), so it lands at once, inside a 30 s window too.
 """
 
 from __future__ import annotations
@@ -133,18 +132,6 @@ def _temperatures(decoding: Decoding) -> float | tuple[float, ...]:
     return FALLBACK if decoding.temperature == 0 else decoding.temperature
 
 
-def _segment(segment: Any, words: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": segment.id, "start": round(segment.start, 3),
-                           "end": round(segment.end, 3), "text": segment.text,
-                           "tokens": list(segment.tokens),
-                           "avgLogprob": round(segment.avg_logprob, 5),
-                           "noSpeechProb": round(segment.no_speech_prob, 5)}
-    if words and segment.words:
-        out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                         "probability": round(w.probability, 4)} for w in segment.words]
-    return out
-
-
 class SpeechToText(StreamingTask):
     name = "speech-to-text"
 
@@ -221,24 +208,32 @@ class SpeechToText(StreamingTask):
     def _transcribe(self, job: Transcription) -> None:
         request = job.request
         made = 0
+
+        def segment(view: dict[str, Any]) -> None:
+            nonlocal made
+            made += len(view["tokens"])
+            job.deliver([("delta", 0, view["text"], view)])
+
+        english = None if self.session.multilingual else "en"
+        options = {"language": request.language or english, "initial_prompt": request.prompt,
+                   "temperature": _temperatures(request.sampling),
+                   "beam_size": request.sampling.beam_size,
+                   "word_timestamps": request.words,
+                   "task": "translate" if request.translate else "transcribe",
+                   "vad_filter": False, "condition_on_previous_text": True}
+        seconds = job.audio.size / SAMPLE_RATE
         try:
-            segments, info = self.session.model.transcribe(
-                job.audio, language=request.language or ("en" if not
-                                                         self.session.multilingual else None),
-                initial_prompt=request.prompt, temperature=_temperatures(request.sampling),
-                beam_size=request.sampling.beam_size, word_timestamps=request.words,
-                task="translate" if request.translate else "transcribe",
-                vad_filter=False, condition_on_previous_text=True)
-            for segment in segments:  # each decoded window yields its segments
-                if job.stop_reason is not None:
-                    break
-                view = _segment(segment, request.words)
-                made += len(view["tokens"])
-                job.deliver([("delta", 0, segment.text, view)])
+            started = time.perf_counter()
+            done = self.session.transcribe(job.audio, options, request.words,
+                                           lambda: job.stop_reason is not None, segment)
+            took = time.perf_counter() - started
             reason = job.stop_reason or DONE
-            job.deliver([("finish", 0, reason, made, {
-                "language": info.language, "duration": round(info.duration, 3)}),
-                ("end", job.stop_reason, made)])
+            job.deliver([*([("media", seconds, took)] if done is not None else []),
+                         ("finish", 0, reason, made, {
+                             "language": (done or {}).get("language",
+                                                          request.language or english),
+                             "duration": round(seconds, 3)}),
+                         ("end", job.stop_reason, made)])
             if job.stop_reason is not None:
                 log.info("transcription stopped", extra={
                     "modelId": self.model_id, "requestId": job.request_id,
