@@ -8,6 +8,9 @@ interleaved:
   drive first   the worker's Hyperdrive source from a publisher's sidecar into an empty
                 Corestore
   drive repeat  the same, part files deleted but the Corestore kept: the blocks are local
+  floor         the same bytes over one HyperDHT connection (UDX and the secret stream)
+                between two Node processes, with no Hypercore: what no drive fetch can
+                beat (``stream_floor.js``)
 Each prints MB/s and CPU seconds of the fetching side (this process and its sidecar) and
 of the serving side, and the ratios drive/http.
 
@@ -96,6 +99,36 @@ async def measured(fetch: Callable[[], Awaitable[None]], fetcher: list[int],
     return size / elapsed / 1e6, cpu_of(fetcher) - before[0], cpu_of(server) - before[1]
 
 
+NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "p2p" / "node" / "node_modules"
+FLOOR = [shutil.which("node") or "node", str(ROOT / "benchmarks" / "stream_floor.js")]
+
+
+@contextlib.contextmanager
+def floor_server(boot: list[str], size: int) -> Iterator[tuple[str, int]]:
+    """``stream_floor.js serve``: (its key, its pid)."""
+    proc = subprocess.Popen([*FLOOR, "serve", json.dumps({"bootstrap": boot, "bytes": size})],
+                            stdout=subprocess.PIPE, env={"NODE_PATH": str(NODE_MODULES)})
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())["key"], proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def floor_fetch(boot: list[str], key: str, size: int, server: int
+                      ) -> tuple[float, float, float]:
+    """(MB/s, fetcher CPU s, server CPU s) of one read of ``size`` bytes, connect excluded
+    (the fetching process measures itself)."""
+    before = cpu_of([server])
+    proc = await asyncio.create_subprocess_exec(
+        *FLOOR, "fetch", json.dumps({"bootstrap": boot, "key": key, "bytes": size}),
+        stdout=subprocess.PIPE, env={"NODE_PATH": str(NODE_MODULES)})
+    output, _ = await proc.communicate()
+    report = json.loads(output)
+    return size / report["seconds"] / 1e6, report["cpuSeconds"], cpu_of([server]) - before
+
+
 def model_folder(parent: Path, model: Path) -> Path:
     """A folder ``m`` to publish, holding (a link to) the model file."""
     folder = parent / "m"
@@ -119,7 +152,7 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
                              "127.0.0.1", "--directory", str(model.parent)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with testnet() as boot:
+        with testnet() as boot, floor_server(boot, size) as (floor_key, floor_pid):
             async with running(sidecar(boot, work / "publisher")) as publisher:
                 published = await Drives(publisher).publish([model_folder(work / "pub", model)])
                 drive_spec = spec_for(model, digest, {"hyperdrive": published["key"],
@@ -144,6 +177,8 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
                                 ("drive repeat", drive_spec, [publisher.pid or 0])):
                             results.setdefault(name, []).append(await measured(
                                 lambda s=spec: fetch(s), fetcher, server, size))
+                    results.setdefault("floor", []).append(
+                        await floor_fetch(boot, floor_key, size, floor_pid))
     finally:
         http.terminate()
     out(f"{model.name}: {size / 1e6:.1f} MB, {args.rounds} rounds (median MB/s; CPU s per "
@@ -155,7 +190,14 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
         out(f"  {name:13s} {rate:7.1f} MB/s  CPU {statistics.median(r[1] for r in rows):5.2f}"
             f" / {statistics.median(r[2] for r in rows):5.2f} s")
     out(f"  drive/http first x{medians['drive first'] / medians['http first']:.2f}, repeat "
-        f"x{medians['drive repeat'] / medians['http repeat']:.2f}")
+        f"x{medians['drive repeat'] / medians['http repeat']:.2f}; floor/http "
+        f"x{medians['floor'] / medians['http first']:.2f}, drive first/floor "
+        f"x{medians['drive first'] / medians['floor']:.2f}")
+    for name in ("http first", "drive first", "floor"):
+        rows = results[name]
+        out(f"  CPU ms per MB, {name}: fetcher "
+            f"{statistics.median(r[1] for r in rows) * 1e9 / size:.1f}, server "
+            f"{statistics.median(r[2] for r in rows) * 1e9 / size:.1f}")
 
 
 async def fleet(args: argparse.Namespace, model: Path, digest: str, work: Path) -> None:

@@ -45,9 +45,9 @@ class Publisher:
     ``line`` is what it printed."""
 
     def __init__(self, folders: list[Path], bootstrap: list[str], store: Path,
-                 log_path: Path) -> None:
+                 log_path: Path, *extra: str) -> None:
         self._log = log_path.open("wb")
-        command = ["publish", *map(str, folders)] if folders else ["seed"]
+        command = ["publish", *map(str, folders), *extra] if folders else ["seed"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wrk_ai_inference.cli", *command,
              "--bootstrap", ",".join(bootstrap), "--store-dir", str(store)],
@@ -70,8 +70,10 @@ class Publisher:
 
 
 @contextlib.contextmanager
-def publishing(folders: list[Path], bootstrap: list[str], root: Path) -> Iterator[Publisher]:
-    publisher = Publisher(folders, bootstrap, root / "publisher-store", root / "publisher.log")
+def publishing(folders: list[Path], bootstrap: list[str], root: Path, *extra: str
+               ) -> Iterator[Publisher]:
+    publisher = Publisher(folders, bootstrap, root / "publisher-store", root / "publisher.log",
+                          *extra)
     try:
         yield publisher
     finally:
@@ -236,7 +238,7 @@ def test_a_killed_fetch_resumes_where_it_stopped(bootstrap: list[str], tmp_path:
             assert done["bytesResumed"] == part
             # only the rest crossed the network (blocks already in the store are local; the
             # block the part file ends in may come whole)
-            assert done["bytesNetwork"] <= done["bytesTotal"] - part + 65536
+            assert done["bytesNetwork"] <= done["bytesTotal"] - part + (1 << 20)
             result = httpx.post(f"{again.url}/api/inference/mlp",
                                 json={"inputData": [[0.5] * 1024]}, timeout=30)
             assert result.status_code == 200, result.text
@@ -244,6 +246,31 @@ def test_a_killed_fetch_resumes_where_it_stopped(bootstrap: list[str], tmp_path:
             again.terminate()
         print(f"\nmlp: killed at {killed_at} bytes ({part} in the part file); the restart "  # noqa: T201
               f"fetched {done['bytesNetwork']} of {done['bytesTotal']} over the network")
+
+
+@pytest.mark.parametrize(("block_size", "flags"), [(1 << 20, ()),
+                                                    (65536, ("--block-size", "65536"))])
+def test_drives_of_either_block_size_fetch(bootstrap: list[str], tmp_path: Path,
+                                           block_size: int, flags: tuple[str, ...]) -> None:
+    """Today's publish writes 1 MiB blocks; drives published before it have 64 KiB blocks
+    (``--block-size 65536`` makes one as they were made) and fetch the same way."""
+    folders = {"mlp": EXAMPLES / "mlp"}
+    size = (EXAMPLES / "mlp" / "model.onnx").stat().st_size
+    with publishing(list(folders.values()), bootstrap, tmp_path, *flags) as publisher:
+        blocks = {f["path"]: f["blocks"] for f in publisher.line["files"]}
+        assert blocks["/mlp/model.onnx"] == -(-size // block_size)
+        repo = sourced_repo(tmp_path / "repo", folders,
+                            {"hyperdrive": publisher.key, "version": publisher.version})
+        worker = drive_worker(repo, tmp_path, "w", bootstrap)
+        try:
+            worker.wait_ready()
+            reply = load(worker.url, "mlp")
+            assert reply.status_code == 200, reply.text
+            assert fetch_logs(worker, "mlp")[0]["bytesNetwork"] >= size
+            assert (repo / "mlp" / "model.onnx").read_bytes() == \
+                (EXAMPLES / "mlp" / "model.onnx").read_bytes()
+        finally:
+            worker.terminate()
 
 
 def test_a_tampered_artifact_is_refused_and_never_served(bootstrap: list[str],

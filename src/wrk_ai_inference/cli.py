@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("dirs", nargs="+", metavar="DIR", help="model folders (model.json)")
     _add_dht_flags(publish)
     publish.add_argument("--config", metavar="DIR", help="folder holding facs/net.config.json")
+    publish.add_argument("--block-size", type=int, metavar="BYTES",
+                         help="bytes per block of the files it writes (default 1 MiB; "
+                         "4096 to 8 MiB)")
     seed = sub.add_parser("seed", help="keep serving this store's drives")
     seed.add_argument("--key", action="append", default=[], help="another drive to serve")
     _add_dht_flags(seed)
@@ -113,7 +116,8 @@ def _publish(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         get_logger("cli").error("configuration error", extra={"error": str(exc)})
         return 2
-    return run_publisher(net, getattr(args, "dirs", []), getattr(args, "key", []))
+    return run_publisher(net, getattr(args, "dirs", []), getattr(args, "key", []),
+                         getattr(args, "block_size", None))
 
 
 def _tune_interpreter() -> None:

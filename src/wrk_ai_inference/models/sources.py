@@ -2,7 +2,9 @@
 
 Both kinds of source write ``<name>.part`` beside each final name and resume from what
 a part file already holds. Nothing is renamed into place before the artifact's sha256
-matches model.json, and only then is a drive seeded. A mismatch discards the bytes
+matches model.json, and only then is a drive seeded. The sha256 is computed while the
+part file grows, on a thread beside the fetch, so that checking it adds little after the
+last byte lands. A mismatch discards the bytes
 (the part files, and the drive's blobs in the sidecar's store), so a tampered artifact
 is never loaded, never served and never seeded.
 """
@@ -10,10 +12,13 @@ is never loaded, never served and never seeded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +41,61 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class GrowingDigest:
+    """The sha256 of a part file that is being appended to: each ``catch_up`` hashes what
+    was written since the last. Sources only append, so the bytes below the file's size
+    are final; a file found shorter than what was hashed (restarted) is hashed again from
+    its start. The caller still recomputes the whole file before calling bytes bad."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.digest = hashlib.sha256()
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> None:
+        with self._lock:
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                return
+            if size < self.offset:
+                self.offset, self.digest = 0, hashlib.sha256()
+            if size == self.offset:
+                return
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                while self.offset < size:
+                    block = fh.read(min(_CHUNK * 8, size - self.offset))
+                    if not block:
+                        break
+                    self.digest.update(block)
+                    self.offset += len(block)
+
+    def hexdigest(self) -> str:
+        self.catch_up()
+        with self._lock:
+            return self.digest.hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def hashing_beside(digest: GrowingDigest, every_s: float = 0.05
+                         ) -> AsyncIterator[GrowingDigest]:
+    """Keeps ``digest`` caught up with its file on a helper thread while the body runs."""
+    async def follow() -> None:
+        while True:
+            await asyncio.to_thread(digest.catch_up)
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(follow())
+    try:
+        yield digest
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @dataclass
@@ -114,9 +174,12 @@ class Sources:
             log.warning("model file on disk does not match its sha256; fetching it again",
                         extra={"modelId": model_id, "file": spec.file})
             artifact.unlink()
-        names = await self._fetch(model_id, spec, source, folder, progress)
         part = folder / f"{spec.file}.part"
-        actual = await asyncio.to_thread(sha256_of, part)
+        async with hashing_beside(GrowingDigest(part)) as digest:
+            names = await self._fetch(model_id, spec, source, folder, progress)
+        actual = await asyncio.to_thread(digest.hexdigest)
+        if actual != expected.lower():  # what was hashed beside the fetch, or the file now?
+            actual = await asyncio.to_thread(sha256_of, part)
         if actual != expected.lower():
             for name in names:
                 (folder / f"{name}.part").unlink(missing_ok=True)

@@ -55,10 +55,16 @@ class Drives:
         await self.sidecar.start()
         return await self.sidecar.command(name, fields, timeout=timeout, progress=progress)
 
-    async def publish(self, folders: list[Path]) -> dict[str, Any]:
-        """Put each folder under /<its name> of this store's drive and seed it."""
+    async def publish(self, folders: list[Path], block_size: int | None = None
+                      ) -> dict[str, Any]:
+        """Put each folder under /<its name> of this store's drive and seed it: ``{"key",
+        "version", "models", "files": [{"path", "size", "blocks"}]}``. ``block_size``: the
+        bytes per block of files written now (the sidecar's default when None)."""
         dirs = [{"name": f.name, "path": str(f.resolve())} for f in folders]
-        return await self._command("drive.publish", {"dirs": dirs}, timeout=3600)
+        fields: dict[str, Any] = {"dirs": dirs}
+        if block_size is not None:
+            fields["blockSize"] = block_size
+        return await self._command("drive.publish", fields, timeout=3600)
 
     async def fetch(self, key: str, folder: str, version: int | None, dest: Path,
                     progress: FetchProgress, wait_s: float, skip: tuple[str, ...] = (),

@@ -2,9 +2,12 @@
 /*
  * Model drives: Hyperdrive over Hyperswarm, kept in the Corestore at init's storeDir
  * (opened on first use). Commands:
- *   drive.publish {dirs:[{name, path}]} -> {key, version, models}
- *     put each folder's files under /<name> of this store's own drive (a file whose
- *     sha256 has not changed is kept), delete what is gone, and seed the drive
+ *   drive.publish {dirs:[{name, path}], blockSize?} -> {key, version, models,
+ *     files:[{path, size, blocks}]}
+ *     put each folder's files under /<name> of this store's own drive in blocks of
+ *     blockSize bytes (default 1 MiB; drives published before it have 64 KiB blocks and
+ *     fetch the same way; a file whose sha256 has not changed is kept as it is), delete
+ *     what is gone, and seed the drive
  *   drive.fetch {key, version|null, folder, skip:[name], expect:{name: sha256}, dest,
  *     timeout} -> {version, files:[{name, size}], bytesTotal, bytesResumed, bytesNetwork}
  *     stream each file directly under `folder` (as of `version`; not those in `skip`) into
@@ -36,6 +39,12 @@ const Hyperdrive = require('hyperdrive')
 const Hyperswarm = require('hyperswarm')
 
 const PROGRESS_EVERY_MS = 250
+// a blob's block is one chunk of the stream that writes it: publish writes files in
+// blocks of this size rather than the read stream's 64 KiB, since much of a fetch's
+// work is per block (requests, proofs, storage writes)
+const BLOCK_SIZE = 1 << 20
+const MIN_BLOCK = 4096
+const MAX_BLOCK = 8 << 20
 
 function withTimeout (promise, ms, message) {
   let timer
@@ -287,7 +296,10 @@ module.exports = function drive (ctx) {
     return { cleared }
   }
 
-  async function publish ({ dirs }) {
+  async function publish ({ dirs, blockSize = BLOCK_SIZE }) {
+    if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK || blockSize > MAX_BLOCK) {
+      throw new Error(`ERR_INVALID_REQUEST: blockSize must be ${MIN_BLOCK} to ${MAX_BLOCK} bytes`)
+    }
     open()
     const d = await track(new Hyperdrive(store.namespace('publish')))
     const { drive } = d
@@ -302,16 +314,23 @@ module.exports = function drive (ctx) {
         const digest = await sha256(file)
         const old = await drive.entry(target)
         if (old && old.value.metadata && old.value.metadata.sha256 === digest) continue
-        await pipeline(fs.createReadStream(file),
+        await pipeline(fs.createReadStream(file, { highWaterMark: blockSize }),
           drive.createWriteStream(target, { metadata: { sha256: digest } }))
       }
       for await (const entry of drive.list(folder, { recursive: false })) {
         if (!present.has(entry.key)) await drive.del(entry.key)
       }
     }
+    const files = []
+    for (const { name } of dirs) {
+      for await (const entry of drive.list(`/${name}`, { recursive: false })) {
+        const blob = entry.value.blob
+        if (blob) files.push({ path: entry.key, size: blob.byteLength, blocks: blob.blockLength })
+      }
+    }
     await counted(d)
     await join(d, true)
-    return { key: d.key, version: drive.version, models: dirs.map((x) => x.name) }
+    return { key: d.key, version: drive.version, models: dirs.map((x) => x.name), files }
   }
 
   function stats ({ key }) {
