@@ -129,6 +129,11 @@ async def floor_fetch(boot: list[str], key: str, size: int, server: int
     return size / report["seconds"] / 1e6, report["cpuSeconds"], cpu_of([server]) - before
 
 
+def disk_bytes(folder: Path) -> int:
+    """Bytes the files under ``folder`` take on disk (allocated blocks, as du counts)."""
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
+
+
 def model_folder(parent: Path, model: Path) -> Path:
     """A folder ``m`` to publish, holding (a link to) the model file."""
     folder = parent / "m"
@@ -147,6 +152,7 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
     size = model.stat().st_size
     me = psutil.Process().pid
     results: dict[str, list[tuple[float, float, float]]] = {}
+    disk = (0, 0)
     port = free_port()
     http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                              "127.0.0.1", "--directory", str(model.parent)],
@@ -177,6 +183,7 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
                                 ("drive repeat", drive_spec, [publisher.pid or 0])):
                             results.setdefault(name, []).append(await measured(
                                 lambda s=spec: fetch(s), fetcher, server, size))
+                        disk = disk_bytes(dest), disk_bytes(work / f"fetcher-{round_}")
                     results.setdefault("floor", []).append(
                         await floor_fetch(boot, floor_key, size, floor_pid))
     finally:
@@ -193,6 +200,8 @@ async def compare(args: argparse.Namespace, model: Path, digest: str, work: Path
         f"x{medians['drive repeat'] / medians['http repeat']:.2f}; floor/http "
         f"x{medians['floor'] / medians['http first']:.2f}, drive first/floor "
         f"x{medians['drive first'] / medians['floor']:.2f}")
+    out(f"  disk after a drive fetch, seeding: the model's folder {disk[0] / 1e6:.1f} MB, "
+        f"the Corestore {disk[1] / 1e6:.1f} MB (x{sum(disk) / size:.2f} the file)")
     for name in ("http first", "drive first", "floor"):
         rows = results[name]
         out(f"  CPU ms per MB, {name}: fetcher "
