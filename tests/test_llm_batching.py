@@ -261,3 +261,75 @@ async def test_a_request_that_cannot_fit_is_refused_with_the_numbers(tmp_path: P
         assert result["usage"]["totalTokens"] <= 256
     finally:
         await worker.stop()
+
+
+SYSTEM = ("You are the help desk of a lighthouse museum. Answer in one short sentence. "
+          + " ".join(f"Rule {i}: be polite, be brief, and name the room of the exhibit."
+                     for i in range(1, 25)))
+
+
+#: how far a token's logprob may move when its sequence is decoded in batches of other
+#: shapes beside another sequence (a few hundredths measured here; a wrong cell moves
+#: it by whole units)
+ROUNDING = 0.25
+B_PROMPT = SYSTEM + "\nQ: Where is the foghorn?\nA:"
+
+
+async def _shared_prefix_answers(tmp_path: Path, cache: bool) -> tuple[dict[str, Any], int]:
+    """B's answer (and the prompt tokens it had) when it arrives while A, which begins
+    with the same system text, is generating."""
+    worker = await _worker(tmp_path, "smollm2", parallel=4, promptCache=cache)
+    try:
+        started = asyncio.Event()
+
+        async def first() -> None:
+            # no end of its own (its end-of-text tokens barred): it runs until cancelled
+            options = {"temperature": 0, "max_tokens": 1500, "inferenceId": "a",
+                       "logit_bias": {"0": -100, "2": -100}}
+            async for event in worker.stream_inference(
+                    "smollm2", {"prompt": SYSTEM + "\nQ: Where is the lens?\nA:"}, options):
+                if event["type"] == "delta":
+                    started.set()
+
+        a = asyncio.ensure_future(first())
+        await started.wait()
+        b = await _generate(worker, "smollm2", B_PROMPT,
+                            {**GREEDY, "max_tokens": 24})
+        assert _idle(worker, "smollm2")["running"] == 1  # A was still generating
+        await worker.cancel("a")
+        await a
+        assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
+        return b, b["usage"]["promptTokens"]
+    finally:
+        await worker.stop()
+
+
+async def test_a_shared_prefix_is_copied_from_a_running_sequence(tmp_path: Path) -> None:
+    """B shares A's system text (about 470 tokens) and arrives while A generates: B's
+    cells for it are copied from A's, it reads only its own question, and says so in
+    ``cachedTokens``. Its greedy answer is the one it gives with the prompt cache off
+    up to rounding: B is decoded beside A in batches of other shapes either way (6 rows
+    of its own or 64), which moves logprobs by a few hundredths here, so the two may
+    part only at a token whose two best choices were that close, and every logprob
+    before agrees as closely. A wrong copy of the cells changes the distributions from
+    the first token (checked by breaking the copy once)."""
+    reused, prompt = await _shared_prefix_answers(tmp_path / "on", cache=True)
+    plain, _ = await _shared_prefix_answers(tmp_path / "off", cache=False)
+    cached = reused["usage"]["cachedTokens"]
+    assert prompt - 16 <= cached < prompt, (prompt, cached)
+    assert plain["usage"]["cachedTokens"] == 0
+    a, b = plain["choices"][0]["logprobs"], reused["choices"][0]["logprobs"]
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False))
+                  if x["token"] != y["token"]), len(a))
+    moved = max(abs(x["logprob"] - y["logprob"]) for x, y in zip(a[:first], b[:first],
+                                                                 strict=True))
+    note = "identical"
+    if first < len(a):
+        best, picked = a[first]["top"][0][1], dict(a[first]["top"]).get(b[first]["token"])
+        assert picked is not None, (a[first], b[first])
+        assert best - picked < ROUNDING, (first, best - picked)
+        note = f"parted at token {first} of {len(a)}, where the best two were " \
+               f"{best - picked:.3f} apart"
+    assert first > 0 and moved < ROUNDING, (first, moved)
+    print(f"prompt {prompt} tokens, {cached} copied from the running sequence; against "  # noqa: T201
+          f"the cache off: {note}; max |dlogprob| before {moved:.3f}")

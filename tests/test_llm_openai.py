@@ -59,6 +59,24 @@ def test_a_factual_question_is_answered(client: openai.OpenAI) -> None:
     assert answer.id.startswith("chatcmpl-") and answer.model == "smollm2"
 
 
+def test_usage_reports_the_prompt_tokens_read_from_cache(client: openai.OpenAI) -> None:
+    """The same long system prompt twice: the second reads most of it from the cells the
+    first left, and ``usage.prompt_tokens_details.cached_tokens`` says how many."""
+    system = "You answer questions about rivers. " * 30
+    asked = [{"role": "system", "content": system},
+             {"role": "user", "content": "Name a long river."}]
+    first = client.chat.completions.create(model="smollm2", messages=asked,  # type: ignore[arg-type]
+                                           temperature=0, max_tokens=5)
+    again = client.chat.completions.create(
+        model="smollm2", temperature=0, max_tokens=5,
+        messages=[asked[0], {"role": "user", "content": "Name a short river."}])  # type: ignore[list-item]
+    assert first.usage is not None and again.usage is not None
+    assert first.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details is not None
+    cached = again.usage.prompt_tokens_details.cached_tokens or 0
+    assert first.usage.prompt_tokens - 40 < cached < again.usage.prompt_tokens, again.usage
+
+
 def test_greedy_chat_and_completion_match_llama_cpp_in_process(
         client: openai.OpenAI, llm: Worker, reference: Any) -> None:
     chat = reference.create_chat_completion(QUESTION, temperature=0, max_tokens=40)
@@ -82,9 +100,11 @@ def test_greedy_chat_and_completion_match_llama_cpp_in_process(
     assert seed.status_code == 200, seed.text
     result = seed.json()["result"]
     assert result["text"] == text["choices"][0]["text"] and result["finishReason"] == "length"
+    # the same prompt as the request before: all but its last token come from the cache
     assert result["usage"] == {"promptTokens": text["usage"]["prompt_tokens"],
                                "completionTokens": 48,
-                               "totalTokens": text["usage"]["total_tokens"]}
+                               "totalTokens": text["usage"]["total_tokens"],
+                               "cachedTokens": text["usage"]["prompt_tokens"] - 1}
     streamed = client.completions.create(model="smollm2", prompt=PROMPT, temperature=0,
                                          max_tokens=48, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == result["text"]

@@ -129,12 +129,13 @@ class Tokens:
 
     prompt: int = 0
     completion: int = 0
+    cached: int = 0  # of the prompt's tokens, those whose KV cells were reused
     first_s: float | None = None
     last_s: float = 0.0  # perf_counter() of the latest delta
 
     def usage(self) -> dict[str, int]:
         return {"promptTokens": self.prompt, "completionTokens": self.completion,
-                "totalTokens": self.prompt + self.completion}
+                "totalTokens": self.prompt + self.completion, "cachedTokens": self.cached}
 
 
 class _Hold:
@@ -428,6 +429,8 @@ class InferenceEngine:
                     raise self._timeout("while generating")
                 if kind == "prompt":
                     tokens.prompt = rest[0]
+                elif kind == "cached":  # prompt tokens whose cells were reused, not read
+                    tokens.cached = rest[0]
                 elif kind == "promptLogprobs":  # echo: the prompt's tokens, scored
                     yield {"type": "promptLogprobs", "index": rest[0], "entries": rest[1]}
                 elif kind == "delta":

@@ -124,6 +124,9 @@ class ModelSpec(BaseModel):
     prompt_chunk: int = Field(64, alias="promptChunk", ge=8, le=8192,
                               description="prompt tokens read per step beside the "
                               "decoding sequences")
+    prompt_cache: bool = Field(True, alias="promptCache",
+                               description="reuse the KV cells of a prompt's beginning that "
+                               "another sequence, running or idle, already holds")
     threads: int = Field(0, ge=0, le=1024, description="llama.cpp threads; 0 = usable cores")
     flash_attention: bool = Field(True, alias="flashAttention",
                                   description="llama.cpp's fused attention kernels")

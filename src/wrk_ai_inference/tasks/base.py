@@ -54,6 +54,7 @@ class StreamingTask(Task):
     thread after admission, ``generation`` is the job the model's thread runs and
     ``submit`` hands it over, and ``shaper`` turns the thread's events into the ones
     clients get. The thread hands over lists of events: ``("prompt", tokens)``,
+    ``("cached", tokens)`` (of the prompt, those whose cells were reused),
     ``("promptLogprobs", choice, entries)``, ``("delta", choice, text, extra)``,
     ``("finish", choice, reason, tokens, info)``,
     ``("media", seconds_of_input, seconds_taken)`` (audio, for its metrics), then

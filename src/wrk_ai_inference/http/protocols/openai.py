@@ -68,10 +68,11 @@ def _stream_flag(payload: dict[str, Any]) -> tuple[bool, bool]:
     return stream, usage
 
 
-def _usage(usage: dict[str, int]) -> dict[str, int]:
+def _usage(usage: dict[str, int]) -> dict[str, Any]:
     return {"prompt_tokens": usage.get("promptTokens", 0),
             "completion_tokens": usage.get("completionTokens", 0),
-            "total_tokens": usage.get("totalTokens", 0)}
+            "total_tokens": usage.get("totalTokens", 0),
+            "prompt_tokens_details": {"cached_tokens": usage.get("cachedTokens", 0)}}
 
 
 def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -191,7 +192,7 @@ async def _generate(worker: InferenceWorker, call: Call, chat: bool) -> Response
         answers = await asyncio.gather(*(worker.run_inference(model, i, options)
                                           for i in inputs))
         choices: list[dict[str, Any]] = []
-        usage = {"promptTokens": 0, "completionTokens": 0, "totalTokens": 0}
+        usage = {"promptTokens": 0, "completionTokens": 0, "totalTokens": 0, "cachedTokens": 0}
         for answer in answers:
             result = answer["result"]
             for choice in result["choices"]:

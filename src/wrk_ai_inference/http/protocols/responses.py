@@ -193,7 +193,7 @@ class _Request:
             "truncation": "disabled", "store": self.store, "user": p.get("user"),
             "usage": None if usage is None else {
                 "input_tokens": usage.get("promptTokens", 0),
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": usage.get("cachedTokens", 0)},
                 "output_tokens": usage.get("completionTokens", 0),
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": usage.get("totalTokens", 0)}}

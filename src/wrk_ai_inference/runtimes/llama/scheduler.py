@@ -31,24 +31,17 @@ import numpy as np
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
 from .generation import Generation, check_fits
+from .prefix import PrefixHashes, shared_prefix, verified
 from .sequence import Sequence
 
 log = get_logger("llama")
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Scheduler:
     """The model's thread: owns the llama context, its batch and its sequences."""
 
     def __init__(self, lib: Any, llm: Any, ctx: Any, parallel: int, cells: int,
-                 chunk: int, model: str) -> None:
+                 chunk: int, model: str, prompt_cache: bool = True) -> None:
         self._lib, self._llm, self._ctx, self.model = lib, llm, ctx, model
         self._vocab = llm._model.vocab
         self._n_vocab = int(llm.n_vocab())
@@ -59,7 +52,10 @@ class Scheduler:
         self.jobs: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._waiting: deque[Generation] = deque()
         self.slots: list[Sequence | None] = [None] * parallel
-        self._cached: list[list[int]] = [[] for _ in range(parallel)]  # idle slots' cells
+        self.prompt_cache = prompt_cache  # reuse cells that hold a prompt's beginning
+        #: what idle slots' cells hold, and its block hashes
+        self._cached: list[tuple[list[int], PrefixHashes]] = [([], PrefixHashes())
+                                                              for _ in range(parallel)]
         self.taken = 0  # generations taken off the FIFO and given all their slots
         self.running = 0  # sequences holding a slot
         self._order = 0  # arrival count: the oldest reader reads first
@@ -164,20 +160,43 @@ class Scheduler:
         job.live += 1
 
     def _reuse(self, seq: Sequence, prompt: list[int], allowed: bool = True) -> None:
-        """Start ``seq`` where an idle slot's cache stops matching its prompt."""
-        best, match = seq.slot, 0
-        for slot in range(seq.slot, self.parallel if allowed else seq.slot):
-            if self.slots[slot] is None and self._reusable(slot):
-                n = common_prefix(self._cached[slot], prompt)
-                if n > match:
-                    best, match = slot, n
+        """Start ``seq`` where the longest cached beginning of its prompt ends: in an idle
+        slot's cells, or in a running sequence's (a shared system prompt, few-shot
+        examples, the same document asked again), copied into its slot."""
+        best, match, held = seq.slot, 0, prompt
+        if allowed and self.prompt_cache:
+            want = PrefixHashes().update(prompt)
+            for slot, tokens, hashes in self._holders():
+                n = shared_prefix(tokens, hashes, prompt, want)
+                if n > match and self._reusable(slot):
+                    best, match, held = slot, n, tokens
+            if match:
+                match = verified(held, prompt, match)
         match = min(match, len(prompt) - 1)  # the last prompt token is read for its logits
         if match and best != seq.slot:
             self._copy(best, seq.slot)
         self._lib.llama_memory_seq_rm(self._mem, seq.slot, match if match else -1, -1)
-        self._cached[seq.slot] = []
-        seq.kv = prompt[:match]
+        self._cached[seq.slot] = ([], PrefixHashes())
+        seq.holds(prompt[:match])
         seq.pending = prompt[match:]
+        if seq.choice == 0:
+            self._emit(seq.job, ("cached", match))
+
+    def _holders(self) -> list[tuple[int, list[int], PrefixHashes]]:
+        """Every slot whose cells hold tokens from position 0, with those tokens and their
+        block hashes brought up to date."""
+        out = []
+        for slot in range(self.parallel):
+            seq = self.slots[slot]
+            if seq is None:
+                tokens, hashes = self._cached[slot]
+            elif seq.source is None:
+                tokens, hashes = seq.kv, seq.hashes
+            else:
+                continue
+            if tokens:
+                out.append((slot, tokens, hashes.update(tokens)))
+        return out
 
     def _reusable(self, slot: int) -> bool:
         """Whether the slot still holds its cache from position 0 (a sliding-window cache
@@ -204,7 +223,7 @@ class Scheduler:
             return
         self._copy(source.slot, seq.slot)
         self._lib.llama_memory_seq_rm(self._mem, seq.slot, len(prompt) - 1, -1)
-        seq.kv = prompt[:-1]
+        seq.holds(prompt[:-1])
         seq.pending = prompt[-1:]
         seq.source = None
 
@@ -366,7 +385,8 @@ class Scheduler:
         slot = seq.slot
         self.slots[slot] = None
         self.running -= 1
-        self._cached[slot] = seq.kv if seq.source is None and not drop else []
+        kept = seq.source is None and not drop
+        self._cached[slot] = (seq.kv, seq.hashes) if kept else ([], PrefixHashes())
         if drop:
             self._lib.llama_memory_seq_rm(self._mem, slot, -1, -1)
         last = self.running  # the highest occupied slot moves into the gap
@@ -376,7 +396,7 @@ class Scheduler:
             self._copy(last, slot)
             self._lib.llama_memory_seq_rm(self._mem, last, -1, -1)
             self.slots[slot], self.slots[last] = mover, None
-            self._cached[slot], self._cached[last] = [], []
+            self._cached[slot], self._cached[last] = ([], PrefixHashes()), ([], PrefixHashes())
             mover.slot = slot
         job.live -= 1
         if not quiet:

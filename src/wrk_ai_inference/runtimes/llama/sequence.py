@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import InferenceError
 from .generation import Generation, Grammar, StopFilter
+from .prefix import PrefixHashes
 
 PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp-python's)
 
@@ -93,6 +94,11 @@ class GrammarCheck:
         lib.llama_sampler_accept(chain, token)
         return token
 
+    def holds(self, tokens: list[int]) -> None:
+        """Its cells now hold ``tokens`` (a reused prefix, a sibling's prompt)."""
+        self.kv = tokens
+        self.hashes = PrefixHashes()
+
     def close(self) -> None:
         if self.sampler:
             self._lib.llama_sampler_free(self.sampler)
@@ -130,6 +136,7 @@ class Sequence:
         self._lib, self._vocab = lib, vocab
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
+        self.hashes = PrefixHashes()  # of ``kv``'s whole blocks, brought up to date on use
         self.source: Sequence | None = None  # a sibling whose prompt it will copy
         self.last = -1  # the token sampled last, decoded at the next step
         self.index = -1  # where this step's batch puts the logits it samples from
@@ -141,6 +148,11 @@ class Sequence:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopFilter(s.stop)
         self._piece = ctypes.create_string_buffer(256)
+
+    def holds(self, tokens: list[int]) -> None:
+        """Its cells now hold ``tokens`` (a reused prefix, a sibling's prompt)."""
+        self.kv = tokens
+        self.hashes = PrefixHashes()
 
     def close(self) -> None:
         if self.sampler:

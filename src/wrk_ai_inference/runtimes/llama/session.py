@@ -62,7 +62,7 @@ class LlamaSession(ModelSession):
         self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
         self._parsed: set[bytes] = set()  # digests of grammars llama.cpp accepted
         self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
-                                    spec.prompt_chunk, model)
+                                    spec.prompt_chunk, model, spec.prompt_cache)
         self._submitted = 0
         self._thread = threading.Thread(target=self._scheduler.serve, name=f"llama-{model}",
                                         daemon=True)
