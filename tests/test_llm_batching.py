@@ -304,6 +304,24 @@ async def _shared_prefix_answers(tmp_path: Path, cache: bool) -> tuple[dict[str,
         await worker.stop()
 
 
+def _agree(plain: dict[str, Any], reused: dict[str, Any]) -> str:
+    """Whether ``reused`` answers as ``plain`` does up to rounding: greedy tokens equal
+    until they part, if they do, at a token whose two best choices were within
+    ``ROUNDING``, and every logprob before within it too. A note of how they compare."""
+    a, b = plain["choices"][0]["logprobs"], reused["choices"][0]["logprobs"]
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False))
+                  if x["token"] != y["token"]), len(a))
+    moved = max(abs(x["logprob"] - y["logprob"]) for x, y in zip(a[:first], b[:first],
+                                                                 strict=True))
+    assert first > 0 and moved < ROUNDING, (first, moved)
+    if first == len(a):
+        return f"identical, max |dlogprob| {moved:.3f}"
+    best, picked = a[first]["top"][0][1], dict(a[first]["top"]).get(b[first]["token"])
+    assert picked is not None, (a[first], b[first])
+    assert best - picked < ROUNDING, (first, best - picked)
+    return f"parted at token {first} of {len(a)} (best two {best - picked:.3f} apart)"
+
+
 async def test_a_shared_prefix_is_copied_from_a_running_sequence(tmp_path: Path) -> None:
     """B shares A's system text (about 470 tokens) and arrives while A generates: B's
     cells for it are copied from A's, it reads only its own question, and says so in
@@ -318,18 +336,33 @@ async def test_a_shared_prefix_is_copied_from_a_running_sequence(tmp_path: Path)
     cached = reused["usage"]["cachedTokens"]
     assert prompt - 16 <= cached < prompt, (prompt, cached)
     assert plain["usage"]["cachedTokens"] == 0
-    a, b = plain["choices"][0]["logprobs"], reused["choices"][0]["logprobs"]
-    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False))
-                  if x["token"] != y["token"]), len(a))
-    moved = max(abs(x["logprob"] - y["logprob"]) for x, y in zip(a[:first], b[:first],
-                                                                 strict=True))
-    note = "identical"
-    if first < len(a):
-        best, picked = a[first]["top"][0][1], dict(a[first]["top"]).get(b[first]["token"])
-        assert picked is not None, (a[first], b[first])
-        assert best - picked < ROUNDING, (first, best - picked)
-        note = f"parted at token {first} of {len(a)}, where the best two were " \
-               f"{best - picked:.3f} apart"
-    assert first > 0 and moved < ROUNDING, (first, moved)
+    note = _agree(plain, reused)
     print(f"prompt {prompt} tokens, {cached} copied from the running sequence; against "  # noqa: T201
-          f"the cache off: {note}; max |dlogprob| before {moved:.3f}")
+          f"the cache off: {note}")
+
+
+async def test_requests_that_arrive_together_read_their_shared_prefix_once(
+        tmp_path: Path) -> None:
+    """Four requests with the same system text at once: one reads it, the other three
+    wait for that reading and copy it (``cachedTokens``), answering as with the cache
+    off up to rounding."""
+    questions = ["Where is the lens?", "Where is the foghorn?", "Who built it?",
+                 "When does it open?"]
+    prompts = [SYSTEM + f"\nQ: {q}\nA:" for q in questions]
+    answers = {}
+    for cache in (True, False):
+        worker = await _worker(tmp_path / str(cache), "smollm2", parallel=4,
+                               promptCache=cache)
+        try:
+            answers[cache] = await asyncio.gather(*(
+                _generate(worker, "smollm2", p, {**GREEDY, "max_tokens": 16})
+                for p in prompts))
+            assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
+        finally:
+            await worker.stop()
+    cached = sorted(a["usage"]["cachedTokens"] for a in answers[True])
+    prompt = answers[True][0]["usage"]["promptTokens"]
+    assert cached[0] == 0 and all(prompt - 16 <= c < prompt for c in cached[1:]), cached
+    assert all(a["usage"]["cachedTokens"] == 0 for a in answers[False])
+    notes = [_agree(p, r) for p, r in zip(answers[False], answers[True], strict=True)]
+    print(f"cached tokens {cached} of {prompt}; against the cache off: {notes}")  # noqa: T201

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import InferenceError
+from .prefix import PrefixHashes
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,17 @@ class Generation:
     live: int = 0  # choices generating now
     made: int = 0  # tokens generated over all its choices
     outbox: list[tuple[Any, ...]] = field(default_factory=list)  # events not yet delivered
+    hashes: PrefixHashes | None = None  # the prompt's block hashes, made when first asked
 
     def start_with(self, tokens: list[int], grammar: Grammar | None) -> None:
         """The prompt and grammar made off the loop, before the model's thread sees it."""
         self.tokens = tokens
         self.sampling.grammar = grammar
+
+    def prompt_hashes(self) -> PrefixHashes:
+        if self.hashes is None:
+            self.hashes = PrefixHashes().update(self.tokens)
+        return self.hashes
 
     def stop(self, reason: str) -> None:
         """Ask the thread to stop this generation (from the event loop); the first reason

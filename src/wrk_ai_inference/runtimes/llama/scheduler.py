@@ -31,7 +31,7 @@ import numpy as np
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
 from .generation import Generation, check_fits
-from .prefix import PrefixHashes, shared_prefix, verified
+from .prefix import BLOCK, PrefixHashes, shared_prefix, verified
 from .sequence import Sequence
 
 log = get_logger("llama")
@@ -150,8 +150,8 @@ class Scheduler:
         seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
         sibling = next((s for s in self.slots
                         if s is not None and s.job is job and s.source is None), None)
-        if sibling is not None:
-            seq.source = sibling  # copies its prompt when it has been read
+        if sibling is not None:  # copies its prompt when it has been read
+            seq.source, seq.share = sibling, len(prompt) - 1
         else:  # a scored prompt is read whole: cached cells have no logits to give
             self._reuse(seq, prompt, allowed=not job.sampling.echo)
         self.slots[slot] = seq
@@ -162,16 +162,22 @@ class Scheduler:
     def _reuse(self, seq: Sequence, prompt: list[int], allowed: bool = True) -> None:
         """Start ``seq`` where the longest cached beginning of its prompt ends: in an idle
         slot's cells, or in a running sequence's (a shared system prompt, few-shot
-        examples, the same document asked again), copied into its slot."""
+        examples, the same document asked again), copied into its slot. Where a running
+        sequence is still reading a longer shared beginning (requests that arrived
+        together), ``seq`` waits for it and copies that instead of reading it again."""
         best, match, held = seq.slot, 0, prompt
         if allowed and self.prompt_cache:
-            want = PrefixHashes().update(prompt)
+            want = seq.job.prompt_hashes()
             for slot, tokens, hashes in self._holders():
                 n = shared_prefix(tokens, hashes, prompt, want)
                 if n > match and self._reusable(slot):
                     best, match, held = slot, n, tokens
             if match:
                 match = verified(held, prompt, match)
+            reader, share = self._reader_of(seq, want, match)
+            if reader is not None:
+                seq.source, seq.share = reader, share
+                return
         match = min(match, len(prompt) - 1)  # the last prompt token is read for its logits
         if match and best != seq.slot:
             self._copy(best, seq.slot)
@@ -181,6 +187,24 @@ class Scheduler:
         seq.pending = prompt[match:]
         if seq.choice == 0:
             self._emit(seq.job, ("cached", match))
+
+    def _reader_of(self, seq: Sequence, want: PrefixHashes, have: int
+                   ) -> tuple[Sequence | None, int]:
+        """A running sequence still reading a prompt that shares more than a block beyond
+        ``have`` with ``seq``'s, and how many tokens it shares (at most all but the last
+        of ``seq``'s prompt)."""
+        prompt, found, share = seq.job.tokens, None, have + BLOCK
+        if self._swa > 0:  # its reader would read past what is shared before it is copied
+            return None, 0
+        for other in self.slots[:self.running]:
+            if other is None or other.source is not None or not other.pending:
+                continue
+            tokens = other.job.tokens
+            n = min(shared_prefix(tokens, other.job.prompt_hashes(), prompt, want),
+                    len(prompt) - 1)
+            if n > share and verified(tokens, prompt, n):
+                found, share = other, n
+        return found, share
 
     def _holders(self) -> list[tuple[int, list[int], PrefixHashes]]:
         """Every slot whose cells hold tokens from position 0, with those tokens and their
@@ -209,23 +233,27 @@ class Scheduler:
         self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
     def _from_source(self, seq: Sequence) -> None:
-        """A follower choice takes its sibling's prompt once the sibling has read it."""
+        """A sequence waiting on another's reading (a sibling choice's whole prompt, or a
+        beginning another request shares) copies it once it has been read."""
         source, prompt = seq.source, seq.job.tokens
-        # gone, or a sliding-window cache that went on past the prompt (no longer holds
-        # all of it): read the prompt itself
+        # gone, or a sliding-window cache that went on past what is shared (it no longer
+        # holds the cells the window needs there): read it all itself
         if (source is None or self.slots[source.slot] is not source
-                or (self._swa > 0 and len(source.kv) > len(prompt))):
+                or (self._swa > 0 and len(source.kv) > seq.share + 1)):
             seq.source = None
             self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            seq.holds([])
             seq.pending = list(prompt)
             return
-        if source.pending:
+        if len(source.kv) < seq.share:
             return
         self._copy(source.slot, seq.slot)
-        self._lib.llama_memory_seq_rm(self._mem, seq.slot, len(prompt) - 1, -1)
-        seq.holds(prompt[:-1])
-        seq.pending = prompt[-1:]
+        self._lib.llama_memory_seq_rm(self._mem, seq.slot, seq.share, -1)
+        seq.holds(prompt[:seq.share])
+        seq.pending = prompt[seq.share:]
         seq.source = None
+        if seq.choice == 0:
+            self._emit(seq.job, ("cached", seq.share))
 
     # ---- one step ---------------------------------------------------------------------
     def _step(self) -> None:

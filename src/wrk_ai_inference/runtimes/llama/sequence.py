@@ -137,7 +137,8 @@ class Sequence:
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
         self.hashes = PrefixHashes()  # of ``kv``'s whole blocks, brought up to date on use
-        self.source: Sequence | None = None  # a sibling whose prompt it will copy
+        self.source: Sequence | None = None  # a sequence whose reading it will copy
+        self.share = 0  # how many of the source's first cells it copies
         self.last = -1  # the token sampled last, decoded at the next step
         self.index = -1  # where this step's batch puts the logits it samples from
         #: (batch index, the prompt token its logits score) of this step (echo)
