@@ -11,6 +11,10 @@ prefix cache flatters anyone), measured in one run:
                 venv by ``make bench-llm``) with ``-np`` = clients, ``-c`` = 2048 x clients
   worker        this worker, ``parallel`` = clients, ``contextLength`` 2048, that model
                 alone loaded (as each llama server holds one)
+Then the shared-prefix section (``--shared-clients``, default 16, smollm2): chat requests
+whose system prompt (about 250 tokens) is the same and whose user turns differ, against
+llama-server with its default prompt cache, and against the worker with ``promptCache``
+off (the same run without reuse): total tokens/s and time to first token.
 Servers take turns within each round (order rotated), ``--rounds`` rounds. Printed per
 cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
 request), per-client tokens/s (tokens over the request's whole time, waiting included)
@@ -76,6 +80,20 @@ def _prompt() -> str:
             f"a {TOPICS[(k * 7 + 3) % len(TOPICS)]} that learns to sing. Once upon a time")
 
 
+#: a system prompt shared by the shared-prefix section's requests (about 250 tokens)
+SYSTEM_PROMPT = (
+    "You are the guide of a city museum. Answer visitors' questions in two or three short "
+    "sentences, in plain words, and never invent a room or an opening hour. " + " ".join(
+        f"Room {i} holds the {what}; it opens at {8 + i % 3} in the morning and closes at "
+        f"{5 + i % 2} in the evening." for i, what in enumerate(
+            ["old maps", "ship models", "clocks", "coins", "paintings of the harbour",
+             "musical boxes", "fossils", "lanterns", "printing presses", "tiles"], 1)))
+QUESTIONS = ("Where are the clocks?", "When do the fossils open?", "What is in room 7?",
+             "Can I see the coins at 9?", "Which room has the lanterns?",
+             "Is there a room with maps?", "When does room 2 close?",
+             "What should I see first?")
+
+
 def _threads() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -83,23 +101,42 @@ def _threads() -> int:
 Client = Callable[[], Awaitable[Sample]]
 
 
+async def streamed(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+    """One streamed OpenAI request: a token is a chunk with text (``text`` of a completion,
+    ``delta.content`` of a chat)."""
+    started = time.perf_counter()
+    first = 0.0
+    count = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            if choice.get("text") or (choice.get("delta") or {}).get("content"):
+                count += 1
+                first = first or time.perf_counter()
+    return Sample(started, first, time.perf_counter(), count)
+
+
 def over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
     async def one() -> Sample:
-        body = {"model": model, "prompt": _prompt(), "max_tokens": tokens, "temperature": 0,
-                "stream": True}
-        started = time.perf_counter()
-        first = 0.0
-        count = 0
-        async with client.stream("POST", url + "/v1/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("text"):
-                    count += 1
-                    first = first or time.perf_counter()
-        return Sample(started, first, time.perf_counter(), count)
+        return await streamed(client, url + "/v1/completions", {
+            "model": model, "prompt": _prompt(), "max_tokens": tokens, "temperature": 0,
+            "stream": True})
+
+    return one
+
+
+def chat_over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
+    """Streamed chat requests with the shared system prompt and a different user turn."""
+    async def one() -> Sample:
+        k = next(_count)
+        return await streamed(client, url + "/v1/chat/completions", {
+            "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                         {"role": "user",
+                          "content": f"Visitor {k}: {QUESTIONS[k % len(QUESTIONS)]}"}]})
 
     return one
 
@@ -146,6 +183,10 @@ def worker_repo() -> Path:
             spec = json.loads((source / "model.json").read_text())
             spec.update(parallel=clients, contextLength=CONTEXT, stop=[])
             (folder / "model.json").write_text(json.dumps(spec))
+            uncached = repo / f"{model}-{clients}-nocache"
+            uncached.mkdir()
+            os.link(source / "model.gguf", uncached / "model.gguf")
+            (uncached / "model.json").write_text(json.dumps({**spec, "promptCache": False}))
     return repo
 
 
@@ -210,7 +251,9 @@ async def run(args: Any) -> Bench:
                              "bench-llm's output)")
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        for model in MODELS:
+        if args.shared_clients:
+            await shared(bench, repo, binary, client, args.shared_clients)
+        for model in MODELS if not args.shared_only else ():
             gguf = ROOT / "examples" / "models" / model / "model.gguf"
             local = in_process(gguf, args.tokens)
             for clients in args.clients:
@@ -231,6 +274,24 @@ async def run(args: Any) -> Bench:
                     await bench.measure(model, clients, contenders)
     shutil.rmtree(repo, ignore_errors=True)
     return bench
+
+
+async def shared(bench: Bench, repo: Path, binary: Path | None, client: httpx.AsyncClient,
+                 clients: int) -> None:
+    """The shared-prefix section: smollm2, ``clients`` chat clients, one system prompt."""
+    model, tokens = "smollm2", bench.args.tokens
+    gguf = ROOT / "examples" / "models" / model / "model.gguf"
+    with contextlib.ExitStack() as cell:
+        served = f"{model}-{clients}"
+        on = cell.enter_context(_worker(repo, served))
+        off = cell.enter_context(_worker(repo, served + "-nocache"))
+        contenders = {"worker": chat_over_http(on, served, tokens, client),
+                      "worker, cache off": chat_over_http(off, served + "-nocache", tokens,
+                                                          client)}
+        if binary is not None:
+            url = cell.enter_context(_cpp_server(binary, gguf, model, clients))
+            contenders["llama-server"] = chat_over_http(url, model, tokens, client)
+        await bench.measure("shared", clients, contenders)
 
 
 @contextlib.contextmanager
@@ -280,7 +341,20 @@ def report(bench: Bench) -> dict[str, Any]:
               f" | {cell['ttftP50Ms']:7.0f} / {cell['ttftP99Ms']:7.0f}"
               f" | {cell['slowest']:6.1f} / {cell['fastest']:6.1f}  tokens {cell['tokens']}")
     print("worker / others (total tokens/s):")  # noqa: T201
+    for clients, cells in out.get("shared", {}).items():
+        worker, off = cells.get("worker"), cells.get("worker, cache off")
+        if worker is None or off is None:
+            continue
+        server = cells.get("llama-server")
+        versus = (f"llama-server x{worker['totalTokensPerS'] / server['totalTokensPerS']:.2f}, "
+                  if server else "")
+        print(f"  shared system prompt, {clients} clients: {versus}cache off "  # noqa: T201
+              f"x{worker['totalTokensPerS'] / off['totalTokensPerS']:.2f}; time to first "
+              f"token p50 {worker['ttftP50Ms']:.0f} ms against {off['ttftP50Ms']:.0f} ms "
+              f"with the cache off (x{off['ttftP50Ms'] / worker['ttftP50Ms']:.2f} shorter)")
     for model, by_clients in out.items():
+        if model == "shared":
+            continue
         for clients, cells in by_clients.items():
             worker = cells.get("worker")
             if worker is None:
@@ -308,6 +382,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--shared-clients", type=int, default=16,
+                        help="clients of the shared-prefix section (0: skip it)")
+    parser.add_argument("--shared-only", action="store_true",
+                        help="run the shared-prefix section alone")
     parser.add_argument("--servers", nargs="+", default=["llama.server", "llama-server"],
                         help="baselines besides in-process and the worker")
     args = parser.parse_args()
