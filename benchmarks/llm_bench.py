@@ -94,6 +94,11 @@ QUESTIONS = ("Where are the clocks?", "When do the fossils open?", "What is in r
              "What should I see first?")
 
 
+#: smollm2's end-of-text tokens barred, so every answer runs to max_tokens on every server
+#: (short answers would make the wave's time that of its longest answer)
+NO_END = {"0": -100, "2": -100}
+
+
 def _threads() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -129,11 +134,13 @@ def over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> C
 
 
 def chat_over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
-    """Streamed chat requests with the shared system prompt and a different user turn."""
+    """Streamed chat requests with the shared system prompt and a different user turn, each
+    answered to ``tokens`` tokens."""
     async def one() -> Sample:
         k = next(_count)
         return await streamed(client, url + "/v1/chat/completions", {
             "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "logit_bias": NO_END,
             "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                          {"role": "user",
                           "content": f"Visitor {k}: {QUESTIONS[k % len(QUESTIONS)]}"}]})
