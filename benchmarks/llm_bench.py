@@ -248,7 +248,7 @@ async def run(args: Any) -> Bench:
     bench = Bench(args)
     repo = worker_repo()
     python = SERVER_VENV / "bin" / "python"
-    binary = llama_server_binary()
+    binary = args.llama_server or llama_server_binary()
     if not python.exists():
         bench.skipped.append(f"llama_cpp.server: {SERVER_VENV} is missing (make bench-llm "
                              "makes it)")
@@ -389,6 +389,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--llama-server", type=Path, metavar="PATH",
+                        help="another llama-server binary (its libraries beside it), e.g. "
+                        "one built from the llama.cpp that llama-cpp-python vendors")
     parser.add_argument("--shared-clients", type=int, default=16,
                         help="clients of the shared-prefix section (0: skip it)")
     parser.add_argument("--shared-only", action="store_true",
