@@ -15,6 +15,10 @@ Then the shared-prefix section (``--shared-clients``, default 16, smollm2): chat
 whose system prompt (about 250 tokens) is the same and whose user turns differ, against
 llama-server with its default prompt cache, and against the worker with ``promptCache``
 off (the same run without reuse): total tokens/s and time to first token.
+Then the speculation section (``--speculation``): one client, qwen2.5-coder with
+``promptLookup`` 16, a copy-heavy chat (two functions written again with a parameter
+renamed) and one that copies nothing (an explanation), each with and without drafts
+(``prompt_lookup`` 0), tokens/s.
 Servers take turns within each round (order rotated), ``--rounds`` rounds. Printed per
 cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
 request), per-client tokens/s (tokens over the request's whole time, waiting included)
@@ -148,6 +152,63 @@ def chat_over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient)
     return one
 
 
+CODE = """def summarize_orders(orders, tax_rate=0.2, currency="EUR"):
+    \"\"\"Group orders by customer and add up what each one owes, tax included.\"\"\"
+    totals = {}
+    for order in orders:
+        customer = order["customer"]
+        amount = order["quantity"] * order["unit_price"]
+        if order.get("discount"):
+            amount = amount * (1 - order["discount"])
+        amount = amount * (1 + tax_rate)
+        totals[customer] = totals.get(customer, 0) + amount
+    lines = []
+    for customer, amount in sorted(totals.items()):
+        lines.append(f"{customer}: {amount:.2f} {currency}")
+    return "\\n".join(lines)
+
+
+def largest_customer(orders, tax_rate=0.2):
+    \"\"\"The customer who owes the most, and how much.\"\"\"
+    totals = {}
+    for order in orders:
+        customer = order["customer"]
+        amount = order["quantity"] * order["unit_price"] * (1 + tax_rate)
+        totals[customer] = totals.get(customer, 0) + amount
+    best = max(totals, key=totals.get)
+    return best, totals[best]
+"""
+#: (the request's text, its extra options): a code edit that copies most of its prompt,
+#: and a question whose answer copies nothing from it
+SPECULATION_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "copy": ("Rewrite this code with the parameter `tax_rate` renamed to `vat`. Output "
+             "only the code.\n\n" + CODE, {}),
+    "no copy": ("Explain how a refrigerator keeps food cold, in detail.", {}),
+}
+SPECULATION_MODEL = "qwen2.5-coder"
+
+
+def chat_once(url: str, model: str, tokens: int, client: httpx.AsyncClient, content: str,
+              extra: dict[str, Any]) -> Client:
+    async def one() -> Sample:
+        return await streamed(client, url + "/v1/chat/completions", {
+            "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": content}], **extra})
+
+    return one
+
+
+async def speculation(bench: Bench, repo: Path, client: httpx.AsyncClient) -> None:
+    """The speculation section: one client, each task with and without drafts."""
+    served = f"{SPECULATION_MODEL}-lookup"
+    with _worker(repo, served) as url:
+        for task, (content, extra) in SPECULATION_TASKS.items():
+            await bench.measure(f"lookup {task}", 1, {
+                "drafts": chat_once(url, served, 320, client, content, extra),
+                "no drafts": chat_once(url, served, 320, client, content,
+                                       {**extra, "prompt_lookup": 0})})
+
+
 def in_process(gguf: Path, tokens: int) -> Client:
     from llama_cpp import Llama
 
@@ -194,6 +255,13 @@ def worker_repo() -> Path:
             uncached.mkdir()
             os.link(source / "model.gguf", uncached / "model.gguf")
             (uncached / "model.json").write_text(json.dumps({**spec, "promptCache": False}))
+    lookup = repo / f"{SPECULATION_MODEL}-lookup"
+    lookup.mkdir()
+    source = ROOT / "examples" / "models" / SPECULATION_MODEL
+    os.link(source / "model.gguf", lookup / "model.gguf")
+    spec = json.loads((source / "model.json").read_text())
+    spec.update(parallel=1, contextLength=CONTEXT, stop=[], promptLookup=16)
+    (lookup / "model.json").write_text(json.dumps(spec))
     return repo
 
 
@@ -258,6 +326,8 @@ async def run(args: Any) -> Bench:
                              "bench-llm's output)")
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        if args.speculation:
+            await speculation(bench, repo, client)
         if args.shared_clients:
             await shared(bench, repo, binary, client, args.shared_clients)
         for model in MODELS if not args.shared_only else ():
@@ -348,6 +418,11 @@ def report(bench: Bench) -> dict[str, Any]:
               f" | {cell['ttftP50Ms']:7.0f} / {cell['ttftP99Ms']:7.0f}"
               f" | {cell['slowest']:6.1f} / {cell['fastest']:6.1f}  tokens {cell['tokens']}")
     print("worker / others (total tokens/s):")  # noqa: T201
+    for task in SPECULATION_TASKS:
+        cells = out.get(f"lookup {task}", {}).get("1", {})
+        if "drafts" in cells and "no drafts" in cells:
+            ratio = cells["drafts"]["totalTokensPerS"] / cells["no drafts"]["totalTokensPerS"]
+            print(f"  prompt lookup, {task}: drafts / no drafts x{ratio:.2f}")  # noqa: T201
     for clients, cells in out.get("shared", {}).items():
         worker, off = cells.get("worker"), cells.get("worker, cache off")
         if worker is None or off is None:
@@ -360,7 +435,7 @@ def report(bench: Bench) -> dict[str, Any]:
               f"token p50 {worker['ttftP50Ms']:.0f} ms against {off['ttftP50Ms']:.0f} ms "
               f"with the cache off (x{off['ttftP50Ms'] / worker['ttftP50Ms']:.2f} shorter)")
     for model, by_clients in out.items():
-        if model == "shared":
+        if model == "shared" or model.startswith("lookup"):
             continue
         for clients, cells in by_clients.items():
             worker = cells.get("worker")
@@ -395,7 +470,10 @@ def main() -> None:
     parser.add_argument("--shared-clients", type=int, default=16,
                         help="clients of the shared-prefix section (0: skip it)")
     parser.add_argument("--shared-only", action="store_true",
-                        help="run the shared-prefix section alone")
+                        help="run the shared-prefix section alone (and, if asked, the "
+                        "speculation section)")
+    parser.add_argument("--speculation", action=argparse.BooleanOptionalAction,
+                        default=True, help="the prompt-lookup section")
     parser.add_argument("--servers", nargs="+", default=["llama.server", "llama-server"],
                         help="baselines besides in-process and the worker")
     args = parser.parse_args()

@@ -366,3 +366,64 @@ async def test_requests_that_arrive_together_read_their_shared_prefix_once(
     assert all(a["usage"]["cachedTokens"] == 0 for a in answers[False])
     notes = [_agree(p, r) for p, r in zip(answers[False], answers[True], strict=True)]
     print(f"cached tokens {cached} of {prompt}; against the cache off: {notes}")  # noqa: T201
+
+
+PARAGRAPH = (
+    "The old lighthouse keeper climbed the spiral stairs every evening at dusk. He carried "
+    "a small brass lamp, a notebook with a cracked leather cover, and a flask of sweet tea. "
+    "At the top he wound the clockwork that turned the great lens, checked the wick, and "
+    "wrote the weather in his notebook: the wind, the clouds, the colour of the sea. Ships "
+    "passed far out on the water, and he counted their lights before he went down again. "
+    "The keeper's cat slept on the warm stones by the stove and waited for him.")
+
+
+def _counter(worker: InferenceWorker, name: str) -> float:
+    text = worker.metrics.render().decode()
+    found = [float(line.split()[-1]) for line in text.splitlines()
+             if line.startswith(f'{name}{{model="smollm2"}}')]
+    return found[0] if found else 0.0
+
+
+async def test_prompt_lookup_drafts_answers_as_without_and_counts_its_acceptance(
+        tmp_path: Path) -> None:
+    """A copy-heavy request (a paragraph written again with one word changed) decoded with
+    prompt-lookup drafts gives the greedy answer it gives without them; the drafted and
+    accepted tokens are counted, and most drafts are taken. A request that asks for no
+    drafts (``prompt_lookup: 0``) drafts none."""
+    worker = await _worker(tmp_path, "smollm2", parallel=2, promptLookup=8)
+    try:
+        copy = {"messages": [{"role": "user", "content": "Copy this paragraph word for word, "
+                              "but write 'dog' instead of 'cat':\n\n" + PARAGRAPH}]}
+        plain = await _generate_input(worker, copy, {**GREEDY, "max_tokens": 120,
+                                                     "prompt_lookup": 0})
+        assert _counter(worker, "wrk_llm_draft_tokens_total") == 0
+        drafted = await _generate_input(worker, copy, {**GREEDY, "max_tokens": 120})
+        tokens = _counter(worker, "wrk_llm_draft_tokens_total")
+        accepted = _counter(worker, "wrk_llm_draft_accepted_tokens_total")
+        assert tokens > 20 and accepted > tokens / 2, (tokens, accepted)
+        note = _agree(plain, drafted)
+        print(f"copy: {accepted:.0f} of {tokens:.0f} drafted tokens taken; against no "  # noqa: T201
+              f"drafts: {note}")
+        assert drafted["usage"]["completionTokens"] == plain["usage"]["completionTokens"]
+        # a list drafts from its own lines and is often wrong: refused drafts must leave
+        # the answer as it is without them
+        listing = {"messages": [{"role": "user", "content": "List twelve animals, one per "
+                                 "line, each with its colour."}]}
+        plain = await _generate_input(worker, listing, {**GREEDY, "max_tokens": 120,
+                                                        "prompt_lookup": 0})
+        drafted = await _generate_input(worker, listing, {**GREEDY, "max_tokens": 120})
+        more = _counter(worker, "wrk_llm_draft_tokens_total") - tokens
+        taken = _counter(worker, "wrk_llm_draft_accepted_tokens_total") - accepted
+        note = _agree(plain, drafted)
+        print(f"list: {taken:.0f} of {more:.0f} drafted tokens taken; against no drafts: "  # noqa: T201
+              f"{note}")
+        assert 0 < more and taken < more, (more, taken)
+        assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
+    finally:
+        await worker.stop()
+
+
+async def _generate_input(worker: InferenceWorker, data: dict[str, Any],
+                          options: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = (await worker.run_inference("smollm2", data, options))["result"]
+    return result

@@ -134,6 +134,11 @@ class Metrics:
                                      ["model"], registry=r)
         self.generated_tokens = Counter("wrk_llm_generated_tokens", "Tokens generated",
                                         ["model"], registry=r)
+        self.draft_tokens = Counter("wrk_llm_draft_tokens", "Tokens drafted by prompt "
+                                    "lookup (speculative decoding)", ["model"], registry=r)
+        self.draft_accepted = Counter("wrk_llm_draft_accepted_tokens", "Drafted tokens the "
+                                      "model picked (their share is the acceptance rate)",
+                                      ["model"], registry=r)
         self.decode_rate = Histogram("wrk_llm_tokens_per_second", "Decoding speed of each "
                                      "generation after its first token", ["model"],
                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),

@@ -431,6 +431,9 @@ class InferenceEngine:
                     tokens.prompt = rest[0]
                 elif kind == "cached":  # prompt tokens whose cells were reused, not read
                     tokens.cached = rest[0]
+                elif kind == "drafts":  # (drafted, accepted) by a choice's speculation
+                    self.metrics.draft_tokens.labels(model_id).inc(rest[0])
+                    self.metrics.draft_accepted.labels(model_id).inc(rest[1])
                 elif kind == "promptLogprobs":  # echo: the prompt's tokens, scored
                     yield {"type": "promptLogprobs", "index": rest[0], "entries": rest[1]}
                 elif kind == "delta":

@@ -124,6 +124,10 @@ class ModelSpec(BaseModel):
     prompt_chunk: int = Field(64, alias="promptChunk", ge=8, le=8192,
                               description="prompt tokens read per step beside the "
                               "decoding sequences")
+    prompt_lookup: int = Field(0, alias="promptLookup", ge=0, le=16,
+                               description="speculative decoding by prompt lookup: the most "
+                               "tokens a greedy sequence drafts per step from its own "
+                               "history (0: off); requests may ask for fewer")
     prompt_cache: bool = Field(True, alias="promptCache",
                                description="reuse the KV cells of a prompt's beginning that "
                                "another sequence, running or idle, already holds")

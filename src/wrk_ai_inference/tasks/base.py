@@ -57,7 +57,8 @@ class StreamingTask(Task):
     ``("cached", tokens)`` (of the prompt, those whose cells were reused),
     ``("promptLogprobs", choice, entries)``, ``("delta", choice, text, extra)``,
     ``("finish", choice, reason, tokens, info)``,
-    ``("media", seconds_of_input, seconds_taken)`` (audio, for its metrics), then
+    ``("media", seconds_of_input, seconds_taken)`` (audio, for its metrics),
+    ``("drafts", drafted, accepted)`` (speculative decoding, for its metrics), then
     ``("end", stop_reason, tokens)`` or ``("error", exc)``."""
 
     streams = True

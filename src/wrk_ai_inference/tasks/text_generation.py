@@ -314,6 +314,7 @@ class TextGeneration(StreamingTask):
             _number(o, name, low, high, low_open=open_low)
         _number(o, "top_k", 0, 1 << 20, whole=True)
         n = _number(o, "n", 1, MAX_N, whole=True) or 1
+        lookup = _number(o, "prompt_lookup", 0, 16, whole=True)
         return Sampling(
             max_tokens=max_completion or max_tokens, default_max_tokens=d.max_tokens,
             temperature=float(pick("temperature", d.temperature)),
@@ -325,7 +326,8 @@ class TextGeneration(StreamingTask):
             seed=None if seed is None else seed % (1 << 31),
             stop=_stops(o.get("stop")), logprobs=wanted,
             n=n, echo=echo,
-            logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab))
+            logit_bias=_logit_bias(o.get("logit_bias"), self.n_vocab),
+            prompt_lookup=None if lookup is None else int(lookup))
 
     def generation(self, request: GenerationRequest, deliver: Any) -> Generation:
         return Generation([], request.sampling, deliver, request_id_var.get() or "-")
@@ -364,7 +366,7 @@ class TextGeneration(StreamingTask):
 _OPTION_NAMES = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                  "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "seed",
                  "stop", "logprobs", "top_logprobs", "n", "response_format", "logit_bias",
-                 "tools", "tool_choice", "parallel_tool_calls", "echo"}
+                 "tools", "tool_choice", "parallel_tool_calls", "echo", "prompt_lookup"}
 
 
 def _regex(text: str) -> str:

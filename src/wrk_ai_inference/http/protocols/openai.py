@@ -31,7 +31,8 @@ from .shared import first_event, json_body
 _COMMON = {"model", "stream", "stream_options", "user"}
 _SAMPLING = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "repeat_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
-             "logprobs", "top_logprobs", "n", "response_format", "logit_bias"}
+             "logprobs", "top_logprobs", "n", "response_format", "logit_bias",
+             "prompt_lookup"}
 _TOOLS = {"tools", "tool_choice", "parallel_tool_calls"}
 _CHAT_FIELDS = _COMMON | _SAMPLING | _TOOLS | {"messages"}
 _COMPLETION_FIELDS = (_COMMON | (_SAMPLING - {"max_completion_tokens", "top_logprobs"})

@@ -55,6 +55,8 @@ class Sampling:
     #: the prompt's tokens come back with their log-probabilities (``logprobs`` of them)
     echo: bool = False
     logit_bias: list[tuple[int, float]] = field(default_factory=list)  # (token, bias)
+    #: most tokens drafted by prompt lookup per step (greedy only); None: the model's own
+    prompt_lookup: int | None = None
 
 
 @dataclass

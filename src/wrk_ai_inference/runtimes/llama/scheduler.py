@@ -31,24 +31,32 @@ import numpy as np
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
 from .generation import Generation, check_fits
+from .lookup import PromptLookup
 from .prefix import BLOCK, PrefixHashes, shared_prefix, verified
 from .sequence import Sequence
 
 log = get_logger("llama")
 
 
+def batch_size(chunk: int, parallel: int, drafts: int) -> int:
+    """Tokens one step may decode: a prompt chunk, and each sequence's last token with its
+    draft."""
+    return chunk + parallel * (1 + drafts)
+
+
 class Scheduler:
     """The model's thread: owns the llama context, its batch and its sequences."""
 
     def __init__(self, lib: Any, llm: Any, ctx: Any, parallel: int, cells: int,
-                 chunk: int, model: str, prompt_cache: bool = True) -> None:
+                 chunk: int, model: str, prompt_cache: bool = True, drafts: int = 0) -> None:
         self._lib, self._llm, self._ctx, self.model = lib, llm, ctx, model
         self._vocab = llm._model.vocab
         self._n_vocab = int(llm.n_vocab())
         self._mem = lib.llama_get_memory(ctx)
         self._swa = int(lib.llama_model_n_swa(llm._model.model))
         self.parallel, self.cells, self.chunk = parallel, cells, chunk
-        self._batch = lib.llama_batch_init(chunk + parallel, 0, 1)
+        self.drafts = drafts  # most tokens a sequence may draft per step (prompt lookup)
+        self._batch = lib.llama_batch_init(batch_size(chunk, parallel, drafts), 0, 1)
         self.jobs: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._waiting: deque[Generation] = deque()
         self.slots: list[Sequence | None] = [None] * parallel
@@ -148,6 +156,12 @@ class Scheduler:
         if asked is not None:
             limit = min(limit, asked)
         seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
+        s = job.sampling
+        most = min(self.drafts, self.drafts if s.prompt_lookup is None else s.prompt_lookup)
+        if most > 0 and s.temperature == 0 and s.grammar is None and not s.echo:
+            # a draft is checked by equality: greedy only; a grammar checks one token at a
+            # time, and a scored prompt is read whole
+            seq.lookup = PromptLookup(prompt, most)
         sibling = next((s for s in self.slots
                         if s is not None and s.job is job and s.source is None), None)
         if sibling is not None:  # copies its prompt when it has been read
@@ -291,8 +305,35 @@ class Scheduler:
                 continue
             if seq.limit == 0:  # the prompt scored, nothing asked of the answer
                 self._end(seq, "length")
+            elif seq.drafts:
+                self._judge(seq)
             else:
                 self._advance(seq, seq.sample(self._ctx))
+
+    def _judge(self, seq: Sequence) -> None:
+        """Check a draft decoded after ``last``: the model's pick after ``last`` and after
+        each drafted token that was its pick, so the drafted tokens it agreed with and
+        one of its own are emitted, and the cells of the refused ones are dropped."""
+        drafts, seq.drafts = seq.drafts, []
+        first = seq.index  # the logits after ``last``; the draft's follow in the batch
+        picked = [(seq.sample(self._ctx), first)]  # (token, where its logits are)
+        for k, token in enumerate(drafts):
+            if picked[-1][0] != token:
+                break
+            seq.index = first + 1 + k
+            picked.append((seq.sample(self._ctx), seq.index))
+        accepted = len(picked) - 1
+        assert seq.lookup is not None
+        seq.lookup.judged(len(drafts), accepted)
+        keep = len(seq.kv) - (len(drafts) - accepted)
+        if keep < len(seq.kv):
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, keep, -1)
+            seq.trim(keep)
+        for token, index in picked:
+            seq.index = index  # its logprobs, where asked for, come from there
+            self._advance(seq, token)
+            if seq.sampler is None:  # it ended (a stop, the end of text, its length)
+                break
 
     def _emit(self, job: Generation, event: tuple[Any, ...]) -> None:
         """Hold ``event`` for ``job`` until the step's flush."""
@@ -365,6 +406,11 @@ class Scheduler:
             elif seq.last >= 0:
                 seq.index = n
                 n = self._put(b, n, seq, seq.last, True)
+                if seq.lookup is not None:
+                    room = min(seq.limit - seq.made - 1, self.cells - len(seq.kv) - 1)
+                    seq.drafts = seq.lookup.draft(room)
+                    for token in seq.drafts:
+                        n = self._put(b, n, seq, token, True)
         b.n_tokens = n
         return n
 
@@ -389,6 +435,8 @@ class Scheduler:
         seq.made += 1
         job.made += 1
         logprob = self._logprob(seq, token) if job.sampling.logprobs is not None else None
+        if seq.lookup is not None:
+            seq.lookup.append(token)
         text, stopped = seq.text(token)
         if text or logprob is not None:
             self._emit(job, ("delta", seq.choice, text, logprob))
@@ -404,6 +452,8 @@ class Scheduler:
         """Finish one choice and free its slot; the others carry on. ``drop``: its cells
         cannot be trusted (a failed or aborted decode), so none is kept for reuse."""
         job = seq.job
+        if seq.lookup is not None and seq.lookup.drafted:
+            self._emit(job, ("drafts", seq.lookup.drafted, seq.lookup.accepted))
         if not quiet:
             rest = seq.rest(reason)
             if rest:

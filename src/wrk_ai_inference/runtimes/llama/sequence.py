@@ -19,7 +19,8 @@ import numpy as np
 
 from ...errors import InferenceError
 from .generation import Generation, Grammar, StopFilter
-from .prefix import PrefixHashes
+from .lookup import PromptLookup
+from .prefix import BLOCK, PrefixHashes
 
 PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp-python's)
 
@@ -94,11 +95,6 @@ class GrammarCheck:
         lib.llama_sampler_accept(chain, token)
         return token
 
-    def holds(self, tokens: list[int]) -> None:
-        """Its cells now hold ``tokens`` (a reused prefix, a sibling's prompt)."""
-        self.kv = tokens
-        self.hashes = PrefixHashes()
-
     def close(self) -> None:
         if self.sampler:
             self._lib.llama_sampler_free(self.sampler)
@@ -137,6 +133,8 @@ class Sequence:
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
         self.hashes = PrefixHashes()  # of ``kv``'s whole blocks, brought up to date on use
+        self.lookup: PromptLookup | None = None  # drafts for speculative decoding
+        self.drafts: list[int] = []  # this step's draft, after ``last`` in the batch
         self.source: Sequence | None = None  # a sequence whose reading it will copy
         self.share = 0  # how many of the source's first cells it copies
         self.last = -1  # the token sampled last, decoded at the next step
@@ -149,6 +147,13 @@ class Sequence:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopFilter(s.stop)
         self._piece = ctypes.create_string_buffer(256)
+
+    def trim(self, keep: int) -> None:
+        """Only the first ``keep`` of its cells stay (a refused draft's go)."""
+        if keep < len(self.kv):
+            del self.kv[keep:]
+            if len(self.hashes.hashes) * BLOCK > keep:
+                self.hashes = PrefixHashes()
 
     def holds(self, tokens: list[int]) -> None:
         """Its cells now hold ``tokens`` (a reused prefix, a sibling's prompt)."""

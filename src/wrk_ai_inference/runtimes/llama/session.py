@@ -25,7 +25,7 @@ from ...errors import InferenceError, first_line
 from ...logs import get_logger
 from ..base import ModelSession, RunHandle, SequenceUse, Tensors, missing_extra, spec_threads
 from .generation import Generation
-from .scheduler import Scheduler
+from .scheduler import Scheduler, batch_size
 
 if TYPE_CHECKING:
     from ...models.spec import ModelSpec
@@ -62,7 +62,8 @@ class LlamaSession(ModelSession):
         self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
         self._parsed: set[bytes] = set()  # digests of grammars llama.cpp accepted
         self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
-                                    spec.prompt_chunk, model, spec.prompt_cache)
+                                    spec.prompt_chunk, model, spec.prompt_cache,
+                                    spec.prompt_lookup)
         self._submitted = 0
         self._thread = threading.Thread(target=self._scheduler.serve, name=f"llama-{model}",
                                         daemon=True)
@@ -189,7 +190,8 @@ class LlamaRuntime:
             setattr(params, name, getattr(llm.context_params, name))
         params.n_threads = params.n_threads_batch = threads
         params.n_ctx = spec.context_length * spec.parallel
-        params.n_batch = params.n_ubatch = spec.prompt_chunk + spec.parallel
+        params.n_batch = params.n_ubatch = batch_size(spec.prompt_chunk, spec.parallel,
+                                                      spec.prompt_lookup)
         params.n_seq_max = spec.parallel
         params.kv_unified = False
         params.swa_full = False  # a sliding-window layer keeps its window only (as llama-server)
