@@ -156,9 +156,11 @@ class Scheduler:
         if asked is not None:
             limit = min(limit, asked)
         seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
-        s = job.sampling
-        most = min(self.drafts, self.drafts if s.prompt_lookup is None else s.prompt_lookup)
-        if most > 0 and s.temperature == 0 and s.grammar is None and not s.echo:
+        sampling = job.sampling
+        wanted = sampling.prompt_lookup
+        most = min(self.drafts, self.drafts if wanted is None else wanted)
+        if (most > 0 and sampling.temperature == 0 and sampling.grammar is None
+                and not sampling.echo):
             # a draft is checked by equality: greedy only; a grammar checks one token at a
             # time, and a scored prompt is read whole
             seq.lookup = PromptLookup(prompt, most)
