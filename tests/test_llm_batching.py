@@ -417,7 +417,7 @@ async def test_prompt_lookup_drafts_answers_as_without_and_counts_its_acceptance
         note = _agree(plain, drafted)
         print(f"list: {taken:.0f} of {more:.0f} drafted tokens taken; against no drafts: "  # noqa: T201
               f"{note}")
-        assert 0 < more and taken < more, (more, taken)
+        assert more > 0 and taken < more, (more, taken)
         assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
     finally:
         await worker.stop()
