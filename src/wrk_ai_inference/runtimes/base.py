@@ -9,11 +9,12 @@ while the slot stays counted.
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -96,7 +97,12 @@ def spec_threads(spec: ModelSpec) -> int:
     return spec.threads or len(os.sched_getaffinity(0))
 
 
-def missing_extra(model: str, what: str, extra: str) -> InferenceError:
-    """The load error of a model whose runtime's optional package is not installed."""
-    return InferenceError("ERR_MODEL_LOAD_FAILED",
-                          f"model '{model}': {what} (pip install 'wrk-ai-inference[{extra}]')")
+def import_extra(module: str, model: str, what: str, extra: str) -> Any:
+    """``module`` of a runtime's optional package, imported when a model first needs it; a
+    load error naming the extra to install when it is absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise InferenceError("ERR_MODEL_LOAD_FAILED",
+                             f"model '{model}': {what} (pip install "
+                             f"'wrk-ai-inference[{extra}]', or `make setup`)") from exc

@@ -18,19 +18,7 @@ import numpy as np
 
 from ..errors import InferenceError, first_line
 from ..models.spec import ModelSpec, TensorSpec
-from .base import ModelSession, RunHandle, Tensors
-
-EXTRA_HINT = "pip install 'wrk-ai-inference[torch]' (or `make setup`, which installs it)"
-
-
-def import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise InferenceError("ERR_MODEL_LOAD_FAILED",
-                             f"torch models need the optional torch extra: {EXTRA_HINT}"
-                             ) from exc
-    return torch
+from .base import ModelSession, RunHandle, Tensors, import_extra
 
 
 class TorchSession(ModelSession):
@@ -75,7 +63,7 @@ class TorchRuntime:
         self.intra_threads = intra_threads
 
     def load(self, artifact: Path, spec: ModelSpec, model: str = "?") -> TorchSession:
-        torch = import_torch()
+        torch = import_extra("torch", model, "torch models need PyTorch", "torch")
         if not spec.inputs or not spec.outputs:
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model}': torch models must declare inputs and "

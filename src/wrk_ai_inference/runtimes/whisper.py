@@ -28,7 +28,7 @@ import psutil
 from ..errors import InferenceError, without_paths
 from ..logs import get_logger
 from ..models.spec import ModelSpec, TensorSpec
-from .base import ModelSession, RunHandle, Tensors, missing_extra, spec_threads
+from .base import ModelSession, RunHandle, Tensors, import_extra, spec_threads
 from .whisper_child import FrameBuffer, frame
 
 log = get_logger("whisper")
@@ -192,10 +192,8 @@ class WhisperRuntime:
     name = "whisper"
 
     def load(self, artifact: Path, spec: ModelSpec, model: str) -> ModelSession:
-        try:
-            import faster_whisper  # noqa: F401 - the child imports it; say so here if absent
-        except ImportError as exc:
-            raise missing_extra(model, "speech-to-text needs faster-whisper", "audio") from exc
+        # the child imports it: say so here if it is absent
+        import_extra("faster_whisper", model, "speech-to-text needs faster-whisper", "audio")
         command = [sys.executable, "-m", "wrk_ai_inference.runtimes.whisper_child",
                    str(artifact.parent), spec.compute_type, str(spec_threads(spec))]
         child, multilingual = start_child(command, model)

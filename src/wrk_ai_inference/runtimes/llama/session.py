@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InferenceError, first_line
 from ...logs import get_logger
-from ..base import ModelSession, RunHandle, SequenceUse, Tensors, missing_extra, spec_threads
+from ..base import ModelSession, RunHandle, SequenceUse, Tensors, import_extra, spec_threads
 from .generation import Generation
 from .scheduler import Scheduler, batch_size
 
@@ -170,17 +170,14 @@ class LlamaRuntime:
     name = "llama"
 
     def load(self, artifact: Path, spec: ModelSpec, model: str) -> ModelSession:
-        try:
-            import llama_cpp
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise missing_extra(model, "GGUF models need llama-cpp-python", "llm") from exc
+        llama_cpp = import_extra("llama_cpp", model, "GGUF models need llama-cpp-python",
+                                 "llm")
         threads = spec_threads(spec)
         try:
             # its own context stays minimal: generation runs on the one made below
-            llm = Llama(str(artifact), n_ctx=256, n_batch=256, n_threads=threads,
-                        n_threads_batch=threads, flash_attn=spec.flash_attention, seed=0,
-                        verbose=False)
+            llm = llama_cpp.Llama(str(artifact), n_ctx=256, n_batch=256, n_threads=threads,
+                                  n_threads_batch=threads, flash_attn=spec.flash_attention,
+                                  seed=0, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise InferenceError("ERR_MODEL_LOAD_FAILED",
                                  f"model '{model}': llama.cpp cannot load {spec.file}: "
