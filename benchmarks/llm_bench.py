@@ -178,18 +178,20 @@ def largest_customer(orders, tax_rate=0.2):
     best = max(totals, key=totals.get)
     return best, totals[best]
 """
-#: (the request's text, its extra options): a code edit that copies most of its prompt,
-#: and a question whose answer copies nothing from it
-SPECULATION_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "copy": ("Rewrite this code with the parameter `tax_rate` renamed to `vat`. Output "
-             "only the code.\n\n" + CODE, {}),
-    "no copy": ("Explain how a refrigerator keeps food cold, in detail.", {}),
+#: a code edit that copies most of its prompt, and a question whose answer copies nothing
+SPECULATION_TASKS = {
+    "copy": "Rewrite this code with the parameter `tax_rate` renamed to `vat`. Output only "
+            "the code.\n\n" + CODE,
+    "no copy": "Explain how a refrigerator keeps food cold, in detail.",
 }
 SPECULATION_MODEL = "qwen2.5-coder"
 
 
 def chat_once(url: str, model: str, tokens: int, client: httpx.AsyncClient, content: str,
-              extra: dict[str, Any]) -> Client:
+              drafts: bool) -> Client:
+    """The same greedy chat each time, with prompt-lookup drafts (the model's) or none."""
+    extra = {} if drafts else {"prompt_lookup": 0}
+
     async def one() -> Sample:
         return await streamed(client, url + "/v1/chat/completions", {
             "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
@@ -202,11 +204,10 @@ async def speculation(bench: Bench, repo: Path, client: httpx.AsyncClient) -> No
     """The speculation section: one client, each task with and without drafts."""
     served = f"{SPECULATION_MODEL}-lookup"
     with _worker(repo, served) as url:
-        for task, (content, extra) in SPECULATION_TASKS.items():
+        for task, content in SPECULATION_TASKS.items():
             await bench.measure(f"lookup {task}", 1, {
-                "drafts": chat_once(url, served, 320, client, content, extra),
-                "no drafts": chat_once(url, served, 320, client, content,
-                                       {**extra, "prompt_lookup": 0})})
+                "drafts": chat_once(url, served, 320, client, content, True),
+                "no drafts": chat_once(url, served, 320, client, content, False)})
 
 
 def in_process(gguf: Path, tokens: int) -> Client:

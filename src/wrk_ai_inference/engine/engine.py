@@ -422,21 +422,7 @@ class InferenceEngine:
                    "n": request.sampling.n}
             while True:
                 kind, *rest = await events.get()
-                if kind == "error":
-                    ended = True
-                    raise rest[0]
-                if kind == "expired":
-                    raise self._timeout("while generating")
-                if kind == "prompt":
-                    tokens.prompt = rest[0]
-                elif kind == "cached":  # prompt tokens whose cells were reused, not read
-                    tokens.cached = rest[0]
-                elif kind == "drafts":  # (drafted, accepted) by a choice's speculation
-                    self.metrics.draft_tokens.labels(model_id).inc(rest[0])
-                    self.metrics.draft_accepted.labels(model_id).inc(rest[1])
-                elif kind == "promptLogprobs":  # echo: the prompt's tokens, scored
-                    yield {"type": "promptLogprobs", "index": rest[0], "entries": rest[1]}
-                elif kind == "delta":
+                if kind == "delta":  # the most frequent: first
                     now = time.perf_counter()
                     if tokens.first_s is None:
                         tokens.first_s = now
@@ -446,16 +432,30 @@ class InferenceEngine:
                     tokens.last_s = now
                     for out in shaper.delta(rest[0], rest[1], rest[2]):
                         yield out
-                elif kind == "media":  # (seconds of audio, seconds it took) of a whole input
-                    self.metrics.audio_seconds.labels(model_id).inc(rest[0])
-                    if rest[0] > 0:
-                        self.metrics.real_time_factor.labels(model_id).observe(rest[1] / rest[0])
+                elif kind == "error":
+                    ended = True
+                    raise rest[0]
+                elif kind == "expired":
+                    raise self._timeout("while generating")
+                elif kind == "prompt":
+                    tokens.prompt = rest[0]
+                elif kind == "promptLogprobs":  # echo: the prompt's tokens, scored
+                    yield {"type": "promptLogprobs", "index": rest[0], "entries": rest[1]}
                 elif kind == "finish":
                     if rest[1] == "deadline":
                         continue  # answered at the end, once the thread is done
                     tokens.completion += rest[2]
                     for out in shaper.finish(rest[0], rest[1], rest[3]):
                         yield out
+                elif kind == "cached":  # prompt tokens whose cells were reused, not read
+                    tokens.cached = rest[0]
+                elif kind == "drafts":  # (drafted, accepted) by a choice's speculation
+                    self.metrics.draft_tokens.labels(model_id).inc(rest[0])
+                    self.metrics.draft_accepted.labels(model_id).inc(rest[1])
+                elif kind == "media":  # (seconds of audio, seconds it took) of a whole input
+                    self.metrics.audio_seconds.labels(model_id).inc(rest[0])
+                    if rest[0] > 0:
+                        self.metrics.real_time_factor.labels(model_id).observe(rest[1] / rest[0])
                 else:  # end
                     ended = True
                     if rest[0] == "deadline":
