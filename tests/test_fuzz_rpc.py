@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+from wrk_ai_inference import framing
 from wrk_ai_inference.errors import HTTP_STATUS
-from wrk_ai_inference.p2p import framing
 from wrk_ai_inference.p2p.sidecar import Sidecar
 from wrk_ai_inference.rpc.client import RpcClient
 from wrk_ai_inference.rpc.methods import METHODS

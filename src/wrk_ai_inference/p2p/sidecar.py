@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .. import framing
 from ..errors import InferenceError
 from ..logs import get_logger
-from . import framing
 
 log = get_logger("p2p.sidecar")
 

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import psutil
 
+from .. import framing
 from ..errors import InferenceError, without_paths
 from ..logs import get_logger
 from ..models.spec import ModelSpec, TensorSpec
 from .base import ModelSession, RunHandle, Tensors, import_extra, spec_threads
-from .whisper_child import FrameBuffer, frame
+from .whisper_child import FrameBuffer
 
 log = get_logger("whisper")
 
@@ -72,7 +73,7 @@ class WhisperChild:
     def send(self, header: dict[str, Any], payload: bytes) -> None:
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(frame(header, payload))
+            self.process.stdin.write(framing.encode(header, payload))
         except (BrokenPipeError, OSError) as exc:
             raise ChildFailed("the transcription process is gone") from exc
 

@@ -7,57 +7,47 @@ once: the CPU is idle and the slot free as soon as the stop is seen. The child h
 model, reads jobs on stdin and writes its answers on the stdout it was given; everything
 else it or its libraries print goes to stderr.
 
-A message is ``<header bytes: u32><payload bytes: u64>`` then a JSON header, then the
-payload (the audio, as float32 samples, from the worker; nothing the other way). The
-child ends when its stdin closes (the worker went away) or when it is killed.
+Messages are the sidecar's frames (``framing.py``): a JSON header, and a body that holds
+the audio as float32 samples from the worker (nothing the other way). The child ends
+when its stdin closes (the worker went away) or when it is killed.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import threading
 import time
 from typing import Any, BinaryIO
 
-import orjson
-
-FRAME = struct.Struct("<IQ")
-
-
-def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    encoded = orjson.dumps(header)
-    return FRAME.pack(len(encoded), len(payload)) + encoded + payload
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    data = stream.read(size) if size else b""
-    if len(data) != size:
-        raise EOFError
-    return data
+from .. import framing
 
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes]:
-    head, body = FRAME.unpack(_read_exactly(stream, FRAME.size))
-    header = orjson.loads(_read_exactly(stream, head))
-    return header, _read_exactly(stream, body)
+    """One frame from a blocking stream; EOFError at its end."""
+    prefix = stream.read(4)
+    if len(prefix) != 4:
+        raise EOFError
+    total = framing.read_length(prefix)
+    frame = stream.read(total)
+    if len(frame) != total:
+        raise EOFError
+    return framing.decode(frame)
 
 
 class FrameBuffer:
-    """The worker's side: bytes as they arrive, whole messages out."""
+    """The worker's side: bytes as they arrive, whole frames' headers out."""
 
     def __init__(self) -> None:
         self.data = bytearray()
 
     def messages(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        while len(self.data) >= FRAME.size:
-            head, body = FRAME.unpack_from(self.data)
-            end = FRAME.size + head + body
+        while len(self.data) >= 4:
+            end = 4 + framing.read_length(bytes(self.data[:4]))
             if len(self.data) < end:
                 break
-            out.append(orjson.loads(bytes(self.data[FRAME.size:FRAME.size + head])))
+            out.append(framing.decode(bytes(self.data[4:end]))[0])
             del self.data[:end]
         return out
 
@@ -84,10 +74,10 @@ def _serve(folder: str, compute_type: str, threads: int, out: BinaryIO) -> None:
         model = WhisperModel(folder, device="cpu", compute_type=compute_type,
                              cpu_threads=threads, num_workers=1)
     except (ValueError, RuntimeError, OSError) as exc:
-        out.write(frame({"failed": str(exc).strip().splitlines()[0] if str(exc) else
+        out.write(framing.encode({"failed": str(exc).strip().splitlines()[0] if str(exc) else
                          type(exc).__name__}))
         return
-    out.write(frame({"ready": True, "multilingual": bool(model.model.is_multilingual)}))
+    out.write(framing.encode({"ready": True, "multilingual": bool(model.model.is_multilingual)}))
     stdin = sys.stdin.buffer
     while True:
         try:
@@ -98,11 +88,11 @@ def _serve(folder: str, compute_type: str, threads: int, out: BinaryIO) -> None:
         try:
             segments, info = model.transcribe(samples, **job["options"])
             for segment in segments:  # each decoded window yields its segments
-                out.write(frame({"segment": _segment(segment, job["words"])}))
+                out.write(framing.encode({"segment": _segment(segment, job["words"])}))
         except Exception as exc:  # the worker logs it and answers the client
-            out.write(frame({"error": f"{type(exc).__name__}: {exc}"}))
+            out.write(framing.encode({"error": f"{type(exc).__name__}: {exc}"}))
             continue
-        out.write(frame({"done": {"language": info.language}}))
+        out.write(framing.encode({"done": {"language": info.language}}))
 
 
 def _exit_with(parent: int) -> None:

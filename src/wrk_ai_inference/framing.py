@@ -1,8 +1,9 @@
-"""Length-prefixed frames between Python and the Node sidecar.
+"""Length-prefixed frames between the worker and its child processes (the Node sidecar,
+the Whisper children).
 
 ``u32be total | u32be headerLength | header JSON | body bytes``: the JSON header
-carries the routing (type, id, method) and the body carries the RPC payload
-untouched, so payloads are never JSON-escaped twice.
+carries the routing (type, id, method) and the body carries the payload (an RPC's,
+audio samples) untouched, so payloads are never JSON-escaped twice.
 """
 
 from __future__ import annotations
