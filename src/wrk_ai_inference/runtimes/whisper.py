@@ -37,6 +37,15 @@ log = get_logger("whisper")
 #: how often a transcription's driver looks for a stop while the child decodes
 STOP_POLL_S = 0.02
 
+#: glibc's allocator as the children run it (mallopt(3); a setting already in the worker's
+#: environment wins). A transcription allocates and frees arrays of megabytes (log-mel
+#: features, CTranslate2's buffers); by default each is a fresh mmap handed back to the
+#: kernel when freed, so every transcription faults its pages in again and much of a busy
+#: child's CPU time goes to the kernel. Kept in the heap instead, the pages stay mapped for
+#: the next one, at the price of a child's resident memory staying near its peak (up to
+#: this much free memory is kept). ``make bench-speech`` measures both.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
 
 class ChildFailed(RuntimeError):
     """A child process ended or answered an error; the worker logs it, the client gets
@@ -48,7 +57,8 @@ class WhisperChild:
 
     def __init__(self, command: list[str]) -> None:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, bufsize=0)
+                                        stdout=subprocess.PIPE, bufsize=0,
+                                        env={**ALLOCATOR, **os.environ})
         self.buffer = FrameBuffer()
         self.pending: list[dict[str, Any]] = []
 
