@@ -8,8 +8,11 @@ the same work) through ``whisper-tiny-en``, ``--count`` times; the real-time fac
              beam 5, threads = usable cores): one transcription after another, then four
              at once (four threads on one model with four CTranslate2 workers)
   worker     the worker's seed API: one request after another, then four at once
-interleaved over rounds, medians printed with the ratio ceiling / worker (1.0: as fast as
-the library itself). Loopback only, bounded.
+(``--ceiling-allocator worker`` gives the ceiling the allocator settings the worker gives
+its transcription children, ``runtimes/whisper.py``'s ``ALLOCATOR``)
+interleaved over rounds (the ceiling first in even rounds, the worker first in odd ones),
+medians printed with the ratio ceiling / worker (1.0: as fast as the library itself) and
+each round's ratio. Loopback only, bounded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import base64
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import free_port, server  # noqa: E402
+from wrk_ai_inference.runtimes.whisper import ALLOCATOR  # noqa: E402
 from wrk_ai_inference.tasks.speech_to_text import decode  # noqa: E402
 
 MODEL = ROOT / "examples" / "models" / "whisper-tiny-en"
@@ -45,13 +50,21 @@ def say(line: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=12, help="transcriptions per point")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=24, help="transcriptions per point")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ceiling-allocator", choices=("glibc", "worker"), default="glibc",
+                        help="the in-process ceiling with glibc's default allocator settings "
+                             "(as a program calling faster-whisper has them) or with the ones "
+                             "the worker gives its transcription children")
     args = parser.parse_args()
+    if args.ceiling_allocator == "worker" and any(k not in os.environ for k in ALLOCATOR):
+        # glibc reads them at start: run this bench again with them set
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**ALLOCATOR, **os.environ})
     from faster_whisper import WhisperModel
 
     wav, samples = recording()
-    duration = samples.size / 16000 * args.count
+    n = int(args.count)
+    duration = samples.size / 16000 * n
     threads = len(os.sched_getaffinity(0))
     one_model = WhisperModel(str(MODEL), device="cpu", compute_type="int8",
                              cpu_threads=threads, num_workers=1)
@@ -73,37 +86,57 @@ def main() -> int:
     results: dict[str, list[float]] = {k: [] for k in
                                        ("ceiling-1", "worker-1", "ceiling-4", "worker-4")}
 
+    pool = ThreadPoolExecutor(4)
+    # one client for every call, as a real one keeps its connections: a new httpx client
+    # builds an SSL context, tens of milliseconds of the bench's CPU that the worker's
+    # figure would carry
+    http = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=4))
+
     def worker_call() -> None:
-        reply = httpx.post(f"{url}/api/inference/whisper-tiny-en", json=body, timeout=600)
+        reply = http.post(f"{url}/api/inference/whisper-tiny-en", json=body)
         assert reply.status_code == 200, reply.text
 
-    with server(args_worker, f"{url}/health"), ThreadPoolExecutor(4) as pool:
-        worker_call()  # warm: the first run allocates
+    def one_after_another(call: Callable[[], None]) -> None:
+        for _ in range(n):
+            call()
+
+    def four_at_once(call: Callable[[], None]) -> None:
+        list(pool.map(lambda _: call(), range(n)))
+
+    points: dict[str, Callable[[], None]] = {
+        "ceiling-1": lambda: one_after_another(lambda: in_process(one_model)),
+        "worker-1": lambda: one_after_another(worker_call),
+        "ceiling-4": lambda: four_at_once(lambda: in_process(four_model)),
+        "worker-4": lambda: four_at_once(worker_call),
+    }
+
+    def timed(point: str) -> float:
+        started = time.perf_counter()
+        points[point]()
+        return (time.perf_counter() - started) / duration
+
+    with server(args_worker, f"{url}/health"), pool, http:
+        # warm: a first run allocates, and the worker starts its four children
         in_process(one_model)
-        in_process(four_model)
-        for _ in range(args.rounds):
-            n = args.count
-            started = time.perf_counter()
-            for _ in range(n):
-                in_process(one_model)
-            results["ceiling-1"].append((time.perf_counter() - started) / duration)
-            started = time.perf_counter()
-            for _ in range(n):
-                worker_call()
-            results["worker-1"].append((time.perf_counter() - started) / duration)
-            started = time.perf_counter()
-            list(pool.map(lambda _: in_process(four_model), range(n)))
-            results["ceiling-4"].append((time.perf_counter() - started) / duration)
-            started = time.perf_counter()
-            list(pool.map(lambda _: worker_call(), range(n)))
-            results["worker-4"].append((time.perf_counter() - started) / duration)
+        list(pool.map(lambda _: in_process(four_model), range(4)))
+        list(pool.map(lambda _: worker_call(), range(4)))
+        for round_ in range(args.rounds):
+            for at_once in ("1", "4"):
+                # ceiling first in even rounds, worker first in odd ones: the machine's
+                # drift within a round (a neighbour's load, clocks) falls on both sides
+                order = ("ceiling", "worker") if round_ % 2 == 0 else ("worker", "ceiling")
+                for side in order:
+                    results[f"{side}-{at_once}"].append(timed(f"{side}-{at_once}"))
     medians = {k: float(np.median(v)) for k, v in results.items()}
-    say(f"whisper-tiny-en, {args.count} x {samples.size / 16000:.2f} s of speech, {threads} "
-        f"threads, median of {args.rounds} rounds; real-time factor (lower is faster):")
-    for n in ("1", "4"):
-        ceiling, worker = medians[f"ceiling-{n}"], medians[f"worker-{n}"]
-        say(f"  {n} at once: in process {ceiling:.4f}, worker {worker:.4f}, "
-            f"worker at x{ceiling / worker:.3f} of the ceiling's speed")
+    say(f"whisper-tiny-en, {n} x {samples.size / 16000:.2f} s of speech, {threads} "
+        f"threads, median of {args.rounds} rounds, the ceiling on {args.ceiling_allocator}'s "
+        f"allocator settings; real-time factor (lower is faster):")
+    for at_once in ("1", "4"):
+        ceiling, worker = medians[f"ceiling-{at_once}"], medians[f"worker-{at_once}"]
+        pairs = zip(results[f"ceiling-{at_once}"], results[f"worker-{at_once}"], strict=True)
+        rounds = ", ".join(f"x{c / w:.3f}" for c, w in pairs)
+        say(f"  {at_once} at once: in process {ceiling:.4f}, worker {worker:.4f}, "
+            f"worker at x{ceiling / worker:.3f} of the ceiling's speed (rounds: {rounds})")
     return 0
 
 
