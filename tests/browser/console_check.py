@@ -291,19 +291,26 @@ def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
         shoot(browser, "models")
 
 
+def request_rows(browser: WebDriver) -> list[str]:
+    """The requests table's rows as text, read in one script: the page redraws the table
+    as requests come, so a row element found in one call can be gone by the next."""
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#req-body tr')].map(row => row.innerText)")
+    return [str(row) for row in rows]
+
+
 def test_requests_page_lists_failures_first(browser: WebDriver, worker: Worker) -> None:
     bad = httpx.post(f"{worker.url}/api/inference/digits", json={"inputData": [1, 2]},
                      headers={"X-Request-Id": "console-bad-1"}, timeout=10)
     assert bad.status_code == 400
     browser.get(worker.url + "/#requests")
-    first = wait_for("the failed request on top", lambda: (rows := browser.find_elements(
-        By.CSS_SELECTOR, "#req-body tr")) and "console-bad-1" in rows[0].text and rows[0].text)
+    first = wait_for("the failed request on top", lambda: (rows := request_rows(browser))
+                     and "console-bad-1" in rows[0] and rows[0])
     assert "ERR_INVALID_INPUT" in first or "ERR_" in first
     assert "seed" in first
     search = browser.find_element(By.ID, "req-filter")
     search.send_keys("console-bad")
-    wait_for("the filter", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#req-body tr"))
-             == 1)
+    wait_for("the filter", lambda: len(request_rows(browser)) == 1)
     search.clear()
     search.send_keys(" ")
     shoot(browser, "requests")
