@@ -130,13 +130,18 @@ def test_a_streamed_transcription_joins_to_the_same_text(client: OpenAI) -> None
                                 *expected("counting")]
 
 
+def seed(worker: Worker, recording: bytes, **options: Any) -> httpx.Response:
+    """A transcription through the seed API, the audio as base64."""
+    return httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
+        "inputData": {"audio": base64.b64encode(recording).decode()}, "options": options})
+
+
 def test_the_seed_api_gives_the_same_text(worker: Worker, client: OpenAI) -> None:
     recording = (AUDIO / "quick_brown_fox.wav").read_bytes()
-    seed = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
-        "inputData": {"audio": base64.b64encode(recording).decode()}}).json()
+    answer = seed(worker, recording).json()
     openai = client.audio.transcriptions.create(model=MODEL, file=("fox.wav", recording))
-    assert seed["success"] and seed["result"]["text"] == openai.text
-    assert seed["result"]["segments"][0]["start"] == 0.0
+    assert answer["success"] and answer["result"]["text"] == openai.text
+    assert answer["result"]["segments"][0]["start"] == 0.0
 
 
 def _metric(worker: Worker, name: str) -> float:
@@ -148,18 +153,23 @@ def _metric(worker: Worker, name: str) -> float:
 def test_audio_seconds_and_real_time_factor_are_metrics(worker: Worker) -> None:
     before = _metric(worker, "wrk_audio_seconds_total")
     runs = _metric(worker, "wrk_audio_real_time_factor_count")
-    recording = (AUDIO / "counting.wav").read_bytes()
-    assert httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
-        "inputData": {"audio": base64.b64encode(recording).decode()}}).json()["success"]
+    assert seed(worker, (AUDIO / "counting.wav").read_bytes()).json()["success"]
     assert 2.9 < _metric(worker, "wrk_audio_seconds_total") - before < 3.1
     assert _metric(worker, "wrk_audio_real_time_factor_count") == runs + 1
     assert 0 < _metric(worker, "wrk_audio_real_time_factor_sum") < runs + 2
 
 
+def _processes(worker: Worker, itself: bool = True) -> list[psutil.Process]:
+    """The worker (unless ``itself`` is false) and every process it started (the
+    transcription children)."""
+    tree = psutil.Process(worker.proc.pid)
+    return [*([tree] if itself else []), *tree.children(recursive=True)]
+
+
 def _minor_faults(worker: Worker) -> int:
     """Pages the worker's children have faulted in so far (/proc/PID/stat, field 10)."""
     total = 0
-    for child in psutil.Process(worker.proc.pid).children(recursive=True):
+    for child in _processes(worker, itself=False):
         try:
             stat = Path(f"/proc/{child.pid}/stat").read_text()
         except OSError:
@@ -172,11 +182,10 @@ def test_a_child_keeps_its_pages_between_transcriptions(worker: Worker) -> None:
     """The children's allocator keeps freed memory mapped (``whisper.ALLOCATOR``): with
     glibc's defaults every transcription of this recording faults in tens of thousands of
     pages again, each a trip to the kernel."""
-    body = {"inputData": {"audio": base64.b64encode(
-        (AUDIO / "quick_brown_fox.wav").read_bytes()).decode()}}
+    recording = (AUDIO / "quick_brown_fox.wav").read_bytes()
 
     def transcribe() -> None:
-        reply = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json=body)
+        reply = seed(worker, recording)
         assert reply.json()["success"], reply.text
 
     transcribe()  # warm: the first one grows the heap
@@ -277,9 +286,8 @@ def _stops(worker: Worker, reason: str) -> list[dict[str, Any]]:
 
 def _cpu_seconds(worker: Worker) -> float:
     """CPU time of the worker and every process it started (the transcription children)."""
-    tree = psutil.Process(worker.proc.pid)
     total = 0.0
-    for proc in [tree, *tree.children(recursive=True)]:
+    for proc in _processes(worker):
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
@@ -305,18 +313,16 @@ def _idle_after_stop(worker: Worker, reason: str) -> float:
 
 
 def test_a_deadline_and_a_cancel_stop_a_long_recording(worker: Worker) -> None:
-    audio = base64.b64encode(long_recording(60)).decode()
+    audio = long_recording(60)
     started = time.monotonic()
-    late = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
-        "inputData": {"audio": audio}, "options": {"timeout": 1500}})
+    late = seed(worker, audio, timeout=1500)
     assert late.status_code == 504 and time.monotonic() - started < 10
     assert _idle_after_stop(worker, "deadline") < 300
 
     answer: dict[str, Any] = {}
 
     def run() -> None:
-        answer.update(httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
-            "inputData": {"audio": audio}, "options": {"inferenceId": "long-talk"}}).json())
+        answer.update(seed(worker, audio, inferenceId="long-talk").json())
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -328,9 +334,7 @@ def test_a_deadline_and_a_cancel_stop_a_long_recording(worker: Worker) -> None:
     assert answer["result"]["finishReason"] == "cancelled", answer
     assert _idle_after_stop(worker, "cancelled") < 300
     # the killed child is replaced by the next request that needs one
-    again = httpx.post(f"{worker.url}/api/inference/{MODEL}", timeout=60, json={
-        "inputData": {"audio": base64.b64encode(
-            (AUDIO / "hello_world.wav").read_bytes()).decode()}})
+    again = seed(worker, (AUDIO / "hello_world.wav").read_bytes())
     assert words(again.json()["result"]["text"]) == expected("hello_world")
 
 

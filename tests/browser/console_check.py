@@ -101,6 +101,15 @@ def text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
+def texts(driver: WebDriver, selector: str) -> list[str]:
+    """The text of every element the selector finds, read in one script: the page redraws
+    its tables from the live feed, so an element found in one WebDriver call can be gone
+    by the next."""
+    found = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", selector)
+    return [str(one) for one in found]
+
+
 def test_overview_lists_the_loaded_models_and_moves_under_load(browser: WebDriver,
                                                                worker: Worker) -> None:
     started = time.monotonic()
@@ -239,9 +248,8 @@ def test_embeddings_images_and_drawn_digits(browser: WebDriver, worker: Worker,
 def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
                                                           worker: Worker) -> None:
     browser.get(worker.url + "/#models")
-    wait_for("the models table", lambda: browser.find_elements(
-        By.CSS_SELECTOR, "tr[data-model=peer-model]"))
-    assert "drive" in browser.find_element(By.CSS_SELECTOR, "tr[data-model=peer-model]").text
+    row = wait_for("the models table", lambda: texts(browser, "tr[data-model=peer-model]"))
+    assert "drive" in row[0]
 
     shares: list[float] = []
     load = threading.Thread(target=lambda: httpx.post(
@@ -291,26 +299,18 @@ def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
         shoot(browser, "models")
 
 
-def request_rows(browser: WebDriver) -> list[str]:
-    """The requests table's rows as text, read in one script: the page redraws the table
-    as requests come, so a row element found in one call can be gone by the next."""
-    rows = browser.execute_script(
-        "return [...document.querySelectorAll('#req-body tr')].map(row => row.innerText)")
-    return [str(row) for row in rows]
-
-
 def test_requests_page_lists_failures_first(browser: WebDriver, worker: Worker) -> None:
     bad = httpx.post(f"{worker.url}/api/inference/digits", json={"inputData": [1, 2]},
                      headers={"X-Request-Id": "console-bad-1"}, timeout=10)
     assert bad.status_code == 400
     browser.get(worker.url + "/#requests")
-    first = wait_for("the failed request on top", lambda: (rows := request_rows(browser))
-                     and "console-bad-1" in rows[0] and rows[0])
+    first = wait_for("the failed request on top", lambda: (rows := texts(
+        browser, "#req-body tr")) and "console-bad-1" in rows[0] and rows[0])
     assert "ERR_INVALID_INPUT" in first or "ERR_" in first
     assert "seed" in first
     search = browser.find_element(By.ID, "req-filter")
     search.send_keys("console-bad")
-    wait_for("the filter", lambda: len(request_rows(browser)) == 1)
+    wait_for("the filter", lambda: len(texts(browser, "#req-body tr")) == 1)
     search.clear()
     search.send_keys(" ")
     shoot(browser, "requests")
