@@ -382,18 +382,23 @@ class Scheduler:
 
     def _fill(self, live: list[Sequence]) -> int:
         """Write this step's tokens into the batch, in slot order: the next token of every
-        decoding sequence and up to ``chunk`` prompt tokens of the oldest sequence still
-        reading one. One prompt at a time: prompts read side by side would be split by
-        llama.cpp into micro-batches of other shapes than when read alone, and kernels
-        that round by shape would then change answers; it is no slower. Returns the
+        decoding sequence and up to ``chunk`` prompt tokens of the sequences still reading
+        one, oldest first. Short prompts that arrive together share a step's budget
+        instead of taking a step each: sixteen of them would otherwise start one step
+        after another, and the last would finish many steps after the first. Returns the
         number of tokens."""
         b = self._batch
         n = 0
-        reader = min((s for s in live if s.pending), key=lambda s: s.job.order, default=None)
+        budget, takes = self.chunk, {}  # slot: prompt tokens it reads in this step
+        for seq in sorted((s for s in live if s.pending), key=lambda s: s.job.order):
+            takes[seq.slot] = min(len(seq.pending), budget)
+            budget -= takes[seq.slot]
+            if not budget:
+                break
         for seq in live:
             seq.index = -1
-            if seq is reader:
-                take = seq.pending[:self.chunk]
+            if seq.slot in takes:
+                take = seq.pending[:takes[seq.slot]]
                 del seq.pending[:len(take)]
                 echo = seq.job.sampling.echo
                 for k, token in enumerate(take):
