@@ -246,6 +246,39 @@ async def test_a_long_prompt_never_freezes_the_running_streams(tmp_path: Path) -
         await worker.stop()
 
 
+async def test_short_prompts_that_arrive_together_start_together(tmp_path: Path) -> None:
+    """Eight short prompts sent at once share the steps' prompt budget: the last of them
+    starts within a few steps of the first, counted in a running stream's tokens (one per
+    step), not timed. Read one prompt per step, the last would start seven steps after
+    the first."""
+    worker = await _worker(tmp_path, "smollm2", parallel=len(PROMPTS) + 1)
+    arrivals: list[float] = []
+
+    async def endless() -> None:  # runs until cancelled
+        async for event in worker.stream_inference(
+                "smollm2", {"prompt": "Once upon a time"},
+                {"temperature": 0, "max_tokens": 1500, "inferenceId": "endless"}):
+            if event["type"] == "delta":
+                arrivals.append(time.perf_counter())
+
+    try:
+        running = asyncio.ensure_future(endless())
+        while len(arrivals) < 3:
+            await asyncio.sleep(0.01)
+        sent = time.perf_counter()
+        ttfts = await asyncio.gather(*(_first_token_s(worker, "smollm2", prompt, {
+            "temperature": 0, "max_tokens": 2}) for prompt in PROMPTS))
+        first, last = (sent + min(t for t, _ in ttfts), sent + max(t for t, _ in ttfts))
+        between = sum(1 for t in arrivals if first < t < last)
+        assert (await worker.cancel("endless"))["cancelled"] is True
+        await running
+        print(f"{len(PROMPTS)} prompts sent at once: the last started {between} steps "  # noqa: T201
+              "after the first")
+        assert between <= 3, between
+    finally:
+        await worker.stop()
+
+
 async def test_a_request_that_cannot_fit_is_refused_with_the_numbers(tmp_path: Path) -> None:
     worker = await _worker(tmp_path, "smollm2", parallel=2, contextLength=256)
     try:
@@ -389,8 +422,11 @@ async def test_prompt_lookup_drafts_answers_as_without_and_counts_its_acceptance
     """A copy-heavy request (a paragraph written again with one word changed) decoded with
     prompt-lookup drafts gives the greedy answer it gives without them; the drafted and
     accepted tokens are counted, and most drafts are taken. A request that asks for no
-    drafts (``prompt_lookup: 0``) drafts none."""
-    worker = await _worker(tmp_path, "smollm2", parallel=2, promptLookup=8)
+    drafts (``prompt_lookup: 0``) drafts none. The prompt cache is off, so both answers
+    read their prompt alike and differ only by the drafts (a prompt read in one
+    micro-batch, whose last token's logits then round otherwise than read alone, is the
+    prompt cache's case, checked above)."""
+    worker = await _worker(tmp_path, "smollm2", parallel=2, promptLookup=8, promptCache=False)
     try:
         copy = {"messages": [{"role": "user", "content": "Copy this paragraph word for word, "
                               "but write 'dog' instead of 'cat':\n\n" + PARAGRAPH}]}

@@ -38,10 +38,16 @@ from .sequence import Sequence
 log = get_logger("llama")
 
 
+#: prompt tokens a step may read when one generation reads and nothing decodes: nobody
+#: waits on the step, and its abort callback stops it at a deadline (llama.cpp's own
+#: default micro-batch)
+LONE_CHUNK = 512
+
+
 def batch_size(chunk: int, parallel: int, drafts: int) -> int:
     """Tokens one step may decode: a prompt chunk, and each sequence's last token with its
-    draft."""
-    return chunk + parallel * (1 + drafts)
+    draft; or a lone prompt's larger chunk."""
+    return max(chunk + parallel * (1 + drafts), LONE_CHUNK)
 
 
 class Scheduler:
@@ -383,13 +389,16 @@ class Scheduler:
     def _fill(self, live: list[Sequence]) -> int:
         """Write this step's tokens into the batch, in slot order: the next token of every
         decoding sequence and up to ``chunk`` prompt tokens of the sequences still reading
-        one, oldest first. Short prompts that arrive together share a step's budget
+        one, oldest first (``LONE_CHUNK`` where one generation reads and nothing
+        decodes). Short prompts that arrive together share a step's budget
         instead of taking a step each: sixteen of them would otherwise start one step
         after another, and the last would finish many steps after the first. Returns the
         number of tokens."""
         b = self._batch
         n = 0
-        budget, takes = self.chunk, {}  # slot: prompt tokens it reads in this step
+        lone = len({id(s.job) for s in live}) == 1 and all(s.pending for s in live)
+        budget = max(self.chunk, LONE_CHUNK) if lone else self.chunk
+        takes: dict[int, int] = {}  # slot: prompt tokens it reads in this step
         for seq in sorted((s for s in live if s.pending), key=lambda s: s.job.order):
             takes[seq.slot] = min(len(seq.pending), budget)
             budget -= takes[seq.slot]

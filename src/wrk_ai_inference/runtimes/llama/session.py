@@ -10,7 +10,8 @@ streams of ``contextLength`` cells each, batched by the scheduler.
 A generation stops when its ``stop_reason`` is set (cancel, deadline, a client gone),
 at the next step: a step decodes one token per sequence and at most ``promptChunk``
 prompt tokens, so it is short by construction. A batch of a single generation (a long
-prompt read alone) stops sooner, inside ``llama_decode``, through the abort callback.
+prompt read alone, in larger steps) stops sooner, inside ``llama_decode``, through the
+abort callback.
 """
 
 from __future__ import annotations
