@@ -214,24 +214,31 @@ async def test_n_choices_read_the_prompt_once_and_a_repeated_prompt_is_reused(
         await worker.stop()
 
 
-async def test_a_long_prompt_never_freezes_the_running_streams(tmp_path: Path) -> None:
-    """While a 1200-token prompt is read (in chunks of promptChunk), a running stream
-    gets a token at every step: counted in tokens, not timed, so a loaded machine's slow
-    steps change nothing. Read in one decode, it would get none meanwhile."""
-    worker = await _worker(tmp_path, "smollm2", parallel=2)
-    arrivals: list[float] = []
-
-    async def endless() -> None:  # runs until cancelled
+async def _endless(worker: InferenceWorker, arrivals: list[float]) -> asyncio.Future[None]:
+    """A smollm2 stream (``inferenceId`` "endless") that runs until cancelled, adding each
+    token's arrival time to ``arrivals``: a clock in steps, one token each. Returned once
+    it has made three tokens."""
+    async def endless() -> None:
         async for event in worker.stream_inference(
                 "smollm2", {"prompt": "Once upon a time"},
                 {"temperature": 0, "max_tokens": 1500, "inferenceId": "endless"}):
             if event["type"] == "delta":
                 arrivals.append(time.perf_counter())
 
+    running = asyncio.ensure_future(endless())
+    while len(arrivals) < 3:
+        await asyncio.sleep(0.01)
+    return running
+
+
+async def test_a_long_prompt_never_freezes_the_running_streams(tmp_path: Path) -> None:
+    """While a 1200-token prompt is read (in chunks of promptChunk), a running stream
+    gets a token at every step: counted in tokens, not timed, so a loaded machine's slow
+    steps change nothing. Read in one decode, it would get none meanwhile."""
+    worker = await _worker(tmp_path, "smollm2", parallel=2)
+    arrivals: list[float] = []
     try:
-        running = asyncio.ensure_future(endless())
-        while len(arrivals) < 3:
-            await asyncio.sleep(0.01)
+        running = await _endless(worker, arrivals)
         started = time.perf_counter()
         long_ttft, _ = await _first_token_s(worker, "smollm2", " ".join(["story"] * 1200),
                                             {"temperature": 0, "max_tokens": 1})
@@ -253,18 +260,8 @@ async def test_short_prompts_that_arrive_together_start_together(tmp_path: Path)
     the first."""
     worker = await _worker(tmp_path, "smollm2", parallel=len(PROMPTS) + 1)
     arrivals: list[float] = []
-
-    async def endless() -> None:  # runs until cancelled
-        async for event in worker.stream_inference(
-                "smollm2", {"prompt": "Once upon a time"},
-                {"temperature": 0, "max_tokens": 1500, "inferenceId": "endless"}):
-            if event["type"] == "delta":
-                arrivals.append(time.perf_counter())
-
     try:
-        running = asyncio.ensure_future(endless())
-        while len(arrivals) < 3:
-            await asyncio.sleep(0.01)
+        running = await _endless(worker, arrivals)
         sent = time.perf_counter()
         ttfts = await asyncio.gather(*(_first_token_s(worker, "smollm2", prompt, {
             "temperature": 0, "max_tokens": 2}) for prompt in PROMPTS))

@@ -40,7 +40,8 @@ log = get_logger("llama")
 
 #: prompt tokens a step may read when one generation reads and nothing decodes: nobody
 #: waits on the step, and its abort callback stops it at a deadline (llama.cpp's own
-#: default micro-batch)
+#: default micro-batch). Not for a scored prompt (``echo``): each of its tokens takes a
+#: row of logits, and a vocabulary of 262,144 makes 512 rows half a gigabyte.
 LONE_CHUNK = 512
 
 
@@ -396,7 +397,8 @@ class Scheduler:
         number of tokens."""
         b = self._batch
         n = 0
-        lone = len({id(s.job) for s in live}) == 1 and all(s.pending for s in live)
+        lone = (len({id(s.job) for s in live}) == 1 and all(s.pending for s in live)
+                and not live[0].job.sampling.echo)
         budget = max(self.chunk, LONE_CHUNK) if lone else self.chunk
         takes: dict[int, int] = {}  # slot: prompt tokens it reads in this step
         for seq in sorted((s for s in live if s.pending), key=lambda s: s.job.order):
