@@ -63,7 +63,7 @@ def main() -> int:
     from faster_whisper import WhisperModel
 
     wav, samples = recording()
-    n = int(args.count)
+    n = args.count
     duration = samples.size / 16000 * n
     threads = len(os.sched_getaffinity(0))
     one_model = WhisperModel(str(MODEL), device="cpu", compute_type="int8",

@@ -288,11 +288,12 @@ class Scheduler:
         live = [s for s in self._live() if s.source is None]
         if not live:
             return
-        n = self._fill(live)
+        single = len({id(s.job) for s in live}) == 1  # one generation in this step
+        n = self._fill(live, single)
         # a prompt chunk of a lone generation may stop inside llama_decode; a shared
         # batch stops between steps, so that the others go on. The callback runs per
         # graph node and takes the GIL each time: it is installed only for such steps.
-        alone = n > len(live) and len({id(s.job) for s in live}) == 1
+        alone = single and n > len(live)
         self._arm(live[0].job if alone else None)
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
@@ -387,18 +388,18 @@ class Scheduler:
     def _live(self) -> list[Sequence]:
         return [s for s in self.slots[:self.running] if s is not None]
 
-    def _fill(self, live: list[Sequence]) -> int:
+    def _fill(self, live: list[Sequence], single: bool) -> int:
         """Write this step's tokens into the batch, in slot order: the next token of every
         decoding sequence and up to ``chunk`` prompt tokens of the sequences still reading
-        one, oldest first (``LONE_CHUNK`` where one generation reads and nothing
-        decodes). Short prompts that arrive together share a step's budget
-        instead of taking a step each: sixteen of them would otherwise start one step
-        after another, and the last would finish many steps after the first. Returns the
-        number of tokens."""
+        one, oldest first (``LONE_CHUNK`` where ``single``, one generation, reads and
+        nothing decodes). Short prompts that arrive together share a step's budget instead
+        of taking a step each: sixteen of them would otherwise start one step after
+        another, and the last would finish many steps after the first. Returns the number
+        of tokens."""
         b = self._batch
         n = 0
-        lone = (len({id(s.job) for s in live}) == 1 and all(s.pending for s in live)
-                and not live[0].job.sampling.echo)
+        lone = (single and not live[0].job.sampling.echo
+                and all(s.pending for s in live))
         budget = max(self.chunk, LONE_CHUNK) if lone else self.chunk
         takes: dict[int, int] = {}  # slot: prompt tokens it reads in this step
         for seq in sorted((s for s in live if s.pending), key=lambda s: s.job.order):
