@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,75 @@ async def test_a_tool_call_is_cancelled_and_timed_out_as_text_is(tmp_path: Path)
         assert (await worker.check_capacity())["sequences"]["smollm2"]["running"] == 0
     finally:
         await worker.stop()
+
+
+def test_plain_greedy_picks_off_the_logits_what_the_sampler_chain_picks() -> None:
+    """Plain greedy decoding reads the best token off the logits (``GreedyPick``) instead
+    of running llama.cpp's chain. On real rows of logits and biases that sink the best
+    token, lift others past it, and bring a token exactly level with it from below and
+    from above in token order (the chain takes the first best), both pick the same."""
+    import llama_cpp as lib
+    import numpy as np
+    from llama_cpp import Llama
+
+    from wrk_ai_inference.runtimes.llama import Generation, Sampling
+    from wrk_ai_inference.runtimes.llama.sequence import GreedyPick, plain_greedy, sampler_chain
+
+    from .helpers import EXAMPLES
+
+    llm = Llama(str(EXAMPLES / "smollm2" / "model.gguf"), n_ctx=256, n_threads=2,
+                verbose=False)
+    vocab, n_vocab, ctx = lib.llama_model_get_vocab(llm._model.model), llm.n_vocab(), llm._ctx.ctx
+    one = np.float32
+
+    def level(row: Any, token: int, with_token: int) -> float | None:
+        """A bias that puts ``token``'s logit exactly on ``with_token``'s in float32, if
+        one does (float32 sums may step over it)."""
+        bias = one(row[with_token]) - one(row[token])
+        for _ in range(8):
+            total = one(row[token]) + bias
+            if total == row[with_token]:
+                return float(bias)
+            bias = np.nextafter(bias, one(np.inf if total < row[with_token] else -np.inf))
+        return None
+
+    def levelled(row: Any, tokens: range, with_token: int) -> tuple[int, float]:
+        """The first of ``tokens`` that a bias brings exactly level with ``with_token``."""
+        for token in tokens:
+            bias = level(row, token, with_token)
+            if bias is not None:
+                return token, bias
+        raise AssertionError(f"no token of {tokens} levels with {with_token}")
+
+    picks = []
+    for text in ("Once upon a time", "The capital of France is", "def add(a, b):"):
+        llm.reset()
+        llm.eval(llm.tokenize(text.encode()))
+        logits = lib.llama_get_logits_ith(ctx, -1)
+        row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).copy()
+        best, second = (int(t) for t in np.argsort(-row, kind="stable")[:2])
+        below, above = range(min(best, second) - 1, -1, -1), range(max(best, second) + 1,
+                                                                     n_vocab)
+        low, high = levelled(row, below, best), levelled(row, above, best)
+        low2, high2 = levelled(row, below, second), levelled(row, above, second)
+        cases: list[list[tuple[int, float]]] = [
+            [], [(best, -100.0)], [(best, -100.0), (second, -100.0)],
+            [(low[0], 7.5), (high[0], 3.0)],
+            [low],  # level with the best, lower id: it is picked
+            [high],  # level with the best, higher id: the best stays
+            [(best, -100.0), high2], [(best, -100.0), low2],
+            [(high[0], high[1] + 1.0), (low[0], low[1] + 1.0)]]
+        for bias in cases:
+            sampling = Sampling(temperature=0, logit_bias=bias)
+            assert plain_greedy(sampling)
+            chain = sampler_chain(lib, vocab, n_vocab, Generation([], sampling, print), 0)
+            try:
+                want = lib.llama_sampler_sample(chain, ctx, -1)
+            finally:
+                lib.llama_sampler_free(chain)
+            assert GreedyPick(n_vocab, bias).pick(logits) == want, (text, bias)
+            picks.append(want)
+    assert len(set(picks)) > 6  # the cases made the chain pick many different tokens
+    assert not plain_greedy(Sampling(temperature=0, repeat_penalty=1.1))
+    assert not plain_greedy(Sampling(temperature=0, logit_bias=[(5, 1.0), (5, 2.0)]))
+    assert not plain_greedy(Sampling(temperature=0.7))

@@ -5,7 +5,9 @@ or top-k / typical / top-p / min-p / temperature / seeded draw: llama-cpp-python
 order, so a request samples as it would there; a grammar checks the drawn token after,
 as llama-server does), decodes its pieces to text through an
 incremental UTF-8 decoder and cuts its stop strings, independently of the sequences
-decoded beside it.
+decoded beside it. Plain greedy decoding (no penalty, no grammar) skips the chain and
+reads the best token off the logits (``GreedyPick``): the same token, without building
+a candidate entry for every token of the vocabulary per step.
 """
 
 from __future__ import annotations
@@ -48,6 +50,48 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     for link in links:
         lib.llama_sampler_chain_add(chain, link)
     return chain
+
+
+def plain_greedy(sampling: Any) -> bool:
+    """Whether the chain for ``sampling`` is logit bias, penalties that change nothing and
+    greedy: what ``GreedyPick`` picks exactly. A token biased twice (``"17"`` and
+    ``"017"``) keeps the chain, which adds the two biases one after the other."""
+    tokens = [token for token, _ in sampling.logit_bias]
+    return (sampling.temperature == 0 and sampling.grammar is None
+            and sampling.repeat_penalty == 1.0 and sampling.frequency_penalty == 0.0
+            and sampling.presence_penalty == 0.0 and len(set(tokens)) == len(tokens))
+
+
+class GreedyPick:
+    """Greedy decoding read straight off a row of logits. llama.cpp's chain first copies
+    the whole row into a candidate entry per token of the vocabulary, then takes the best:
+    on the model's thread, between two decodes, per sequence and step, and for a large
+    vocabulary (Gemma 3 has 262,144 tokens) many times the cost of numpy's argmax over
+    the row (``docs/performance.md``). The pick is the chain's: the biases added in
+    float32, then the first best in token order."""
+
+    def __init__(self, n_vocab: int, logit_bias: list[tuple[int, float]]) -> None:
+        ordered = sorted(logit_bias)
+        self._n_vocab = n_vocab
+        self._ids = np.array([token for token, _ in ordered], dtype=np.intp)
+        self._bias = np.array([bias for _, bias in ordered], dtype=np.float32)
+        self._biased = {token for token, _ in ordered}
+
+    def pick(self, logits: Any) -> int:
+        row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        best = int(row.argmax())
+        if not self._biased:
+            return best
+        rest = row
+        if best in self._biased:  # the best unbiased token takes a pass without them
+            rest = row.copy()
+            rest[self._ids] = -np.inf
+            best = int(rest.argmax())
+        shifted = row[self._ids] + self._bias
+        j = int(shifted.argmax())  # the first best of the biased (their ids are sorted)
+        if shifted[j] > rest[best] or (shifted[j] == rest[best] and self._ids[j] < best):
+            return int(self._ids[j])
+        return best
 
 
 class GrammarCheck:
@@ -129,6 +173,7 @@ class Sequence:
         except InferenceError:
             lib.llama_sampler_free(self.sampler)
             raise
+        self._greedy = GreedyPick(n_vocab, s.logit_bias) if plain_greedy(s) else None
         self._lib, self._vocab = lib, vocab
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
@@ -168,10 +213,13 @@ class Sequence:
             self.grammar.close()
 
     def sample(self, ctx: Any) -> int:
-        """Draw the next token from the logits at ``index`` (llama.cpp also feeds it to
-        the chain's penalties; the grammar, where there is one, checks it)."""
+        """Draw the next token from the logits at ``index`` (the chain also feeds it to
+        its penalties; the grammar, where there is one, checks it); plain greedy takes
+        the best off the row."""
         if self.grammar is not None:
             return self.grammar.sample(self.sampler, ctx, self.index)
+        if self._greedy is not None:
+            return self._greedy.pick(self._lib.llama_get_logits_ith(ctx, self.index))
         token: int = self._lib.llama_sampler_sample(self.sampler, ctx, self.index)
         return token
 
