@@ -14,7 +14,9 @@ prefix cache flatters anyone), measured in one run:
 Then the shared-prefix section (``--shared-clients``, default 16, smollm2): chat requests
 whose system prompt (about 250 tokens) is the same and whose user turns differ, against
 llama-server with its default prompt cache, and against the worker with ``promptCache``
-off (the same run without reuse): total tokens/s and time to first token.
+off (the same run without reuse): total tokens/s and time to first token; then the same
+with a system prompt that is new every wave (each opens with the wave's number), so that
+no server has it from the wave before.
 Then the speculation section (``--speculation``): one client, qwen2.5-coder with
 ``promptLookup`` 16, a copy-heavy chat (two functions written again with a parameter
 renamed) and one that copies nothing (an explanation), each with and without drafts
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -139,16 +142,22 @@ def over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession) 
     return one
 
 
-def chat_over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession
-                   ) -> Client:
+def chat_over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession,
+                   fresh_every: int = 0) -> Client:
     """Streamed chat requests with the shared system prompt and a different user turn, each
-    answered to ``tokens`` tokens."""
+    answered to ``tokens`` tokens; with ``fresh_every`` (a wave's clients), each wave's
+    system prompt opens with the wave's number, so nothing is left from the wave before
+    (a document that changes, asked many questions at once)."""
+    calls = itertools.count()
+
     async def one() -> Sample:
         k = next(_count)
+        wave = next(calls) // fresh_every if fresh_every else None
+        system = SYSTEM_PROMPT if wave is None else f"Day {wave}. {SYSTEM_PROMPT}"
         return await streamed(client, url + "/v1/chat/completions", {
             "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
             "logit_bias": NO_END,
-            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+            "messages": [{"role": "system", "content": system},
                          {"role": "user",
                           "content": f"Visitor {k}: {QUESTIONS[k % len(QUESTIONS)]}"}]})
 
@@ -362,20 +371,23 @@ async def run(args: Any) -> Bench:
 
 async def shared(bench: Bench, repo: Path, binary: Path | None,
                  client: aiohttp.ClientSession, clients: int) -> None:
-    """The shared-prefix section: smollm2, ``clients`` chat clients, one system prompt."""
+    """The shared-prefix section: smollm2, ``clients`` chat clients, one system prompt;
+    then the same with a new system prompt every wave."""
     model, tokens = "smollm2", bench.args.tokens
     gguf = ROOT / "examples" / "models" / model / "model.gguf"
     with contextlib.ExitStack() as cell:
         served = f"{model}-{clients}"
         on = cell.enter_context(_worker(repo, served))
         off = cell.enter_context(_worker(repo, served + "-nocache"))
-        contenders = {"worker": chat_over_http(on, served, tokens, client),
-                      "worker, cache off": chat_over_http(off, served + "-nocache", tokens,
-                                                          client)}
-        if binary is not None:
-            url = cell.enter_context(_cpp_server(binary, gguf, model, clients))
-            contenders["llama-server"] = chat_over_http(url, model, tokens, client)
-        await bench.measure("shared", clients, contenders)
+        url = cell.enter_context(_cpp_server(binary, gguf, model, clients)) if binary else ""
+        for section, fresh in (("shared", 0), ("shared, new each wave", clients)):
+            contenders = {
+                "worker": chat_over_http(on, served, tokens, client, fresh),
+                "worker, cache off": chat_over_http(off, served + "-nocache", tokens, client,
+                                                    fresh)}
+            if url:
+                contenders["llama-server"] = chat_over_http(url, model, tokens, client, fresh)
+            await bench.measure(section, clients, contenders)
 
 
 @contextlib.contextmanager
@@ -430,19 +442,20 @@ def report(bench: Bench) -> dict[str, Any]:
         if "drafts" in cells and "no drafts" in cells:
             ratio = cells["drafts"]["totalTokensPerS"] / cells["no drafts"]["totalTokensPerS"]
             print(f"  prompt lookup, {task}: drafts / no drafts x{ratio:.2f}")  # noqa: T201
-    for clients, cells in out.get("shared", {}).items():
-        worker, off = cells.get("worker"), cells.get("worker, cache off")
-        if worker is None or off is None:
-            continue
-        server = cells.get("llama-server")
-        versus = (f"llama-server x{worker['totalTokensPerS'] / server['totalTokensPerS']:.2f}, "
-                  if server else "")
-        print(f"  shared system prompt, {clients} clients: {versus}cache off "  # noqa: T201
-              f"x{worker['totalTokensPerS'] / off['totalTokensPerS']:.2f}; time to first "
-              f"token p50 {worker['ttftP50Ms']:.0f} ms against {off['ttftP50Ms']:.0f} ms "
-              f"with the cache off (x{off['ttftP50Ms'] / worker['ttftP50Ms']:.2f} shorter)")
+    for section, what in (("shared", ""), ("shared, new each wave", ", new each wave")):
+        for clients, cells in out.get(section, {}).items():
+            worker, off = cells.get("worker"), cells.get("worker, cache off")
+            if worker is None or off is None:
+                continue
+            server = cells.get("llama-server")
+            versus = (f"llama-server x{worker['totalTokensPerS'] / server['totalTokensPerS']:.2f}"
+                      ", " if server else "")
+            print(f"  shared system prompt{what}, {clients} clients: {versus}cache off "  # noqa: T201
+                  f"x{worker['totalTokensPerS'] / off['totalTokensPerS']:.2f}; time to first "
+                  f"token p50 {worker['ttftP50Ms']:.0f} ms against {off['ttftP50Ms']:.0f} ms "
+                  f"with the cache off (x{off['ttftP50Ms'] / worker['ttftP50Ms']:.2f} shorter)")
     for model, by_clients in out.items():
-        if model == "shared" or model.startswith("lookup"):
+        if model.startswith(("shared", "lookup")):
             continue
         for clients, cells in by_clients.items():
             worker = cells.get("worker")
