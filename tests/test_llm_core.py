@@ -247,7 +247,8 @@ def test_plain_greedy_picks_off_the_logits_what_the_sampler_chain_picks() -> Non
         for bias in cases:
             sampling = Sampling(temperature=0, logit_bias=bias)
             assert plain_greedy(sampling)
-            chain = sampler_chain(lib, vocab, n_vocab, Generation([], sampling, print), 0)
+            job = Generation([], sampling, lambda events: None)
+            chain = sampler_chain(lib, vocab, n_vocab, job, 0)
             try:
                 want = lib.llama_sampler_sample(chain, ctx, -1)
             finally:

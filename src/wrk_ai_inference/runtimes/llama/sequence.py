@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InferenceError
-from .generation import Generation, Grammar, StopFilter
+from .generation import Generation, Grammar, Sampling, StopFilter
 from .lookup import PromptLookup
 from .prefix import BLOCK, PrefixHashes
 
@@ -52,7 +52,7 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int
     return chain
 
 
-def plain_greedy(sampling: Any) -> bool:
+def plain_greedy(sampling: Sampling) -> bool:
     """Whether the chain for ``sampling`` is logit bias, penalties that change nothing and
     greedy: what ``GreedyPick`` picks exactly. A token biased twice (``"17"`` and
     ``"017"``) keeps the chain, which adds the two biases one after the other."""
