@@ -117,7 +117,8 @@ Client = Callable[[], Awaitable[Sample]]
 async def streamed(client: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Sample:
     """One streamed OpenAI request: a token is a chunk with text (``text`` of a completion,
     ``delta.content`` of a chat). aiohttp and orjson, not httpx and json: the client shares
-    the two cores with the server it measures, and httpx took twice their CPU per token."""
+    the two cores with the server it measures, and httpx and json cost it twice the CPU
+    per token."""
     started = time.perf_counter()
     first = 0.0
     count = 0
