@@ -209,6 +209,16 @@ async def test_n_choices_read_the_prompt_once_and_a_repeated_prompt_is_reused(
         print(f"prompt of ~700 tokens: first token cold {cold:.2f} s, repeated "  # noqa: T201
               f"{warm:.2f} s; n=1 {single:.2f} s, n=4 {shared:.2f} s")
         assert shared < 1.5 * single, (single, shared)  # one prompt reading, not four
+        # a first choice that ends as soon as it has read (one token) leaves its cells to
+        # the others before its slot is freed: the whole answer, not its first token
+        ended = {**one, "max_tokens": 1}
+        started = time.perf_counter()
+        await _generate(worker, "smollm2", fresh.replace("Give", "Hear"), ended)
+        single = time.perf_counter() - started
+        started = time.perf_counter()
+        await _generate(worker, "smollm2", fresh.replace("Give", "Tell"), {**ended, "n": 4})
+        shared = time.perf_counter() - started
+        assert shared < 1.5 * single, (single, shared)
         assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
     finally:
         await worker.stop()

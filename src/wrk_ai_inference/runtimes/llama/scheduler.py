@@ -479,6 +479,10 @@ class Scheduler:
                 self._emit(job, ("delta", seq.choice, rest, None))
             self._emit(job, ("finish", seq.choice, reason, seq.made, seq.stop_string))
         seq.close()
+        if not drop:  # those waiting on its reading copy it now, or read it all themselves
+            for waiting in self.slots[:self.running]:
+                if waiting is not None and waiting.source is seq:
+                    self._from_source(waiting)
         slot = seq.slot
         self.slots[slot] = None
         self.running -= 1
