@@ -7,6 +7,7 @@ duration, so they hold on a slower machine.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -264,24 +265,117 @@ async def test_a_long_prompt_never_freezes_the_running_streams(tmp_path: Path) -
 
 
 async def test_short_prompts_that_arrive_together_start_together(tmp_path: Path) -> None:
-    """Eight short prompts sent at once share the steps' prompt budget: the last of them
-    starts within a few steps of the first, counted in a running stream's tokens (one per
-    step), not timed. Read one prompt per step, the last would start seven steps after
-    the first."""
+    """Eight prompts of about 40 tokens sent at once, each shorter than promptChunk but
+    together five chunks: each is read whole, so they start in the same step (or the
+    next, where their arrival straddles one), counted in a running stream's tokens (one
+    per step), not timed. With one chunk a step shared among them, the last would start
+    four steps after the first."""
     worker = await _worker(tmp_path, "smollm2", parallel=len(PROMPTS) + 1)
     arrivals: list[float] = []
+    tail = " and then".join(["", " the", " story", " went", " on"] * 3)
     try:
+        chunk = worker.models.entry("smollm2").spec.prompt_chunk
+        sizes = [len(await worker.tokenize("smollm2", p + tail)) for p in PROMPTS]
+        assert max(sizes) <= chunk < sum(sizes) / 4, (sizes, chunk)
         running = await _endless(worker, arrivals)
         sent = time.perf_counter()
-        ttfts = await asyncio.gather(*(_first_token_s(worker, "smollm2", prompt, {
+        ttfts = await asyncio.gather(*(_first_token_s(worker, "smollm2", prompt + tail, {
             "temperature": 0, "max_tokens": 2}) for prompt in PROMPTS))
         first, last = (sent + min(t for t, _ in ttfts), sent + max(t for t, _ in ttfts))
         between = sum(1 for t in arrivals if first < t < last)
         assert (await worker.cancel("endless"))["cancelled"] is True
         await running
-        print(f"{len(PROMPTS)} prompts sent at once: the last started {between} steps "  # noqa: T201
-              "after the first")
-        assert between <= 3, between
+        print(f"{len(PROMPTS)} prompts of {min(sizes)}-{max(sizes)} tokens sent at once: "  # noqa: T201
+              f"the last started {between} steps after the first")
+        assert between <= 1, between
+    finally:
+        await worker.stop()
+
+
+async def test_more_whole_prompts_than_a_batch_holds_wait_for_the_next_step(
+        tmp_path: Path) -> None:
+    """Twelve prompts of about 60 tokens wait for slots while one request's twelve
+    choices hold them all, so that one step starts all of them: each is read whole, but
+    together they are more than the batch's 512 tokens, so those that do not fit wait for
+    the step after. Every answer is the one it gets alone (a token written past the batch
+    corrupts the batch or fails the decode; a token dropped changes the answer)."""
+    worker = await _worker(tmp_path, "smollm2", parallel=12)
+    tail = " and then".join(["", " the", " quiet", " story", " went", " on"] * 3)
+    prompts = [f"{k}. {prompt}{tail}" for k, prompt in enumerate(PROMPTS + PROMPTS[:4])]
+    options = {"temperature": 0, "max_tokens": 6}
+    try:
+        sizes = [len(await worker.tokenize("smollm2", p)) for p in prompts]
+        assert max(sizes) <= worker.models.entry("smollm2").spec.prompt_chunk, sizes
+        assert sum(sizes) > 512, sizes
+        long = asyncio.ensure_future(_generate(worker, "smollm2", " ".join(["story"] * 1600),
+                                               {"temperature": 0, "max_tokens": 1, "n": 12}))
+        while not _idle(worker, "smollm2")["kvCacheUse"]:  # it holds the slots, reading
+            await asyncio.sleep(0.001)
+        together = await asyncio.gather(*(_generate(worker, "smollm2", p, options)
+                                          for p in prompts))
+        await long
+        alone = [await _generate(worker, "smollm2", p, options) for p in prompts]
+        assert [r["choices"][0]["text"] for r in together] == [
+            r["choices"][0]["text"] for r in alone]
+        assert [r["usage"]["promptTokens"] for r in together] == sizes
+        assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
+    finally:
+        await worker.stop()
+
+
+async def test_a_step_of_prompts_read_whole_stops_inside_its_decode(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two prompts of about 240 tokens, each read whole (promptChunk 256), start in one
+    step of some 480 tokens. Once both generations are cancelled, llama.cpp's abort
+    callback ends that step inside the decode instead of at its end: the model thread's
+    own stop time against the same step run to its end, not a fixed time."""
+    caplog.set_level(logging.INFO, logger="wrk_ai_inference.llama")
+    worker = await _worker(tmp_path, "smollm2", parallel=2, promptChunk=256)
+
+    async def step(run: int, cancel: bool) -> float:
+        """Seconds from the two prompts' start in one step to their end."""
+        deltas: list[float] = []
+
+        async def hold() -> None:
+            async for event in worker.stream_inference(
+                    "smollm2", {"prompt": "Once upon a time"}, {
+                        "temperature": 0, "max_tokens": 1500, "n": 2,
+                        "inferenceId": "holder"}):
+                if event["type"] == "delta":
+                    deltas.append(time.perf_counter())
+
+        holder = asyncio.ensure_future(hold())
+        while len(deltas) < 4:  # its two choices hold both slots and decode
+            await asyncio.sleep(0.001)
+        runs = [asyncio.ensure_future(_generate(
+            worker, "smollm2", f"{run}.{k} " + " ".join(["story"] * 240),
+            {"temperature": 0, "max_tokens": 1, "inferenceId": f"p{k}"})) for k in (0, 1)]
+        while _idle(worker, "smollm2")["waiting"] < 2:
+            await asyncio.sleep(0.001)
+        assert (await worker.cancel("holder"))["cancelled"] is True
+        await holder
+        caplog.clear()  # the holder's stop logged
+        while _idle(worker, "smollm2")["waiting"]:  # both took a slot: their step runs
+            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        if cancel:  # both at once: a cancel answers once its generation has stopped
+            told = await asyncio.gather(*(worker.cancel(f"p{k}") for k in (0, 1)))
+            assert [t["cancelled"] for t in told] == [True, True], told
+        results = await asyncio.gather(*runs)
+        assert {r["finishReason"] for r in results} == {
+            "cancelled" if cancel else "length"}
+        return time.perf_counter() - started
+
+    try:
+        whole = await step(1, cancel=False)
+        await step(2, cancel=True)
+        await asyncio.sleep(0.1)  # the thread logs its stops just after their last events
+        stops = [r.stopMs for r in caplog.records  # type: ignore[attr-defined]
+                 if r.getMessage() == "generation stopped"]
+        print(f"a step of two whole prompts: {whole * 1000:.0f} ms to its end; cancelled, "  # noqa: T201
+              f"the thread stopped {stops} ms after the cancels")
+        assert len(stops) == 2 and max(stops) < whole * 1000 / 2, (stops, whole)
+        assert _idle(worker, "smollm2")["kvCacheUse"] == 0.0
     finally:
         await worker.stop()
 

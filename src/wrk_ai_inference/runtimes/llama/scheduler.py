@@ -63,7 +63,8 @@ class Scheduler:
         self._swa = int(lib.llama_model_n_swa(llm._model.model))
         self.parallel, self.cells, self.chunk = parallel, cells, chunk
         self.drafts = drafts  # most tokens a sequence may draft per step (prompt lookup)
-        self._batch = lib.llama_batch_init(batch_size(chunk, parallel, drafts), 0, 1)
+        self._room = batch_size(chunk, parallel, drafts)  # tokens the batch holds
+        self._batch = lib.llama_batch_init(self._room, 0, 1)
         self.jobs: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._waiting: deque[Generation] = deque()
         self.slots: list[Sequence | None] = [None] * parallel
@@ -74,7 +75,8 @@ class Scheduler:
         self.taken = 0  # generations taken off the FIFO and given all their slots
         self.running = 0  # sequences holding a slot
         self._order = 0  # arrival count: the oldest reader reads first
-        self._alone: Generation | None = None  # whose stop aborts the running decode
+        self._armed: list[Generation] = []  # whose stop, all of them, aborts the decode
+        self._read = 0  # prompt tokens the step reads
         self._posting: list[Generation] = []  # generations with events not yet delivered
         # referenced while the context lives: llama.cpp keeps the raw pointer
         self._abort = lib.ggml_abort_callback(self._should_abort)
@@ -290,17 +292,19 @@ class Scheduler:
             return
         single = len({id(s.job) for s in live}) == 1  # one generation in this step
         n = self._fill(live, single)
-        # a prompt chunk of a lone generation may stop inside llama_decode; a shared
-        # batch stops between steps, so that the others go on. The callback runs per
-        # graph node and takes the GIL each time: it is installed only for such steps.
-        alone = single and n > len(live)
-        self._arm(live[0].job if alone else None)
+        # a step that reads a lone generation's prompt chunk, or more than a chunk of
+        # prompts, may stop inside llama_decode once every generation in it has stopped;
+        # a step that only decodes stops between steps, so that the others go on. The
+        # callback runs per graph node and takes the GIL each time: it is installed only
+        # for such steps.
+        long = (single and n > len(live)) or self._read > self.chunk
+        self._arm(list({id(s.job): s.job for s in live}.values()) if long else [])
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
-        stopped = live[0].job.stop_reason
-        if status == 2 and stopped is not None:  # aborted mid-batch: its cells are partial
-            for seq in live:
-                self._end(seq, stopped, drop=True)
+        stopped = [s.job.stop_reason for s in live]
+        if status == 2 and all(stopped):  # aborted mid-batch: the cells are partial
+            for seq, reason in zip(live, stopped, strict=True):
+                self._end(seq, str(reason), drop=True)
             return
         if status != 0:
             log.error("decode failed", extra={"modelId": self.model, "status": status,
@@ -374,39 +378,54 @@ class Scheduler:
         """KV cells held by running sequences (read from other threads: a snapshot)."""
         return sum(len(s.kv) for s in list(self.slots) if s is not None)
 
-    def _arm(self, job: Generation | None) -> None:
-        """Install the abort callback for ``job``, or remove it."""
-        if (job is None) != (self._alone is None):
-            callback = self._abort if job else self._no_abort
+    def _arm(self, jobs: list[Generation]) -> None:
+        """Install the abort callback for the step of ``jobs``, or remove it (none)."""
+        if bool(jobs) != bool(self._armed):
+            callback = self._abort if jobs else self._no_abort
             self._lib.llama_set_abort_callback(self._ctx, callback, None)
-        self._alone = job
+        self._armed = jobs
 
     def _should_abort(self, _data: Any) -> bool:
-        job = self._alone
-        return job is not None and job.stop_reason is not None
+        jobs = self._armed
+        return bool(jobs) and all(job.stop_reason is not None for job in jobs)
 
     def _live(self) -> list[Sequence]:
         return [s for s in self.slots[:self.running] if s is not None]
 
     def _fill(self, live: list[Sequence], single: bool) -> int:
         """Write this step's tokens into the batch, in slot order: the next token of every
-        decoding sequence and up to ``chunk`` prompt tokens of the sequences still reading
-        one, oldest first (``LONE_CHUNK`` where ``single``, one generation, reads and
-        nothing decodes). Short prompts that arrive together share a step's budget instead
-        of taking a step each: sixteen of them would otherwise start one step after
-        another, and the last would finish many steps after the first. Returns the number
-        of tokens."""
+        decoding sequence, then the prompt tokens of the sequences still reading one.
+        Returns the number of tokens.
+
+        A prompt whose unread part fits in ``chunk`` is read whole, as many of them as the
+        batch holds: sixteen short prompts that arrive together then start in the same
+        step and end together, instead of one after another with a tail of steps that
+        decode fewer sequences, and one large batch reads them faster than several small
+        ones. Longer prompts share ``chunk`` tokens a step, oldest first, so that the
+        decoding sequences keep getting a token every few dozen prompt tokens
+        (``LONE_CHUNK`` where ``single``, one generation, reads and nothing decodes). A
+        scored prompt (``echo``) takes a row of logits per token and stays in the shared
+        budget."""
         b = self._batch
         n = 0
+        readers = sorted((s for s in live if s.pending), key=lambda s: s.job.order)
         lone = (single and not live[0].job.sampling.echo
-                and all(s.pending for s in live))
+                and len(readers) == len(live))
         budget = max(self.chunk, LONE_CHUNK) if lone else self.chunk
+        room = self._room - (len(live) - len(readers)) * (1 + self.drafts)
         takes: dict[int, int] = {}  # slot: prompt tokens it reads in this step
-        for seq in sorted((s for s in live if s.pending), key=lambda s: s.job.order):
-            takes[seq.slot] = min(len(seq.pending), budget)
-            budget -= takes[seq.slot]
-            if not budget:
-                break
+        self._read = 0
+        for seq in readers:
+            need = len(seq.pending)
+            if need <= min(self.chunk, room) and not seq.job.sampling.echo:
+                takes[seq.slot] = need  # read whole, beside the shared budget
+            elif budget and room:
+                takes[seq.slot] = min(need, budget, room)
+                budget -= takes[seq.slot]
+            else:
+                continue
+            room -= takes[seq.slot]
+            self._read += takes[seq.slot]
         for seq in live:
             seq.index = -1
             if seq.slot in takes:
