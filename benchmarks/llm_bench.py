@@ -102,9 +102,18 @@ QUESTIONS = ("Where are the clocks?", "When do the fossils open?", "What is in r
              "What should I see first?")
 
 
-#: smollm2's end-of-text tokens barred, so every answer runs to max_tokens on every server
-#: (short answers would make the wave's time that of its longest answer)
-NO_END = {"0": -100, "2": -100}
+def no_end(gguf: Path) -> dict[str, float]:
+    """A logit bias that bars the model's end-of-generation tokens, so that every answer
+    runs to max_tokens on every server. Greedy numerics differ between servers (and
+    between batch sizes): an answer that ends early takes its tokens off the wave's total
+    while the wave lasts as long as its longest answer, which says nothing about speed."""
+    from llama_cpp import Llama, llama_vocab_is_eog
+
+    llm = Llama(str(gguf), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    ends = [t for t in range(llm.n_vocab()) if llama_vocab_is_eog(vocab, t)]
+    llm.close()
+    return {str(t): -100.0 for t in ends}
 
 
 def _threads() -> int:
@@ -134,17 +143,18 @@ async def streamed(client: aiohttp.ClientSession, url: str, body: dict[str, Any]
     return Sample(started, first, time.perf_counter(), count)
 
 
-def over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession) -> Client:
+def over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession,
+              bias: dict[str, float]) -> Client:
     async def one() -> Sample:
         return await streamed(client, url + "/v1/completions", {
             "model": model, "prompt": _prompt(), "max_tokens": tokens, "temperature": 0,
-            "stream": True})
+            "logit_bias": bias, "stream": True})
 
     return one
 
 
 def chat_over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSession,
-                   fresh_every: int = 0) -> Client:
+                   bias: dict[str, float], fresh_every: int = 0) -> Client:
     """Streamed chat requests with the shared system prompt and a different user turn, each
     answered to ``tokens`` tokens; with ``fresh_every`` (a wave's clients), each wave's
     system prompt opens with the wave's number, so nothing is left from the wave before
@@ -157,7 +167,7 @@ def chat_over_http(url: str, model: str, tokens: int, client: aiohttp.ClientSess
         system = SYSTEM_PROMPT if wave is None else f"Day {wave}. {SYSTEM_PROMPT}"
         return await streamed(client, url + "/v1/chat/completions", {
             "model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "logit_bias": NO_END,
+            "logit_bias": bias,
             "messages": [{"role": "system", "content": system},
                          {"role": "user",
                           "content": f"Visitor {k}: {QUESTIONS[k % len(QUESTIONS)]}"}]})
@@ -223,18 +233,19 @@ async def speculation(bench: Bench, repo: Path, client: aiohttp.ClientSession) -
                 "no drafts": chat_once(url, served, 320, client, content, False)})
 
 
-def in_process(gguf: Path, tokens: int) -> Client:
+def in_process(gguf: Path, tokens: int, bias: dict[str, float]) -> Client:
     from llama_cpp import Llama
 
     llm = Llama(str(gguf), n_ctx=CONTEXT, n_threads=_threads(), n_threads_batch=_threads(),
                 n_batch=512, flash_attn=True, seed=0, verbose=False)
+    barred = {int(token): value for token, value in bias.items()}
 
     async def one() -> Sample:
         started = time.perf_counter()
         first = 0.0
         count = 0
         chunks: Any = llm.create_completion(_prompt(), max_tokens=tokens, temperature=0,
-                                            stream=True)
+                                            logit_bias=barred, stream=True)
         for chunk in chunks:
             if chunk["choices"][0]["text"]:
                 count += 1
@@ -349,22 +360,23 @@ async def run(args: Any) -> Bench:
             await shared(bench, repo, binary, client, args.shared_clients)
         for model in MODELS if not args.shared_only else ():
             gguf = ROOT / "examples" / "models" / model / "model.gguf"
-            local = in_process(gguf, args.tokens)
+            bias = no_end(gguf)
+            local = in_process(gguf, args.tokens, bias)
             for clients in args.clients:
                 with contextlib.ExitStack() as cell:
                     served = f"{model}-{clients}"
                     url = cell.enter_context(_worker(repo, served))
-                    contenders = {"worker": over_http(url, served, args.tokens, client)}
+                    contenders = {"worker": over_http(url, served, args.tokens, client, bias)}
                     if clients == 1:
                         contenders["in-process"] = local
                     if python.exists() and "llama.server" in args.servers:
                         url = cell.enter_context(_python_server(python, gguf, model))
                         contenders["llama.server"] = over_http(url, model, args.tokens,
-                                                               client)
+                                                               client, bias)
                     if binary is not None and "llama-server" in args.servers:
                         url = cell.enter_context(_cpp_server(binary, gguf, model, clients))
                         contenders["llama-server"] = over_http(url, model, args.tokens,
-                                                               client)
+                                                               client, bias)
                     await bench.measure(model, clients, contenders)
     shutil.rmtree(repo, ignore_errors=True)
     return bench
@@ -376,6 +388,7 @@ async def shared(bench: Bench, repo: Path, binary: Path | None,
     then the same with a new system prompt every wave."""
     model, tokens = "smollm2", bench.args.tokens
     gguf = ROOT / "examples" / "models" / model / "model.gguf"
+    bias = no_end(gguf)
     with contextlib.ExitStack() as cell:
         served = f"{model}-{clients}"
         on = cell.enter_context(_worker(repo, served))
@@ -383,11 +396,12 @@ async def shared(bench: Bench, repo: Path, binary: Path | None,
         url = cell.enter_context(_cpp_server(binary, gguf, model, clients)) if binary else ""
         for section, fresh in (("shared", 0), ("shared, new each wave", clients)):
             contenders = {
-                "worker": chat_over_http(on, served, tokens, client, fresh),
+                "worker": chat_over_http(on, served, tokens, client, bias, fresh),
                 "worker, cache off": chat_over_http(off, served + "-nocache", tokens, client,
-                                                    fresh)}
+                                                    bias, fresh)}
             if url:
-                contenders["llama-server"] = chat_over_http(url, model, tokens, client, fresh)
+                contenders["llama-server"] = chat_over_http(url, model, tokens, client, bias,
+                                                            fresh)
             await bench.measure(section, clients, contenders)
 
 
