@@ -24,8 +24,10 @@ renamed) and one that copies nothing (an explanation), each with and without dra
 Servers take turns within each round (order rotated), ``--rounds`` rounds. Printed per
 cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
 request), per-client tokens/s (tokens over the request's whole time, waiting included)
-slowest / fastest in the median round; then the worker's ratios to the others. Tokens
-are the streamed chunks with text (one per token on all three servers).
+slowest / fastest in the median round; then the worker's ratios to the others, taken
+round by round (the median, and the lowest and highest round). Every answer runs to
+``--tokens``: the model's end-of-generation tokens are barred everywhere. Tokens are the
+streamed chunks with text (one per token on all three servers).
 Loopback only, bounded by rounds and clients.
 """
 
@@ -434,6 +436,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def paired(cell: dict[str, Any], base: dict[str, Any]) -> str:
+    """``cell`` against ``base`` round by round, as ``x<median> (x<lowest>-x<highest>)``:
+    the two took turns within each round, so a round's ratio compares them at the same
+    speed of the machine, which drifts by more than the gaps measured here between
+    rounds."""
+    ratios = sorted(a / b for a, b in zip(cell["rounds"], base["rounds"], strict=True))
+    return f"x{statistics.median(ratios):.2f} (x{ratios[0]:.2f}-x{ratios[-1]:.2f})"
+
+
 def report(bench: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {}
     print(f"{bench.args.tokens} tokens per request, {bench.args.rounds} rounds; "  # noqa: T201
@@ -451,22 +462,21 @@ def report(bench: Bench) -> dict[str, Any]:
         print(f"  {model:8s} {clients:2d} clients {name:12s} {cell['totalTokensPerS']:7.1f}"  # noqa: T201
               f" | {cell['ttftP50Ms']:7.0f} / {cell['ttftP99Ms']:7.0f}"
               f" | {cell['slowest']:6.1f} / {cell['fastest']:6.1f}  tokens {cell['tokens']}")
-    print("worker / others (total tokens/s):")  # noqa: T201
+    print("worker / others (total tokens/s, round by round: median, lowest-highest):")  # noqa: T201
     for task in SPECULATION_TASKS:
         cells = out.get(f"lookup {task}", {}).get("1", {})
         if "drafts" in cells and "no drafts" in cells:
-            ratio = cells["drafts"]["totalTokensPerS"] / cells["no drafts"]["totalTokensPerS"]
-            print(f"  prompt lookup, {task}: drafts / no drafts x{ratio:.2f}")  # noqa: T201
+            ratio = paired(cells["drafts"], cells["no drafts"])
+            print(f"  prompt lookup, {task}: drafts / no drafts {ratio}")  # noqa: T201
     for section, what in (("shared", ""), ("shared, new each wave", ", new each wave")):
         for clients, cells in out.get(section, {}).items():
             worker, off = cells.get("worker"), cells.get("worker, cache off")
             if worker is None or off is None:
                 continue
             server = cells.get("llama-server")
-            versus = (f"llama-server x{worker['totalTokensPerS'] / server['totalTokensPerS']:.2f}"
-                      ", " if server else "")
+            versus = f"llama-server {paired(worker, server)}, " if server else ""
             print(f"  shared system prompt{what}, {clients} clients: {versus}cache off "  # noqa: T201
-                  f"x{worker['totalTokensPerS'] / off['totalTokensPerS']:.2f}; time to first "
+                  f"{paired(worker, off)}; time to first "
                   f"token p50 {worker['ttftP50Ms']:.0f} ms against {off['ttftP50Ms']:.0f} ms "
                   f"with the cache off (x{off['ttftP50Ms'] / worker['ttftP50Ms']:.2f} shorter)")
     for model, by_clients in out.items():
@@ -483,8 +493,7 @@ def report(bench: Bench) -> dict[str, Any]:
                 base = cells.get(other) or (out[model]["1"].get(other)
                                             if other == "in-process" else None)
                 if base:
-                    ratio = worker["totalTokensPerS"] / base["totalTokensPerS"]
-                    ratios.append(f"{other} x{ratio:.2f}")
+                    ratios.append(f"{other} {paired(worker, base)}")
             fair = worker["slowest"] / worker["fastest"]
             print(f"  {model:8s} {clients:>2s} clients: {', '.join(ratios)}; worker slowest/"  # noqa: T201
                   f"fastest {fair:.2f}, ttft p99/p50 "
