@@ -123,7 +123,8 @@ class ModelSpec(BaseModel):
                           "transcriptions at once)")
     prompt_chunk: int = Field(64, alias="promptChunk", ge=8, le=8192,
                               description="prompt tokens read per step beside the "
-                              "decoding sequences")
+                              "decoding sequences, shared by the longer prompts; a "
+                              "prompt no longer than this is read whole in one step")
     prompt_lookup: int = Field(0, alias="promptLookup", ge=0, le=16,
                                description="speculative decoding by prompt lookup: the most "
                                "tokens a greedy sequence drafts per step from its own "
