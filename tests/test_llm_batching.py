@@ -297,8 +297,9 @@ async def test_more_whole_prompts_than_a_batch_holds_wait_for_the_next_step(
     """Twelve prompts of about 60 tokens wait for slots while one request's twelve
     choices hold them all, so that one step finds (nearly) all of them: each is read
     whole, but together they are more than the batch's 512 tokens, so those that do not
-    fit wait for the step after. Every answer is the one it gets alone (a token written past the batch
-    corrupts the batch or fails the decode; a token dropped changes the answer)."""
+    fit wait for the step after. Every answer is the one it gets alone (a token written
+    past the batch corrupts the batch or fails the decode; a token dropped changes the
+    answer)."""
     worker = await _worker(tmp_path, "smollm2", parallel=12)
     tail = " and then".join(["", " the", " quiet", " story", " went", " on"] * 3)
     prompts = [f"{k}. {prompt}{tail}" for k, prompt in enumerate(PROMPTS + PROMPTS[:4])]

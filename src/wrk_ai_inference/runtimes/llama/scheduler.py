@@ -297,8 +297,8 @@ class Scheduler:
         # a step that only decodes stops between steps, so that the others go on. The
         # callback runs per graph node and takes the GIL each time: it is installed only
         # for such steps.
-        long = (single and n > len(live)) or self._read > self.chunk
-        self._arm(list({id(s.job): s.job for s in live}.values()) if long else [])
+        armed = (single and n > len(live)) or self._read > self.chunk
+        self._arm(list({id(s.job): s.job for s in live}.values()) if armed else [])
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
         stopped = [s.job.stop_reason for s in live]
