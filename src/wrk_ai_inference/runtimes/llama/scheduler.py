@@ -63,8 +63,8 @@ class Scheduler:
         self._swa = int(lib.llama_model_n_swa(llm._model.model))
         self.parallel, self.cells, self.chunk = parallel, cells, chunk
         self.drafts = drafts  # most tokens a sequence may draft per step (prompt lookup)
-        self._room = batch_size(chunk, parallel, drafts)  # tokens the batch holds
-        self._batch = lib.llama_batch_init(self._room, 0, 1)
+        self._batch_tokens = batch_size(chunk, parallel, drafts)  # tokens the batch holds
+        self._batch = lib.llama_batch_init(self._batch_tokens, 0, 1)
         self.jobs: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._waiting: deque[Generation] = deque()
         self.slots: list[Sequence | None] = [None] * parallel
@@ -76,7 +76,6 @@ class Scheduler:
         self.running = 0  # sequences holding a slot
         self._order = 0  # arrival count: the oldest reader reads first
         self._armed: list[Generation] = []  # whose stop, all of them, aborts the decode
-        self._read = 0  # prompt tokens the step reads
         self._posting: list[Generation] = []  # generations with events not yet delivered
         # referenced while the context lives: llama.cpp keeps the raw pointer
         self._abort = lib.ggml_abort_callback(self._should_abort)
@@ -291,13 +290,13 @@ class Scheduler:
         if not live:
             return
         single = len({id(s.job) for s in live}) == 1  # one generation in this step
-        n = self._fill(live, single)
+        n, read = self._fill(live, single)
         # a step that reads a lone generation's prompt chunk, or more than a chunk of
         # prompts, may stop inside llama_decode once every generation in it has stopped;
         # a step that only decodes stops between steps, so that the others go on. The
         # callback runs per graph node and takes the GIL each time: it is installed only
         # for such steps.
-        armed = (single and n > len(live)) or self._read > self.chunk
+        armed = (single and n > len(live)) or read > self.chunk
         self._arm(list({id(s.job): s.job for s in live}.values()) if armed else [])
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
@@ -392,10 +391,10 @@ class Scheduler:
     def _live(self) -> list[Sequence]:
         return [s for s in self.slots[:self.running] if s is not None]
 
-    def _fill(self, live: list[Sequence], single: bool) -> int:
+    def _fill(self, live: list[Sequence], single: bool) -> tuple[int, int]:
         """Write this step's tokens into the batch, in slot order: the next token of every
         decoding sequence, then the prompt tokens of the sequences still reading one.
-        Returns the number of tokens.
+        Returns the number of tokens, and how many of them are prompt tokens.
 
         A prompt whose unread part fits in ``chunk`` is read whole, as many of them as the
         batch holds: sixteen short prompts that arrive together then start in the same
@@ -412,20 +411,18 @@ class Scheduler:
         lone = (single and not live[0].job.sampling.echo
                 and len(readers) == len(live))
         budget = max(self.chunk, LONE_CHUNK) if lone else self.chunk
-        room = self._room - (len(live) - len(readers)) * (1 + self.drafts)
+        space = self._batch_tokens - (len(live) - len(readers)) * (1 + self.drafts)  # for prompts
         takes: dict[int, int] = {}  # slot: prompt tokens it reads in this step
-        self._read = 0
         for seq in readers:
             need = len(seq.pending)
-            if need <= min(self.chunk, room) and not seq.job.sampling.echo:
+            if need <= min(self.chunk, space) and not seq.job.sampling.echo:
                 takes[seq.slot] = need  # read whole, beside the shared budget
-            elif budget and room:
-                takes[seq.slot] = min(need, budget, room)
+            elif budget and space:
+                takes[seq.slot] = min(need, budget, space)
                 budget -= takes[seq.slot]
             else:
                 continue
-            room -= takes[seq.slot]
-            self._read += takes[seq.slot]
+            space -= takes[seq.slot]
         for seq in live:
             seq.index = -1
             if seq.slot in takes:
@@ -450,7 +447,7 @@ class Scheduler:
                     for token in seq.drafts:
                         n = self._put(b, n, seq, token, True)
         b.n_tokens = n
-        return n
+        return n, sum(takes.values())
 
     @staticmethod
     def _put(b: Any, n: int, seq: Sequence, token: int, logits: bool) -> int:
