@@ -493,8 +493,7 @@ def report(bench: Bench) -> dict[str, Any]:
                                                             else [])
             ratios = []
             for other in baselines:
-                base = cells.get(other) or (out[model]["1"].get(other)
-                                            if other == "in-process" else None)
+                base = cells.get(other)  # in process: one client, in the same cell
                 if base:
                     ratios.append(f"{other} {paired(worker, base)}")
             fair = worker["slowest"] / worker["fastest"]

@@ -225,14 +225,15 @@ async def test_n_choices_read_the_prompt_once_and_a_repeated_prompt_is_reused(
         await worker.stop()
 
 
-async def _endless(worker: InferenceWorker, arrivals: list[float]) -> asyncio.Future[None]:
-    """A smollm2 stream (``inferenceId`` "endless") that runs until cancelled, adding each
-    token's arrival time to ``arrivals``: a clock in steps, one token each. Returned once
-    it has made three tokens."""
+async def _endless(worker: InferenceWorker, arrivals: list[float], n: int = 1,
+                   inference_id: str = "endless") -> asyncio.Future[None]:
+    """A smollm2 stream of ``n`` choices that runs until cancelled (by ``inference_id``),
+    adding each token's arrival time to ``arrivals``: with one choice, a clock in steps,
+    one token each. Returned once it has made three tokens."""
     async def endless() -> None:
         async for event in worker.stream_inference(
                 "smollm2", {"prompt": "Once upon a time"},
-                {"temperature": 0, "max_tokens": 1500, "inferenceId": "endless"}):
+                {"temperature": 0, "max_tokens": 1500, "n": n, "inferenceId": inference_id}):
             if event["type"] == "delta":
                 arrivals.append(time.perf_counter())
 
@@ -335,19 +336,8 @@ async def test_a_step_of_prompts_read_whole_stops_inside_its_decode(
 
     async def step(run: int, cancel: bool) -> float:
         """Seconds from the two prompts' start in one step to their end."""
-        deltas: list[float] = []
-
-        async def hold() -> None:
-            async for event in worker.stream_inference(
-                    "smollm2", {"prompt": "Once upon a time"}, {
-                        "temperature": 0, "max_tokens": 1500, "n": 2,
-                        "inferenceId": "holder"}):
-                if event["type"] == "delta":
-                    deltas.append(time.perf_counter())
-
-        holder = asyncio.ensure_future(hold())
-        while len(deltas) < 4:  # its two choices hold both slots and decode
-            await asyncio.sleep(0.001)
+        # its two choices hold both slots and decode
+        holder = await _endless(worker, [], n=2, inference_id="holder")
         runs = [asyncio.ensure_future(_generate(
             worker, "smollm2", f"{run}.{k} " + " ".join(["story"] * 240),
             {"temperature": 0, "max_tokens": 1, "inferenceId": f"p{k}"})) for k in (0, 1)]

@@ -289,21 +289,20 @@ class Scheduler:
         live = [s for s in self._live() if s.source is None]
         if not live:
             return
-        single = len({id(s.job) for s in live}) == 1  # one generation in this step
-        n, read = self._fill(live, single)
+        jobs = list({id(s.job): s.job for s in live}.values())  # the step's generations
+        n, read = self._fill(live, len(jobs) == 1)
         # a step that reads a lone generation's prompt chunk, or more than a chunk of
         # prompts, may stop inside llama_decode once every generation in it has stopped;
         # a step that only decodes stops between steps, so that the others go on. The
         # callback runs per graph node and takes the GIL each time: it is installed only
         # for such steps.
-        armed = (single and n > len(live)) or read > self.chunk
-        self._arm(list({id(s.job): s.job for s in live}.values()) if armed else [])
+        armed = (len(jobs) == 1 and n > len(live)) or read > self.chunk
+        self._arm(jobs if armed else [])
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
-        stopped = [s.job.stop_reason for s in live]
-        if status == 2 and all(stopped):  # aborted mid-batch: the cells are partial
-            for seq, reason in zip(live, stopped, strict=True):
-                self._end(seq, str(reason), drop=True)
+        if status == 2 and all(job.stop_reason is not None for job in jobs):
+            for seq in live:  # aborted mid-batch: the cells are partial
+                self._end(seq, str(seq.job.stop_reason), drop=True)
             return
         if status != 0:
             log.error("decode failed", extra={"modelId": self.model, "status": status,
