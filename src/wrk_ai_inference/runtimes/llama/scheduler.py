@@ -281,9 +281,14 @@ class Scheduler:
 
     # ---- one step ---------------------------------------------------------------------
     def _step(self) -> None:
-        for seq in self._live():
-            if seq.job.stop_reason is not None:
-                self._end(seq, seq.job.stop_reason)
+        running = self._live()
+        # each generation's stop is read once: the event loop may ask for it between two
+        # of its choices, and they end in the same step, freeing their slots together
+        stops = {id(seq.job): seq.job.stop_reason for seq in running}
+        for seq in running:
+            reason = stops[id(seq.job)]
+            if reason is not None:
+                self._end(seq, reason)
             elif seq.source is not None:
                 self._from_source(seq)
         live = [s for s in self._live() if s.source is None]
@@ -461,8 +466,6 @@ class Scheduler:
     def _advance(self, seq: Sequence, token: int) -> None:
         """Account for the token ``seq`` just sampled: emit it, or end the choice."""
         job = seq.job
-        if seq.made == 0:
-            seq.first_at = time.perf_counter()
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             self._end(seq, "stop")
             return

@@ -188,7 +188,6 @@ class Sequence:
         self.scoring: list[tuple[int, int]] = []
         self.scored = False  # the prompt's first token has been reported
         self.made = 0
-        self.first_at = 0.0  # perf_counter() of its first token
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopFilter(s.stop)
         self._piece = ctypes.create_string_buffer(256)
