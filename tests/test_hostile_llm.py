@@ -125,9 +125,16 @@ MANY_KEYS: dict[str, Any] = {
 
 @pytest.mark.parametrize("name", list(MANY_KEYS))
 def test_a_body_with_many_keys_is_refused_in_linear_time(llm: Worker, name: str) -> None:
-    """simdjson finds a key by scanning: walked key by key, such a body took minutes."""
+    """simdjson finds a key by scanning: walked key by key, such a body took minutes. The
+    worker may spend 1 s of CPU, or what one linear parse of the same body into Python
+    objects costs this process now, whichever is more: a slower or busier machine
+    raises both alike (the 5-million-key body once took the worker over 1 s right after
+    a CI run, against about a quarter of that alone)."""
     body = orjson.dumps({"model": "smollm2", **MANY_KEYS[name]()})
     assert len(body) <= MAX_REQUEST_BYTES
+    started = time.process_time()
+    orjson.loads(body)
+    linear = time.process_time() - started
     for _ in range(2):  # the decoding processes are started (a big body, soon refused)
         httpx.post(f"{llm.url}/v1/chat/completions", timeout=60, json={
             "model": "smollm2", "messages": QUESTION, "pad": "x" * (2 << 20)})
@@ -136,9 +143,9 @@ def test_a_body_with_many_keys_is_refused_in_linear_time(llm: Worker, name: str)
                        headers={"content-type": "application/json"})
     used = worker_cpu(llm.proc.pid) - before
     assert reply.status_code == 400, reply.text
-    print(f"\n{name}: refused after {used:.2f} s of worker CPU ({len(body) / 1e6:.1f} MB): "  # noqa: T201
-          f"{reply.json()['error']['message'][:90]}")
-    assert used < 1.0
+    print(f"\n{name}: refused after {used:.2f} s of worker CPU ({len(body) / 1e6:.1f} MB; "  # noqa: T201
+          f"one parse here {linear:.2f} s): {reply.json()['error']['message'][:90]}")
+    assert used < max(1.0, linear), (used, linear)
 
 
 def _loop_lags_over_quarter_second(url: str) -> float:
