@@ -271,10 +271,12 @@ async def test_short_prompts_that_arrive_together_start_together(tmp_path: Path)
     are cancelled, all eight prompts are read whole in one step and start together. With
     one chunk a step shared among them, the last would start five steps after the first.
 
-    The steps are counted on the model's thread, where they happen: the event loop hands
-    a step's first tokens to their streams one by one and, on a loaded machine, may fall
-    a step behind, so a running stream's token can reach its client between two of them
-    (CI once saw that)."""
+    The steps are counted on the model's thread, where they happen, not in a running
+    stream's tokens at the client: the event loop hands a step's first tokens to their
+    streams one by one and, on a loaded machine, may fall behind. (CI once saw them start
+    a step apart: the cancel had landed between two of the holder's choices' stop checks
+    and freed their slots over two steps; each generation's stop is now read once a
+    step.)"""
     worker = await _worker(tmp_path, "smollm2", parallel=len(PROMPTS) + 1)
     tail = " and then".join(["", " the", " story", " went", " on"] * 3)
     try:
