@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -104,11 +105,13 @@ QUESTIONS = ("Where are the clocks?", "When do the fossils open?", "What is in r
              "What should I see first?")
 
 
+@functools.cache
 def no_end(gguf: Path) -> dict[str, float]:
     """A logit bias that bars the model's end-of-generation tokens, so that every answer
     runs to max_tokens on every server. Greedy numerics differ between servers (and
     between batch sizes): an answer that ends early takes its tokens off the wave's total
-    while the wave lasts as long as its longest answer, which says nothing about speed."""
+    while the wave lasts as long as its longest answer, which says nothing about speed.
+    Read once per GGUF (the vocabulary is walked token by token)."""
     from llama_cpp import Llama, llama_vocab_is_eog
 
     llm = Llama(str(gguf), vocab_only=True, verbose=False)

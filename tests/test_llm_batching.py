@@ -243,6 +243,17 @@ async def _endless(worker: InferenceWorker, arrivals: list[float], n: int = 1,
     return running
 
 
+async def _free_when_waiting(worker: InferenceWorker, holder: asyncio.Future[None],
+                             count: int) -> None:
+    """Once ``count`` generations wait for a slot, cancel the ``_endless`` holder (its
+    ``inference_id`` "holder") whose choices hold the slots, so that they all find free
+    slots at the same step."""
+    while _idle(worker, "smollm2")["waiting"] < count:
+        await asyncio.sleep(0.001)
+    assert (await worker.cancel("holder"))["cancelled"] is True
+    await holder
+
+
 async def test_a_long_prompt_never_freezes_the_running_streams(tmp_path: Path) -> None:
     """While a 1200-token prompt is read (in chunks of promptChunk), a running stream
     gets a token at every step: counted in tokens, not timed, so a loaded machine's slow
@@ -288,10 +299,7 @@ async def test_short_prompts_that_arrive_together_start_together(tmp_path: Path)
         holder = await _endless(worker, [], n=len(PROMPTS), inference_id="holder")
         waiting = [asyncio.ensure_future(_generate(worker, "smollm2", prompt + tail, {
             "temperature": 0, "max_tokens": 2})) for prompt in PROMPTS]
-        while _idle(worker, "smollm2")["waiting"] < len(PROMPTS):
-            await asyncio.sleep(0.001)
-        assert (await worker.cancel("holder"))["cancelled"] is True
-        await holder
+        await _free_when_waiting(worker, holder, len(PROMPTS))
         await asyncio.gather(*waiting)
         assert (await worker.cancel("endless"))["cancelled"] is True
         await running
@@ -372,10 +380,7 @@ async def test_a_step_of_prompts_read_whole_stops_inside_its_decode(
         runs = [asyncio.ensure_future(_generate(
             worker, "smollm2", f"{run}.{k} " + " ".join(["story"] * 240),
             {"temperature": 0, "max_tokens": 1, "inferenceId": f"p{k}"})) for k in (0, 1)]
-        while _idle(worker, "smollm2")["waiting"] < 2:
-            await asyncio.sleep(0.001)
-        assert (await worker.cancel("holder"))["cancelled"] is True
-        await holder
+        await _free_when_waiting(worker, holder, 2)
         caplog.clear()  # the holder's stop logged
         while _idle(worker, "smollm2")["waiting"]:  # both took a slot: their step runs
             await asyncio.sleep(0.001)

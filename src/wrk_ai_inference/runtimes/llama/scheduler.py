@@ -51,6 +51,12 @@ def batch_size(chunk: int, parallel: int, drafts: int) -> int:
     return max(chunk + parallel * (1 + drafts), LONE_CHUNK)
 
 
+def _all_stopped(jobs: list[Generation]) -> bool:
+    """Whether every generation of a step has been asked to stop: only then may the step
+    end inside ``llama_decode`` (the others' tokens would be lost)."""
+    return all(job.stop_reason is not None for job in jobs)
+
+
 class Scheduler:
     """The model's thread: owns the llama context, its batch and its sequences."""
 
@@ -305,7 +311,7 @@ class Scheduler:
         self._arm(jobs if armed else [])
         self._flush()  # the event loop handles them while the decode runs without the GIL
         status = self._lib.llama_decode(self._ctx, self._batch) if n else 0
-        if status == 2 and all(job.stop_reason is not None for job in jobs):
+        if status == 2 and _all_stopped(jobs):
             for seq in live:  # aborted mid-batch: the cells are partial
                 self._end(seq, str(seq.job.stop_reason), drop=True)
             return
@@ -390,7 +396,7 @@ class Scheduler:
 
     def _should_abort(self, _data: Any) -> bool:
         jobs = self._armed
-        return bool(jobs) and all(job.stop_reason is not None for job in jobs)
+        return bool(jobs) and _all_stopped(jobs)
 
     def _live(self) -> list[Sequence]:
         return [s for s in self.slots[:self.running] if s is not None]
