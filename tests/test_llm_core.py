@@ -199,12 +199,14 @@ def test_plain_greedy_picks_off_the_logits_what_the_sampler_chain_picks() -> Non
 
     from wrk_ai_inference.runtimes.llama import Generation, Sampling
     from wrk_ai_inference.runtimes.llama.sequence import GreedyPick, plain_greedy, sampler_chain
+    from wrk_ai_inference.runtimes.llama.vocabulary import Vocabulary
 
     from .helpers import EXAMPLES
 
     llm = Llama(str(EXAMPLES / "smollm2" / "model.gguf"), n_ctx=256, n_threads=2,
                 verbose=False)
     vocab, n_vocab, ctx = lib.llama_model_get_vocab(llm._model.model), llm.n_vocab(), llm._ctx.ctx
+    words = Vocabulary(lib, vocab, n_vocab)
     one = np.float32
 
     def level(row: Any, token: int, with_token: int) -> float | None:
@@ -248,12 +250,12 @@ def test_plain_greedy_picks_off_the_logits_what_the_sampler_chain_picks() -> Non
             sampling = Sampling(temperature=0, logit_bias=bias)
             assert plain_greedy(sampling)
             job = Generation([], sampling, lambda events: None)
-            chain = sampler_chain(lib, vocab, n_vocab, job, 0)
+            chain = sampler_chain(lib, n_vocab, job, 0)
             try:
                 want = lib.llama_sampler_sample(chain, ctx, -1)
             finally:
                 lib.llama_sampler_free(chain)
-            assert GreedyPick(n_vocab, bias).pick(logits) == want, (text, bias)
+            assert GreedyPick(words, bias).pick(logits) == want, (text, bias)
             picks.append(want)
     assert len(set(picks)) > 6  # the cases made the chain pick many different tokens
     assert not plain_greedy(Sampling(temperature=0, repeat_penalty=1.1))

@@ -420,6 +420,7 @@ class InferenceEngine:
             submitted = True
             yield {"type": "start", "inferenceId": inference_id, "chat": request.chat,
                    "n": request.sampling.n}
+            inter_token = self.metrics.inter_token.labels(model_id)  # once, not per token
             while True:
                 kind, *rest = await events.get()
                 if kind == "delta":  # the most frequent: first
@@ -428,7 +429,7 @@ class InferenceEngine:
                         tokens.first_s = now
                         self.metrics.ttft.labels(model_id).observe(now - started)
                     else:
-                        self.metrics.inter_token.labels(model_id).observe(now - tokens.last_s)
+                        inter_token.observe(now - tokens.last_s)
                     tokens.last_s = now
                     for out in shaper.delta(rest[0], rest[1], rest[2]):
                         yield out

@@ -34,6 +34,7 @@ from .generation import Generation, check_fits
 from .lookup import PromptLookup
 from .prefix import BLOCK, PrefixHashes, shared_prefix, verified
 from .sequence import Sequence
+from .vocabulary import Vocabulary
 
 log = get_logger("llama")
 
@@ -63,8 +64,7 @@ class Scheduler:
     def __init__(self, lib: Any, llm: Any, ctx: Any, parallel: int, cells: int,
                  chunk: int, model: str, prompt_cache: bool = True, drafts: int = 0) -> None:
         self._lib, self._llm, self._ctx, self.model = lib, llm, ctx, model
-        self._vocab = llm._model.vocab
-        self._n_vocab = int(llm.n_vocab())
+        self._vocab = Vocabulary(lib, llm._model.vocab, int(llm.n_vocab()))
         self._mem = lib.llama_get_memory(ctx)
         self._swa = int(lib.llama_model_n_swa(llm._model.model))
         self.parallel, self.cells, self.chunk = parallel, cells, chunk
@@ -107,15 +107,13 @@ class Scheduler:
         """Move new generations from the FIFO; block while there is nothing to do.
         False once the session closes."""
         block = not self.running and not self._waiting
-        while True:
-            try:
-                job = self.jobs.get(block=block)
-            except queue.Empty:
-                return True
+        while block or not self.jobs.empty():  # this thread alone takes from it
+            job = self.jobs.get()
             if job is None:
                 return False
             self._queue(job)
             block = False
+        return True
 
     def _queue(self, job: Generation) -> None:
         """Size-check a new generation (its prompt came tokenised: the tokenizer never
@@ -169,7 +167,7 @@ class Scheduler:
                  else job.sampling.default_max_tokens)
         if asked is not None:
             limit = min(limit, asked)
-        seq = Sequence(self._lib, self._vocab, self._n_vocab, job, job.admitted, slot, limit)
+        seq = Sequence(self._lib, self._vocab, job, job.admitted, slot, limit)
         sampling = job.sampling
         wanted = sampling.prompt_lookup
         most = min(self.drafts, self.drafts if wanted is None else wanted)
@@ -472,7 +470,7 @@ class Scheduler:
     def _advance(self, seq: Sequence, token: int) -> None:
         """Account for the token ``seq`` just sampled: emit it, or end the choice."""
         job = seq.job
-        if self._lib.llama_vocab_is_eog(self._vocab, token):
+        if self._vocab.ends(token):
             self._end(seq, "stop")
             return
         seq.made += 1
@@ -558,7 +556,7 @@ class Scheduler:
         top = seq.job.sampling.logprobs or 0
         pointer = self._lib.llama_get_logits_ith(self._ctx,
                                                  seq.index if index is None else index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        logits = self._vocab.row(pointer).astype(np.float64)
         peak = logits.max()
         log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
         entry: dict[str, Any] = {"token": seq.piece(token),

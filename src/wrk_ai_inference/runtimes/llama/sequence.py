@@ -23,11 +23,12 @@ from ...errors import InferenceError
 from .generation import Generation, Grammar, Sampling, StopFilter
 from .lookup import PromptLookup
 from .prefix import BLOCK, PrefixHashes
+from .vocabulary import Vocabulary
 
 PENALTY_WINDOW = 64  # tokens the repetition penalties look back over (llama-cpp-python's)
 
 
-def sampler_chain(lib: Any, vocab: Any, n_vocab: int, job: Generation, seed: int) -> Any:
+def sampler_chain(lib: Any, n_vocab: int, job: Generation, seed: int) -> Any:
     """A llama.cpp sampler chain for ``job``'s settings, without its grammar (a raw
     pointer: free it with ``llama_sampler_free``)."""
     s = job.sampling
@@ -70,15 +71,15 @@ class GreedyPick:
     the row (``docs/performance.md``). The pick is the chain's: the biases added in
     float32, then the first best in token order."""
 
-    def __init__(self, n_vocab: int, logit_bias: list[tuple[int, float]]) -> None:
+    def __init__(self, vocab: Vocabulary, logit_bias: list[tuple[int, float]]) -> None:
         ordered = sorted(logit_bias)
-        self._n_vocab = n_vocab
+        self._vocab = vocab
         self._ids = np.array([token for token, _ in ordered], dtype=np.intp)
         self._bias = np.array([bias for _, bias in ordered], dtype=np.float32)
         self._biased = {token for token, _ in ordered}
 
     def pick(self, logits: Any) -> int:
-        row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        row = self._vocab.row(logits)
         best = int(row.argmax())
         if not self._biased:
             return best
@@ -101,9 +102,9 @@ class GrammarCheck:
     vocabulary every step would halve the speed of a constrained answer; a model that
     follows its grammar (most steps of a tool call) pays one check per token."""
 
-    def __init__(self, lib: Any, vocab: Any, n_vocab: int, grammar: Grammar) -> None:
-        self._lib, self._n_vocab = lib, n_vocab
-        self.sampler = _grammar(lib, vocab, grammar)
+    def __init__(self, lib: Any, vocab: Vocabulary, grammar: Grammar) -> None:
+        self._lib, self._vocab, self._n_vocab = lib, vocab, vocab.size
+        self.sampler = _grammar(lib, vocab.ptr, grammar)
         if not self.sampler:
             raise InferenceError("ERR_INVALID_INPUT", "the grammar cannot be parsed")
         self._one = lib.llama_token_data()
@@ -128,7 +129,7 @@ class GrammarCheck:
         candidates = self._all
         candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
         logits = lib.llama_get_logits_ith(ctx, index)
-        candidates["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        candidates["logit"] = self._vocab.row(logits)
         candidates["p"] = 0.0
         array = lib.llama_token_data_array(
             candidates.ctypes.data_as(lib.llama_token_data_p), self._n_vocab, -1, False)
@@ -161,19 +162,19 @@ class Sequence:
     evaluate, the tokens its KV cells hold (their count is its next position), the last
     token it sampled (the next one to decode)."""
 
-    def __init__(self, lib: Any, vocab: Any, n_vocab: int, job: Generation, choice: int,
+    def __init__(self, lib: Any, vocab: Vocabulary, job: Generation, choice: int,
                  slot: int, limit: int) -> None:
         s = job.sampling
         self.job, self.choice, self.slot, self.limit = job, choice, slot, limit
         seed = (s.seed + choice) if s.seed is not None else random.getrandbits(31)
-        self.sampler = sampler_chain(lib, vocab, n_vocab, job, seed)
+        self.sampler = sampler_chain(lib, vocab.size, job, seed)
         try:
-            self.grammar = (GrammarCheck(lib, vocab, n_vocab, s.grammar)
+            self.grammar = (GrammarCheck(lib, vocab, s.grammar)
                             if s.grammar is not None else None)
         except InferenceError:
             lib.llama_sampler_free(self.sampler)
             raise
-        self._greedy = GreedyPick(n_vocab, s.logit_bias) if plain_greedy(s) else None
+        self._greedy = GreedyPick(vocab, s.logit_bias) if plain_greedy(s) else None
         self._lib, self._vocab = lib, vocab
         self.pending: list[int] = []  # prompt tokens not yet in the KV cache
         self.kv: list[int] = []  # the tokens in its KV cells, in order (for prefix reuse)
@@ -190,7 +191,6 @@ class Sequence:
         self.made = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopFilter(s.stop)
-        self._piece = ctypes.create_string_buffer(256)
 
     def trim(self, keep: int) -> None:
         """Only the first ``keep`` of its cells stay (a refused draft's go)."""
@@ -225,15 +225,11 @@ class Sequence:
     def text(self, token: int) -> tuple[str, bool]:
         """The text ``token`` adds that is safe to emit, and whether a stop string ended
         the choice."""
-        return self._stops.feed(self._decoder.decode(self._bytes(token)))
+        return self._stops.feed(self._decoder.decode(self._vocab.piece(token)))
 
     def piece(self, token: int) -> str:
         """One token's text on its own (for logprobs)."""
-        return self._bytes(token).decode("utf-8", errors="replace")
-
-    def _bytes(self, token: int) -> bytes:
-        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
-        return self._piece.raw[:max(n, 0)]
+        return self._vocab.piece(token).decode("utf-8", errors="replace")
 
     @property
     def stop_string(self) -> str | None:
