@@ -93,3 +93,64 @@ def test_bad_choices_and_tools_are_named(tools: object, choice: object, word: st
     with pytest.raises(InferenceError) as caught:
         toolset(tools, choice, None)
     assert word in caught.value.message
+
+
+def _streamed(fmt: Format, text: str, size: int, whole: bool) -> list[tuple[str, object]]:
+    """A grammar-written answer through the stream, the pieces of each call's arguments
+    joined (how they were cut depends on the piece size)."""
+    tools = toolset(TOOLS, "auto", None)
+    assert tools is not None
+    stream = CallStream(fmt, tools, whole, constrained=True)
+    items: list[tuple[str, object]] = []
+    for at in range(0, len(text), size):
+        items += stream.feed(text[at:at + size])
+    items += stream.close()
+    joined: list[tuple[str, object]] = []
+    for kind, value in items:
+        if kind == "arguments" and joined and joined[-1][0] == "arguments":
+            joined[-1] = ("arguments", str(joined[-1][1]) + str(value))
+        else:
+            joined.append((kind, value))
+    return joined
+
+
+@pytest.mark.parametrize(("template", "name", "written"), FAMILIES)
+def test_a_grammar_written_call_streams_its_arguments_as_they_are_written(
+        template: str, name: str, written: str) -> None:
+    fmt = family(template)
+    lazy = fmt.trigger is not None
+    for size in (1, 3, 7, len(written)):
+        for whole in {True, not lazy}:  # forced: the whole answer; auto: from the trigger
+            assert _streamed(fmt, written, size, whole) == [
+                ("open", "get_weather"), ("arguments", '{"city": "Paris"}'),
+                ("call", WEATHER)], (size, whole)
+    # the call is sent the moment its arguments close, before the answer ends
+    tools = toolset(TOOLS, "auto", None)
+    assert tools is not None
+    stream = CallStream(fmt, tools, True, constrained=True)
+    cut = written.index("}") + 2
+    assert ("call", WEATHER) in stream.feed(written[:cut])
+
+
+def test_calls_in_a_row_stream_one_after_the_other_and_a_cut_call_ends_as_written() -> None:
+    fmt = family("<tool_call>")
+    code = '{"city": "Ni{ce} \\"}\\" [x"}'  # braces and quotes inside a string
+    written = ('I will look.\n<tool_call>\n{"name": "get_weather", "arguments": '
+               f'{code}}}\n</tool_call>\n<tool_call>\n{{"name": "get_time", '
+               '"arguments": {"city": "Oslo"}}\n</tool_call>')
+    for size in (1, 2, 5, len(written)):
+        items = _streamed(fmt, written, size, whole=False)
+        assert [k for k, _ in items if k != "text"] == [
+            "open", "arguments", "call", "open", "arguments", "call"], size
+        assert "".join(str(v) for k, v in items if k == "text").strip() == "I will look."
+        assert [v for k, v in items if k == "call"] == [
+            Call("get_weather", code), Call("get_time", '{"city": "Oslo"}')]
+        assert json.loads(code) == {"city": 'Ni{ce} "}" [x'}
+    # the answer ended inside the arguments (its length): the call ends as far as written
+    cut = _streamed(fmt, written[:written.index("Ni{ce}") + 4], 3, whole=False)
+    assert cut[-1] == ("call", Call("get_weather", '{"city": "Ni{c'))
+    # what only looks like a call inside a text answer's string stays text
+    generic = family("<|im_start|>")
+    answer = '{"response": "write {\\"name\\": \\"get_time\\", \\"arguments\\": {}}"}'
+    assert _streamed(generic, answer, 4, whole=True) == [
+        ("text", 'write {"name": "get_time", "arguments": {}}')]

@@ -133,6 +133,42 @@ def test_a_streamed_call_arrives_as_call_deltas_never_as_text(client: openai.Ope
     assert reasons[-1] == "tool_calls"
 
 
+@pytest.mark.parametrize("model", ["smollm2", "qwen2.5-coder"])
+def test_a_forced_call_streams_its_arguments_as_they_are_written(
+        client: openai.OpenAI, claude: anthropic.Anthropic, model: str) -> None:
+    """The grammar writes the call, so it is announced at its name and its arguments
+    follow in pieces, on all three protocols; joined, they are the unstreamed answer's."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    whole = _chat(client, model, tool_choice=named).choices[0].message.tool_calls[0]
+    jsonschema.validate(json.loads(whole.function.arguments), _schema("get_weather"))
+    pieces = [piece for chunk in _chat(client, model, tool_choice=named, stream=True)
+              for piece in chunk.choices[0].delta.tool_calls or ()]
+    assert pieces[0].id and pieces[0].function.name == "get_weather"
+    assert pieces[0].function.arguments == "" and all(p.id is None for p in pieces[1:])
+    assert len(pieces) > 3 and "".join(p.function.arguments or "" for p in pieces) \
+        == whole.function.arguments
+    events = list(client.responses.create(
+        model=model, input="What is the weather in Paris?", tools=RESPONSE_TOOLS,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "name": "get_weather"}, temperature=0,
+        stream=True))
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    [done] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(deltas) > 3 and "".join(deltas) == done.arguments == whole.function.arguments
+    kinds = [e.type for e in events]
+    assert kinds.index("response.output_item.added") < kinds.index(
+        "response.function_call_arguments.delta")
+    tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
+              "input_schema": t["function"]["parameters"]} for t in TOOLS]
+    with claude.messages.stream(model=model, max_tokens=200, messages=ASK,  # type: ignore[arg-type]
+                                tools=tools, tool_choice={"type": "tool", "name": "get_weather"},  # type: ignore[arg-type]
+                                extra_body=GREEDY) as stream:
+        parts = [e.delta.partial_json for e in stream if e.type == "content_block_delta"
+                 and e.delta.type == "input_json_delta"]
+        final = stream.get_final_message()
+    assert len(parts) > 3 and json.loads("".join(parts)) == json.loads(
+        whole.function.arguments) == final.content[0].input  # type: ignore[union-attr]
+
+
 def test_the_seed_api_takes_the_same_tools(llm: Worker) -> None:
     body = {"inputData": {"messages": ASK},
             "options": {"tools": TOOLS, "temperature": 0,

@@ -377,7 +377,8 @@ def _regex(text: str) -> str:
 @dataclass
 class _Choice:
     calls: CallStream
-    count: int = 0
+    count: int = 0  # calls begun
+    open: tuple[int, str] | None = None  # (index, id) of the call being streamed
 
 
 class Shaper:
@@ -389,8 +390,12 @@ class Shaper:
         tools = request.tools
         self._stops = set(request.asked_stops)
         self._choices: dict[int, _Choice] = {}
-        self._make = None if tools is None else (
-            lambda: _Choice(CallStream(fmt, tools, whole=tools.forced or fmt.whole_json)))
+        if tools is None:
+            self._make = None
+        else:  # a grammar writes the calls unless the format's are only parsed
+            constrained = fmt.mode(tools, fmt.answer(tools, request.constraint)) is not None
+            self._make = lambda: _Choice(CallStream(
+                fmt, tools, whole=tools.forced or fmt.whole_json, constrained=constrained))
 
     def _choice(self, index: int) -> _Choice | None:
         if self._make is None:
@@ -427,12 +432,26 @@ class Shaper:
                 events.append({"type": "delta", "index": index, "text": value,
                                "logprob": logprob})
                 logprob = None
-            else:
-                assert isinstance(value, Call)
-                events.append({"type": "toolCall", "index": index, "call": {
-                    "index": choice.count, "id": call_id(), "name": value.name,
-                    "arguments": value.arguments}})
+            elif kind == "open":  # a call begins: its name now, its arguments as written
+                choice.open = (choice.count, call_id())
+                events.append({"type": "toolCallStart", "index": index, "call": {
+                    "index": choice.count, "id": choice.open[1], "name": value}})
                 choice.count += 1
+            elif kind == "arguments":
+                assert choice.open is not None
+                events.append({"type": "toolCallArguments", "index": index, "call": {
+                    "index": choice.open[0], "arguments": value}})
+            else:  # the whole call; "streamed": announced and sent piece by piece before
+                assert isinstance(value, Call)
+                streamed = choice.open is not None
+                if choice.open is not None:
+                    (number, ident), choice.open = choice.open, None
+                else:
+                    number, ident = choice.count, call_id()
+                    choice.count += 1
+                events.append({"type": "toolCall", "index": index, "streamed": streamed,
+                               "call": {"index": number, "id": ident, "name": value.name,
+                                        "arguments": value.arguments}})
         if logprob is not None:
             events.append({"type": "delta", "index": index, "text": "", "logprob": logprob})
         return events

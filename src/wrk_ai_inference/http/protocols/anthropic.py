@@ -11,7 +11,6 @@ Anthropic's content blocks and stream events. Errors are Anthropic's
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -22,7 +21,7 @@ from ...errors import InferenceError
 from ...worker import InferenceWorker
 from ..responses import JSON
 from ..routing import Call, EventStream, Route, Table
-from .shared import first_event, json_body
+from .shared import arguments_object, first_event, json_body
 
 _FIELDS = {"model", "max_tokens", "system", "messages", "tools", "tool_choice",
            "stop_sequences", "temperature", "top_p", "top_k", "metadata", "stream"}
@@ -184,7 +183,7 @@ def _blocks(choice: dict[str, Any]) -> list[dict[str, Any]]:
     for call in choice.get("toolCalls", ()):
         blocks.append({"type": "tool_use", "id": _tool_id(call["id"]),
                        "name": call["function"]["name"],
-                       "input": json.loads(call["function"]["arguments"])})
+                       "input": arguments_object(call["function"]["arguments"])})
     return blocks
 
 
@@ -219,7 +218,8 @@ async def _messages(worker: InferenceWorker, call: Call) -> Response:
 async def _stream(model: str, start: dict[str, Any],
                   events: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[bytes, None]:
     """The worker's events as Anthropic's: a text block opened at the first text, one
-    tool_use block per call (its input as one ``input_json_delta``), then the stop."""
+    tool_use block per call (its input in ``input_json_delta`` pieces as it is written,
+    or in one where the call came whole), then the stop."""
     yield _event("message_start", {"message": {
         "id": "msg_" + start["inferenceId"], "type": "message", "role": "assistant",
         "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
@@ -240,18 +240,23 @@ async def _stream(model: str, start: dict[str, Any],
                             "index": block, "content_block": {"type": "text", "text": ""}})
                     yield _event("content_block_delta", {
                         "index": block, "delta": {"type": "text_delta", "text": event["text"]}})
-                elif kind == "toolCall":
-                    if text_open:
-                        yield _event("content_block_stop", {"index": block})
-                        text_open = False
-                    block += 1
+                elif kind in ("toolCallStart", "toolCallArguments", "toolCall"):
                     tool = event["call"]
-                    yield _event("content_block_start", {"index": block, "content_block": {
-                        "type": "tool_use", "id": _tool_id(tool["id"]), "name": tool["name"],
-                        "input": {}}})
-                    yield _event("content_block_delta", {"index": block, "delta": {
-                        "type": "input_json_delta", "partial_json": tool["arguments"]}})
-                    yield _event("content_block_stop", {"index": block})
+                    whole = kind == "toolCall" and not event["streamed"]
+                    if kind == "toolCallStart" or whole:  # a tool_use block begins
+                        if text_open:
+                            yield _event("content_block_stop", {"index": block})
+                            text_open = False
+                        block += 1
+                        yield _event("content_block_start", {
+                            "index": block, "content_block": {
+                                "type": "tool_use", "id": _tool_id(tool["id"]),
+                                "name": tool["name"], "input": {}}})
+                    if kind == "toolCallArguments" or whole:
+                        yield _event("content_block_delta", {"index": block, "delta": {
+                            "type": "input_json_delta", "partial_json": tool["arguments"]}})
+                    if kind == "toolCall":
+                        yield _event("content_block_stop", {"index": block})
                 elif kind == "finish":
                     finish = event
                 elif kind == "end":

@@ -28,7 +28,7 @@ from ...models.gguf import details
 from ...worker import InferenceWorker
 from ..responses import JSON
 from ..routing import Call, EventStream, Route, Table
-from .shared import first_event, json_body
+from .shared import arguments_object, first_event, json_body
 
 #: what /api/version answers: the Ollama API level these routes follow
 OLLAMA_VERSION = "0.12.0"
@@ -260,7 +260,7 @@ async def _parts(worker: InferenceWorker, model: str, chat: bool,
                     first = first or time.perf_counter()
                     tool = event["call"]
                     yield piece("", [{"function": {
-                        "name": tool["name"], "arguments": orjson.loads(tool["arguments"])}}])
+                        "name": tool["name"], "arguments": arguments_object(tool["arguments"])}}])
                 elif kind == "finish":
                     reason = event["finishReason"]
                 elif kind == "end":

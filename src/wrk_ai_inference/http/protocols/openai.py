@@ -159,12 +159,17 @@ class _Shapes:
 
     @staticmethod
     def call(event: dict[str, Any]) -> dict[str, Any]:
-        """A whole tool call as one delta: its index, id, name and arguments."""
+        """A tool call's delta: its first (index, id, name, and the arguments where the
+        call came whole), or the next piece of its arguments."""
         call = event["call"]
-        return {"index": event["index"], "delta": {"tool_calls": [
-            {"index": call["index"], "id": call["id"], "type": "function",
-             "function": {"name": call["name"], "arguments": call["arguments"]}}]},
-            "logprobs": None, "finish_reason": None}
+        if "id" not in call:
+            tool = {"index": call["index"], "function": {"arguments": call["arguments"]}}
+        else:
+            tool = {"index": call["index"], "id": call["id"], "type": "function",
+                    "function": {"name": call["name"],
+                                 "arguments": call.get("arguments", "")}}
+        return {"index": event["index"], "delta": {"tool_calls": [tool]},
+                "logprobs": None, "finish_reason": None}
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         if self.chat:
@@ -326,7 +331,8 @@ async def _sse_chunks(shapes: _Shapes, start: dict[str, Any],
                 kind = event["type"]
                 if kind == "delta":
                     yield _sse(chunk([shapes.delta(event, offsets)]))
-                elif kind == "toolCall":
+                elif kind in ("toolCallStart", "toolCallArguments") or (
+                        kind == "toolCall" and not event["streamed"]):
                     yield _sse(chunk([shapes.call(event)]))
                 elif kind == "finish":
                     pending.discard(event["index"])

@@ -219,6 +219,12 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def _function(ident: str, name: str, arguments: str) -> dict[str, Any]:
+    """A call as a chat message's ``tool_calls`` entry (how calls are kept)."""
+    return {"id": ident, "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
 def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
     return {"type": "function_call", "id": "fc_" + call["id"].removeprefix("call_"),
             "call_id": call["id"], "name": call["function"]["name"],
@@ -272,6 +278,7 @@ async def _stream(worker: InferenceWorker, request: _Request,
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     message: str | None = None  # the open message item's id
+    call_item: dict[str, Any] = {}  # the function call item being streamed
     reason = "stop"
 
     def close_message() -> list[bytes]:
@@ -292,6 +299,27 @@ async def _stream(worker: InferenceWorker, request: _Request,
         message = None
         return out
 
+    def call_start(tool: dict[str, Any]) -> list[bytes]:
+        """A function call item begins (the message before it, if any, ends)."""
+        nonlocal call_item
+        call_item = _call_item(_function(tool["id"], tool["name"], ""), "in_progress")
+        return [*close_message(), event("response.output_item.added", {
+            "output_index": len(output), "item": call_item})]
+
+    def call_piece(piece: str) -> list[bytes]:
+        return [event("response.function_call_arguments.delta", {
+            "item_id": call_item["id"], "output_index": len(output), "delta": piece})]
+
+    def call_end(tool: dict[str, Any]) -> list[bytes]:
+        done = _function(tool["id"], tool["name"], tool["arguments"])
+        calls.append(done)
+        item, index = _call_item(done), len(output)
+        output.append(item)
+        return [event("response.function_call_arguments.done", {
+                    "item_id": item["id"], "output_index": index,
+                    "arguments": tool["arguments"]}),
+                event("response.output_item.done", {"output_index": index, "item": item})]
+
     async with contextlib.aclosing(events):
         try:
             async for ev in events:
@@ -310,26 +338,18 @@ async def _stream(worker: InferenceWorker, request: _Request,
                     yield event("response.output_text.delta", {
                         "item_id": message, "output_index": len(output), "content_index": 0,
                         "delta": ev["text"], "logprobs": []})
-                elif kind == "toolCall":
-                    for chunk in close_message():
-                        yield chunk
+                elif kind in ("toolCallStart", "toolCallArguments", "toolCall"):
                     tool = ev["call"]
-                    done = {"id": tool["id"], "type": "function",
-                            "function": {"name": tool["name"],
-                                         "arguments": tool["arguments"]}}
-                    calls.append(done)
-                    item, index = _call_item(done), len(output)
-                    yield event("response.output_item.added", {
-                        "output_index": index, "item": _call_item(done, "in_progress")})
-                    yield event("response.function_call_arguments.delta", {
-                        "item_id": item["id"], "output_index": index,
-                        "delta": tool["arguments"]})
-                    yield event("response.function_call_arguments.done", {
-                        "item_id": item["id"], "output_index": index,
-                        "arguments": tool["arguments"]})
-                    output.append(item)
-                    yield event("response.output_item.done", {"output_index": index,
-                                                               "item": item})
+                    if kind == "toolCallStart":
+                        out = call_start(tool)
+                    elif kind == "toolCallArguments":
+                        out = call_piece(tool["arguments"])
+                    else:  # the whole call, after its pieces or alone
+                        out = [] if ev["streamed"] else (call_start(tool)
+                                                         + call_piece(tool["arguments"]))
+                        out += call_end(tool)
+                    for chunk in out:
+                        yield chunk
                 elif kind == "finish":
                     reason = ev["finishReason"]
                 elif kind == "end":

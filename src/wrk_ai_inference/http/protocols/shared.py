@@ -1,10 +1,13 @@
 """What several protocol modules need alike: a JSON body decoded within the worker's
-bounds, and a stream's first event awaited before the status line goes out."""
+bounds, a stream's first event awaited before the status line goes out, a call's
+arguments as an object."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Any
+
+import orjson
 
 from ... import bodies, json_tensors
 from ...errors import InferenceError
@@ -31,3 +34,12 @@ async def first_event(events: AsyncGenerator[dict[str, Any], None]) -> dict[str,
     except BaseException:
         await events.aclose()
         raise
+
+
+def arguments_object(arguments: str) -> Any:
+    """A call's arguments as the object protocols that carry objects want; ``{}`` for
+    arguments cut short (the answer's length ended them: the finish reason says so)."""
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {}
