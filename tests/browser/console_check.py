@@ -252,14 +252,21 @@ def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
     assert "drive" in row[0]
 
     shares: list[float] = []
-    load = threading.Thread(target=lambda: httpx.post(
-        f"{worker.url}/api/models/peer-model/load", timeout=300))
+    answer: dict[str, Any] = {}  # the load's status and body, once it answers
+
+    def post_load() -> None:
+        reply = httpx.post(f"{worker.url}/api/models/peer-model/load", timeout=300)
+        answer.update(status=reply.status_code, body=reply.text[:2000])
+
+    load = threading.Thread(target=post_load)
     load.start()
     try:
         def watch() -> bool:
             row_state, share = browser.execute_script(ROW_STATE, "peer-model")
             if row_state == "loaded":
                 return True
+            if answer and answer["status"] != 200:  # a refused fetch says why at once
+                raise AssertionError(f"the drive model's load failed: {answer}")
             if share is not None:
                 if not shares or shares[-1] != float(share):
                     shares.append(float(share))
@@ -267,7 +274,13 @@ def test_models_page_shows_a_fetch_and_loads_and_unloads(browser: WebDriver,
                     shoot(browser, "models")
             return False
 
-        wait_for("the drive model to load", watch, timeout=240, every=0.05)
+        try:
+            wait_for("the drive model to load", watch, timeout=240, every=0.05)
+        except AssertionError as exc:  # what the worker logged of it, to tell why
+            said = [line for line in worker.log_lines()
+                    if "peer-model" in json.dumps(line) or "drive" in json.dumps(line)]
+            raise AssertionError(f"{exc}; progress seen {shares}; load {answer or 'pending'}; "
+                                 f"the worker's log of it: {said[-20:]}") from None
     finally:
         load.join()
     moving = [s for s in shares if s < 1.0]

@@ -162,7 +162,7 @@ class _Shapes:
         """A tool call's delta: its first (index, id, name, and the arguments where the
         call came whole), or the next piece of its arguments."""
         call = event["call"]
-        if "id" not in call:
+        if event["type"] == "toolCallArguments":
             tool = {"index": call["index"], "function": {"arguments": call["arguments"]}}
         else:
             tool = {"index": call["index"], "id": call["id"], "type": "function",
