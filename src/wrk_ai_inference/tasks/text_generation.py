@@ -424,6 +424,21 @@ class Shaper:
             finish["stopSequence"] = stop
         return [*events, finish]
 
+    @staticmethod
+    def _start(index: int, choice: _Choice, name: str) -> dict[str, Any]:
+        """A call begins: its index, id and name, before its arguments."""
+        choice.open = (choice.count, call_id())
+        choice.count += 1
+        return {"type": "toolCallStart", "index": index, "call": {
+            "index": choice.open[0], "id": choice.open[1], "name": name}}
+
+    @staticmethod
+    def _piece(index: int, choice: _Choice, piece: str) -> dict[str, Any]:
+        """The next piece of the open call's arguments."""
+        assert choice.open is not None
+        return {"type": "toolCallArguments", "index": index, "call": {
+            "index": choice.open[0], "arguments": piece}}
+
     def _events(self, index: int, choice: _Choice, items: list[tuple[str, object]],
                 logprob: Any) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -432,26 +447,20 @@ class Shaper:
                 events.append({"type": "delta", "index": index, "text": value,
                                "logprob": logprob})
                 logprob = None
-            elif kind == "open":  # a call begins: its name now, its arguments as written
-                choice.open = (choice.count, call_id())
-                events.append({"type": "toolCallStart", "index": index, "call": {
-                    "index": choice.count, "id": choice.open[1], "name": value}})
-                choice.count += 1
+            elif kind == "open":
+                events.append(self._start(index, choice, str(value)))
             elif kind == "arguments":
-                assert choice.open is not None
-                events.append({"type": "toolCallArguments", "index": index, "call": {
-                    "index": choice.open[0], "arguments": value}})
-            else:  # the whole call; "streamed": announced and sent piece by piece before
+                events.append(self._piece(index, choice, str(value)))
+            else:  # the whole call: announced and sent in one piece, unless it streamed
                 assert isinstance(value, Call)
-                streamed = choice.open is not None
-                if choice.open is not None:
-                    (number, ident), choice.open = choice.open, None
-                else:
-                    number, ident = choice.count, call_id()
-                    choice.count += 1
-                events.append({"type": "toolCall", "index": index, "streamed": streamed,
-                               "call": {"index": number, "id": ident, "name": value.name,
-                                        "arguments": value.arguments}})
+                if choice.open is None:
+                    events += [self._start(index, choice, value.name),
+                               self._piece(index, choice, value.arguments)]
+                assert choice.open is not None
+                (number, ident), choice.open = choice.open, None
+                events.append({"type": "toolCall", "index": index, "call": {
+                    "index": number, "id": ident, "name": value.name,
+                    "arguments": value.arguments}})
         if logprob is not None:
             events.append({"type": "delta", "index": index, "text": "", "logprob": logprob})
         return events

@@ -218,8 +218,8 @@ async def _messages(worker: InferenceWorker, call: Call) -> Response:
 async def _stream(model: str, start: dict[str, Any],
                   events: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[bytes, None]:
     """The worker's events as Anthropic's: a text block opened at the first text, one
-    tool_use block per call (its input in ``input_json_delta`` pieces as it is written,
-    or in one where the call came whole), then the stop."""
+    tool_use block per call (its input in ``input_json_delta`` pieces as the core sends
+    them), then the stop."""
     yield _event("message_start", {"message": {
         "id": "msg_" + start["inferenceId"], "type": "message", "role": "assistant",
         "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
@@ -240,23 +240,20 @@ async def _stream(model: str, start: dict[str, Any],
                             "index": block, "content_block": {"type": "text", "text": ""}})
                     yield _event("content_block_delta", {
                         "index": block, "delta": {"type": "text_delta", "text": event["text"]}})
-                elif kind in ("toolCallStart", "toolCallArguments", "toolCall"):
-                    tool = event["call"]
-                    whole = kind == "toolCall" and not event["streamed"]
-                    if kind == "toolCallStart" or whole:  # a tool_use block begins
-                        if text_open:
-                            yield _event("content_block_stop", {"index": block})
-                            text_open = False
-                        block += 1
-                        yield _event("content_block_start", {
-                            "index": block, "content_block": {
-                                "type": "tool_use", "id": _tool_id(tool["id"]),
-                                "name": tool["name"], "input": {}}})
-                    if kind == "toolCallArguments" or whole:
-                        yield _event("content_block_delta", {"index": block, "delta": {
-                            "type": "input_json_delta", "partial_json": tool["arguments"]}})
-                    if kind == "toolCall":
+                elif kind == "toolCallStart":  # a tool_use block begins
+                    if text_open:
                         yield _event("content_block_stop", {"index": block})
+                        text_open = False
+                    block += 1
+                    tool = event["call"]
+                    yield _event("content_block_start", {"index": block, "content_block": {
+                        "type": "tool_use", "id": _tool_id(tool["id"]), "name": tool["name"],
+                        "input": {}}})
+                elif kind == "toolCallArguments":
+                    yield _event("content_block_delta", {"index": block, "delta": {
+                        "type": "input_json_delta", "partial_json": event["call"]["arguments"]}})
+                elif kind == "toolCall":
+                    yield _event("content_block_stop", {"index": block})
                 elif kind == "finish":
                     finish = event
                 elif kind == "end":

@@ -159,15 +159,14 @@ class _Shapes:
 
     @staticmethod
     def call(event: dict[str, Any]) -> dict[str, Any]:
-        """A tool call's delta: its first (index, id, name, and the arguments where the
-        call came whole), or the next piece of its arguments."""
+        """A tool call's delta: its first (index, id, name, no arguments yet), or the next
+        piece of its arguments."""
         call = event["call"]
         if event["type"] == "toolCallArguments":
             tool = {"index": call["index"], "function": {"arguments": call["arguments"]}}
         else:
             tool = {"index": call["index"], "id": call["id"], "type": "function",
-                    "function": {"name": call["name"],
-                                 "arguments": call.get("arguments", "")}}
+                    "function": {"name": call["name"], "arguments": ""}}
         return {"index": event["index"], "delta": {"tool_calls": [tool]},
                 "logprobs": None, "finish_reason": None}
 
@@ -331,8 +330,7 @@ async def _sse_chunks(shapes: _Shapes, start: dict[str, Any],
                 kind = event["type"]
                 if kind == "delta":
                     yield _sse(chunk([shapes.delta(event, offsets)]))
-                elif kind in ("toolCallStart", "toolCallArguments") or (
-                        kind == "toolCall" and not event["streamed"]):
+                elif kind in ("toolCallStart", "toolCallArguments"):
                     yield _sse(chunk([shapes.call(event)]))
                 elif kind == "finish":
                     pending.discard(event["index"])

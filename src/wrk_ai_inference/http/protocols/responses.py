@@ -340,14 +340,9 @@ async def _stream(worker: InferenceWorker, request: _Request,
                         "delta": ev["text"], "logprobs": []})
                 elif kind in ("toolCallStart", "toolCallArguments", "toolCall"):
                     tool = ev["call"]
-                    if kind == "toolCallStart":
-                        out = call_start(tool)
-                    elif kind == "toolCallArguments":
-                        out = call_piece(tool["arguments"])
-                    else:  # the whole call, after its pieces or alone
-                        out = [] if ev["streamed"] else (call_start(tool)
-                                                         + call_piece(tool["arguments"]))
-                        out += call_end(tool)
+                    out = (call_start(tool) if kind == "toolCallStart" else
+                           call_piece(tool["arguments"]) if kind == "toolCallArguments"
+                           else call_end(tool))
                     for chunk in out:
                         yield chunk
                 elif kind == "finish":

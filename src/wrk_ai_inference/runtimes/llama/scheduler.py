@@ -61,10 +61,11 @@ def _all_stopped(jobs: list[Generation]) -> bool:
 class Scheduler:
     """The model's thread: owns the llama context, its batch and its sequences."""
 
-    def __init__(self, lib: Any, llm: Any, ctx: Any, parallel: int, cells: int,
-                 chunk: int, model: str, prompt_cache: bool = True, drafts: int = 0) -> None:
+    def __init__(self, lib: Any, llm: Any, ctx: Any, vocab: Vocabulary, parallel: int,
+                 cells: int, chunk: int, model: str, prompt_cache: bool = True,
+                 drafts: int = 0) -> None:
         self._lib, self._llm, self._ctx, self.model = lib, llm, ctx, model
-        self._vocab = Vocabulary(lib, llm._model.vocab, int(llm.n_vocab()))
+        self._vocab = vocab  # its caches are this thread's alone
         self._mem = lib.llama_get_memory(ctx)
         self._swa = int(lib.llama_model_n_swa(llm._model.model))
         self.parallel, self.cells, self.chunk = parallel, cells, chunk

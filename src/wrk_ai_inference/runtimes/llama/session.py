@@ -27,14 +27,12 @@ from ...logs import get_logger
 from ..base import ModelSession, RunHandle, SequenceUse, Tensors, import_extra, spec_threads
 from .generation import Generation
 from .scheduler import Scheduler, batch_size
+from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:
     from ...models.spec import ModelSpec
 
 log = get_logger("llama")
-
-#: Room for one token's text while the longest is measured.
-_PIECE_BYTES = 256
 
 #: context settings the high-level object derived from the GGUF, kept for our context
 _INHERITED = ("flash_attn_type", "rope_scaling_type", "rope_freq_base", "rope_freq_scale",
@@ -59,27 +57,17 @@ class LlamaSession(ModelSession):
         self.eos_text = self.token_text(llm.token_eos())
         self.slots = spec.parallel
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx)) // spec.parallel  # cells per sequence
-        self._lib, self._vocab = llama_cpp, llm._model.vocab
-        self.max_token_bytes = self._longest_piece(int(llm.n_vocab()))
+        vocabulary = Vocabulary(llama_cpp, llm._model.vocab, int(llm.n_vocab()))
+        self._lib, self._vocab = llama_cpp, vocabulary.ptr
+        self.max_token_bytes = vocabulary.longest_piece()
         self._parsed: set[bytes] = set()  # digests of grammars llama.cpp accepted
-        self._scheduler = Scheduler(llama_cpp, llm, ctx, spec.parallel, self.n_ctx,
+        self._scheduler = Scheduler(llama_cpp, llm, ctx, vocabulary, spec.parallel, self.n_ctx,
                                     spec.prompt_chunk, model, spec.prompt_cache,
                                     spec.prompt_lookup)
         self._submitted = 0
         self._thread = threading.Thread(target=self._scheduler.serve, name=f"llama-{model}",
                                         daemon=True)
         self._thread.start()
-
-    def _longest_piece(self, n_vocab: int) -> int:
-        """The most bytes one token stands for (special tokens as text included): a text
-        of B bytes is at least B / this many tokens, which bounds a prompt before it is
-        tokenised."""
-        buffer = ctypes.create_string_buffer(_PIECE_BYTES)
-        piece = self._lib.llama_token_to_piece
-        # a piece longer than the buffer answers minus its length
-        longest = max((abs(piece(self._vocab, token, buffer, _PIECE_BYTES, 0, True))
-                       for token in range(n_vocab)), default=1)
-        return max(1, int(longest))
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         """The prompt's tokens, special tokens parsed as the chat template writes them.

@@ -1,5 +1,6 @@
 """A model's vocabulary as the model's thread asks about it: every token, between two
-decodes, while llama.cpp's other thread waits for the next one.
+decodes, while llama.cpp's other thread waits for the next one (and, once at load, how
+many bytes its longest token stands for).
 
 A token's text and whether it ends a generation never change, so each is asked of
 llama.cpp once and answered from memory after (at most one entry per token of the
@@ -36,6 +37,17 @@ class Vocabulary:
                                               False)
             piece = self._pieces[token] = self._buffer.raw[:max(n, 0)]
         return piece
+
+    def longest_piece(self) -> int:
+        """The most bytes one token stands for, special tokens' text included: a text of
+        B bytes is at least B / this many tokens, which bounds a prompt before it is
+        tokenised. Walks the whole vocabulary (once, at load)."""
+        buffer = ctypes.create_string_buffer(PIECE_BYTES)
+        piece = self.lib.llama_token_to_piece
+        # a piece longer than the buffer answers minus its length
+        longest = max((abs(piece(self.ptr, token, buffer, PIECE_BYTES, 0, True))
+                       for token in range(self.size)), default=1)
+        return max(1, int(longest))
 
     def ends(self, token: int) -> bool:
         """Whether ``token`` ends a generation (end of text, of a turn, ...)."""
