@@ -25,8 +25,10 @@ Servers take turns within each round (order rotated), ``--rounds`` rounds. Print
 cell: total tokens/s (median over rounds), time to first token p50 / p99 (over every
 request), per-client tokens/s (tokens over the request's whole time, waiting included)
 slowest / fastest in the median round; then the worker's ratios to the others, taken
-round by round (the median, and the lowest and highest round). Every answer over HTTP
-runs to ``--tokens``: the model's end-of-generation tokens are barred on every server.
+round by round (the median, and the lowest and highest round), and at one client
+llama-server's to in-process (how far llama.cpp's own server is from that ceiling).
+Every answer over HTTP runs to ``--tokens``: the model's end-of-generation tokens are
+barred on every server.
 Tokens are the streamed chunks with text (one per token on all three servers).
 Loopback only, bounded by rounds and clients.
 """
@@ -499,6 +501,9 @@ def report(bench: Bench) -> dict[str, Any]:
                 base = cells.get(other)  # in process: one client, in the same cell
                 if base:
                     ratios.append(f"{other} {paired(worker, base)}")
+            server, local = cells.get("llama-server"), cells.get("in-process")
+            if server and local:  # how far llama.cpp's own server is from the same ceiling
+                ratios.append(f"(llama-server / in-process {paired(server, local)})")
             fair = worker["slowest"] / worker["fastest"]
             print(f"  {model:8s} {clients:>2s} clients: {', '.join(ratios)}; worker slowest/"  # noqa: T201
                   f"fastest {fair:.2f}, ttft p99/p50 "
