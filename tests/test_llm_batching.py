@@ -430,9 +430,10 @@ SYSTEM = ("You are the help desk of a lighthouse museum. Answer in one short sen
 
 
 #: how far a token's logprob may move when its sequence is decoded in batches of other
-#: shapes beside another sequence (a few hundredths measured here; a wrong cell moves
-#: it by whole units)
-ROUNDING = 0.25
+#: shapes beside another sequence: a few hundredths where first measured, up to 0.30 on a
+#: CPU with AVX2 only. Four cells of another request's prompt kept in a copy fail both
+#: tests below at this bound (checked by overstating the shared length once).
+ROUNDING = 0.5
 B_PROMPT = SYSTEM + "\nQ: Where is the foghorn?\nA:"
 
 
