@@ -73,9 +73,7 @@ def _items(value: Any) -> list[dict[str, Any]]:
             if not isinstance(item.get("name"), str) or not isinstance(item.get("call_id"),
                                                                        str):
                 raise _invalid(f"{where}: a function_call needs call_id and name", "input")
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"],
-                                 "arguments": item.get("arguments", "{}")}}
+            call = _function(item["call_id"], item["name"], item.get("arguments", "{}"))
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)

@@ -126,9 +126,9 @@ class CallStream:
         self._fence = "```"
         self._markers = [m for m in (fmt.trigger, self._fence) if m]
         self._started = False
-        self._streams_whole = whole and constrained  # the whole answer's calls stream
         self._streams_blocks = constrained and not whole  # calls after a trigger stream
-        self._reader = self._new_reader() if self._streams_whole else None
+        # the whole answer's calls stream from its start
+        self._reader = self._new_reader() if whole and constrained else None
 
     def _new_reader(self) -> ArgumentsReader:
         return ArgumentsReader(self.names, self.fmt.arguments_key)
