@@ -3,7 +3,8 @@
 Hosts are network namespaces (``netns.py``): the testnet in one, each worker in its own,
 the load generator in one more; made at the start and removed at the end, also after a
 failure or a time-out (``--limit``). Workers serve ``--model`` (default digits) with
-debug lines on, so each run of a ``requestId`` is counted on the worker that ran it.
+debug lines on and request journals that hold a kill phase whole, so each run of a
+``requestId`` is counted on the worker that ran it (``tests/rack_helpers.count_runs``).
 Three parts, one run:
 
   throughput  1, 2, then 3 workers; ``--lanes`` callers in a closed loop; requests/s,
@@ -100,6 +101,7 @@ class Worker:
         self.bootstrap, self.repo, self.model = bootstrap, repo, model
         self.key = ""
         self.log = self.work / "worker.log"
+        self.journal = self.work / name / "requests.journal"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -115,7 +117,10 @@ class Worker:
                 "--config", str(config_dir),
                 "--bootstrap", ",".join(self.bootstrap), "--store-dir", str(self.work),
                 "--status-dir", str(self.work), "--model-repository", str(self.repo),
-                "--preload", json.dumps([self.model, "slow"]), "--debug", "true"]
+                "--preload", json.dumps([self.model, "slow"]), "--debug", "true",
+                # every call of a kill phase stays in the journal's two generations,
+                # where its runs are counted (the default rotates within the phase)
+                "--request-id-window", "100000"]
         for key, value in config.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         self._offset = self.log.stat().st_size if self.log.exists() else 0
@@ -298,19 +303,20 @@ class Bench:
             marks["ready"] = ready - began
 
         stats: dict[str, dict[str, Any]]
+        prefix = "kill-py" if client == "python" else "kill-node"
         if client == "python":
             async with self.fleet() as fleet:
-                await load(fleet, args.model, self.inputs, args.lanes, 1.0, "kill-warm")
+                await load(fleet, args.model, self.inputs, args.lanes, 1.0, f"{prefix}-warm")
                 marks["began"] = time.monotonic()
                 loaded.set()
                 records, _ = await asyncio.gather(
-                    load(fleet, args.model, self.inputs, args.lanes, seconds, "kill"),
+                    load(fleet, args.model, self.inputs, args.lanes, seconds, prefix),
                     chaos())
                 stats = fleet.stats()
         else:
             (records, stats), _ = await asyncio.gather(
                 node_load(self.bootstrap, args.model, self.inputs, args.lanes, seconds,
-                          "kill-node", marks, loaded), chaos())
+                          prefix, marks, loaded), chaos())
         killed, ready = marks["killed"], marks["ready"]
         steady = [r.latency * 1000 for r in records
                   if r.error is None and 1.0 <= r.sent < killed]
@@ -326,7 +332,7 @@ class Bench:
                          None)
         after = [r for r in records if r.worker == victim.key and r.sent + r.latency >= ready]
         first_load = min((r.sent + r.latency for r in after), default=None)
-        ended, started = count_runs(w.log for w in self.workers)
+        ended, started = count_runs(((w.log, w.journal) for w in self.workers), f"{prefix}-")
         ids = [r.rid for r in records if r.error is None]
         async with RpcClient(self.bootstrap) as rpc:
             victim_stats = await rpc_retrying(rpc, victim.key, "getStats")

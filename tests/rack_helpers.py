@@ -90,15 +90,21 @@ class Rack(ChildProcess):
     def kill(self, strand_answers: bool = False) -> None:
         """SIGKILL the worker and its sidecar together, as when their host dies.
 
-        ``strand_answers``: stop the sidecar first for a moment, so answers the worker
-        finishes meanwhile are written but never leave (the case a request window that
-        does not survive the kill would answer twice)."""
+        ``strand_answers``: first leave answers written but never sent (the case a
+        request window that does not survive the kill would answer twice). The worker is
+        paused while its sidecar goes on handing it the calls that arrive; then the
+        sidecar is paused and the worker resumed, and it answers those calls into the
+        paused sidecar. Pausing only the sidecar stranded an answer only when one was
+        being computed at that instant, which was not every run."""
         pids = [self.proc.pid]
         with contextlib.suppress(FileNotFoundError, KeyError, ValueError):
             pids.append(int(self.status()["sidecarPid"]))
         if strand_answers and len(pids) == 2:
-            os.kill(pids[1], signal.SIGSTOP)
+            os.kill(pids[0], signal.SIGSTOP)
             time.sleep(0.2)
+            os.kill(pids[1], signal.SIGSTOP)
+            os.kill(pids[0], signal.SIGCONT)
+            time.sleep(0.3)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -135,18 +141,50 @@ def orchestrate(bootstrap: list[str], key: str | None, steps: list[dict[str, Any
     return lines[:-1]
 
 
-def count_runs(logs: Iterable[Path]) -> tuple[Counter[str], Counter[str]]:
-    """Per ``requestId``: (runs that answered, runs started), from the workers' debug lines
-    (``--debug true``); a killed process's lines are in its file up to its death."""
+def count_runs(workers: Iterable[tuple[Path, Path]], prefix: str
+               ) -> tuple[Counter[str], Counter[str]]:
+    """Per ``requestId`` that starts with ``prefix``: (runs that answered, runs started),
+    over every process of each worker, a killed one's included. ``workers``: each one's
+    log (``--debug true``) and its request journal.
+
+    Both counts come from the journals. A run answered when its answer line is there:
+    that line is written before the answer leaves, and it is what a restarted worker
+    replays, so it is where a run commits. A process killed after computing an answer
+    but before writing that line died unanswered (its restarted self says ``lost``), and
+    the client may run the request once more elsewhere, as docs/fleet.md says; counting
+    answers anywhere before the journal counted that run as an answer.
+
+    Both journal generations are read; the debug lines say whether rotation lost a run
+    (each run logs ``requestId started`` just before its journal line, so a process
+    death can leave one id logged and not journaled, never more)."""
     ended: Counter[str] = Counter()
     started: Counter[str] = Counter()
-    for log in logs:
+    for log, journal in workers:
+        logged: set[str] = set()
+        processes = 0
         for line in log.read_text(errors="replace").splitlines():
-            if '"callerRequestId"' not in line:
-                continue
-            entry = json.loads(line)
-            if entry["msg"] == "requestId started":
-                started[entry["callerRequestId"]] += 1
-            elif entry["msg"] == "requestId ended" and entry.get("outcome") == "ok":
-                ended[entry["callerRequestId"]] += 1
+            if "rack worker ready" in line:
+                processes += 1
+            elif '"requestId started"' in line:
+                request_id = json.loads(line)["callerRequestId"]
+                if request_id.startswith(prefix):
+                    logged.add(request_id)
+        journaled: set[str] = set()
+        for generation in (journal.with_name(journal.name + ".1"), journal):
+            with contextlib.suppress(FileNotFoundError):
+                for raw in generation.read_bytes().splitlines():
+                    with contextlib.suppress(json.JSONDecodeError):  # a torn last line
+                        entry = json.loads(raw)
+                        request_id = entry["id"]
+                        if not request_id.startswith(prefix):
+                            continue
+                        if "model" in entry:
+                            started[request_id] += 1
+                            journaled.add(request_id)
+                        elif "ok" in entry:
+                            ended[request_id] += 1
+        missing = sorted(logged - journaled)
+        assert len(missing) <= processes, (
+            f"{journal} lost {len(missing)} runs to rotation (e.g. {missing[:3]}): raise "
+            "requestIdWindow above the calls one process takes")
     return ended, started

@@ -122,9 +122,10 @@ class RequestIds:
         self._lost.pop(request_id, None)  # it died unanswered: this is its run
         call = _Call(model_id, asyncio.get_running_loop().create_future())
         self._calls[request_id] = call
-        # debug lines, one pair per id, each written before the journal's line: what lets
-        # a fleet test count runs across workers (a killed one's too) without ever
-        # counting fewer than ran
+        # debug lines, one pair per id, for a person reading the log; runs are counted
+        # from the journal, where a run commits (the answer line is written before the
+        # answer leaves); the started line comes first so a count can tell that the
+        # journal's rotation lost none (tests/rack_helpers.count_runs)
         log.debug("requestId started", extra={"callerRequestId": request_id})
         if self._journal is not None:
             self._journal.started(request_id, model_id)
