@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from wrk_ai_inference.engine.request_journal import RequestJournal
+
 from .helpers import ROOT, ChildProcess
 
 NODE_MODULES = ROOT / "src" / "wrk_ai_inference" / "p2p" / "node" / "node_modules"
@@ -45,6 +47,7 @@ class Rack(ChildProcess):
         self.rack = rack
         self.status_path = root / "status" / f"wrk-ai-inference.{rack}.json"
         self.log_path = root / f"{rack}.log"
+        self.journal_path = root / "store" / rack / "requests.journal"
         args = [sys.executable, "-m", "wrk_ai_inference.cli", "rack", "--rack", rack,
                 "--bootstrap", ",".join(bootstrap), "--store-dir", str(root / "store"),
                 "--status-dir", str(root / "status"), "--model-repository", str(repo),
@@ -154,9 +157,10 @@ def count_runs(workers: Iterable[tuple[Path, Path]], prefix: str
     the client may run the request once more elsewhere, as docs/fleet.md says; counting
     answers anywhere before the journal counted that run as an answer.
 
-    Both journal generations are read; the debug lines say whether rotation lost a run
-    (each run logs ``requestId started`` just before its journal line, so a process
-    death can leave one id logged and not journaled, never more)."""
+    Both journal generations are read (``RequestJournal.entries``); the debug lines say
+    whether rotation lost a run (each run logs ``requestId started`` just before its
+    journal line, so a process death can leave one id logged and not journaled, never
+    more)."""
     ended: Counter[str] = Counter()
     started: Counter[str] = Counter()
     for log, journal in workers:
@@ -170,19 +174,15 @@ def count_runs(workers: Iterable[tuple[Path, Path]], prefix: str
                 if request_id.startswith(prefix):
                     logged.add(request_id)
         journaled: set[str] = set()
-        for generation in (journal.with_name(journal.name + ".1"), journal):
-            with contextlib.suppress(FileNotFoundError):
-                for raw in generation.read_bytes().splitlines():
-                    with contextlib.suppress(json.JSONDecodeError):  # a torn last line
-                        entry = json.loads(raw)
-                        request_id = entry["id"]
-                        if not request_id.startswith(prefix):
-                            continue
-                        if "model" in entry:
-                            started[request_id] += 1
-                            journaled.add(request_id)
-                        elif "ok" in entry:
-                            ended[request_id] += 1
+        for entry in RequestJournal(journal, 1).entries():
+            request_id = entry["id"]
+            if not request_id.startswith(prefix):
+                continue
+            if "model" in entry:
+                started[request_id] += 1
+                journaled.add(request_id)
+            elif "ok" in entry:
+                ended[request_id] += 1
         missing = sorted(logged - journaled)
         assert len(missing) <= processes, (
             f"{journal} lost {len(missing)} runs to rotation (e.g. {missing[:3]}): raise "

@@ -64,8 +64,7 @@ class Fleet:
 
     def runs(self, prefix: str) -> tuple[collections.Counter[str], collections.Counter[str]]:
         """(runs that answered, runs started) per requestId, over every process."""
-        return count_runs([(rack.log_path, self.root / "store" / rack.rack / "requests.journal")
-                           for rack in self.racks], prefix)
+        return count_runs([(rack.log_path, rack.journal_path) for rack in self.racks], prefix)
 
     def answered_since_restart(self, i: int) -> int:
         return self.racks[i].logs_since_start().count('"outcome":"ok"')

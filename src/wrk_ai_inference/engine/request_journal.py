@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,18 +49,31 @@ class RequestJournal:
         self._lines = 0
 
     def recover(self) -> dict[str, Recovered]:
-        """What the files say, oldest generation first; a torn last line is skipped."""
+        """What the files say: each id's last start and its end, if it has one."""
         calls: dict[str, Recovered] = {}
+        for entry in self.entries():
+            self._replay(entry, calls)
+        return calls
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every line of both generations, oldest first: ``{"id", "model"}`` a start,
+        ``{"id", "t", "ok" | "err"}`` an end, ``{"id", "forget"}``; a torn line (the
+        last one a killed process began) is skipped."""
         for file in (self.previous, self.path):
             with contextlib.suppress(FileNotFoundError):
                 for line in file.read_bytes().splitlines():
-                    self._replay_line(line, calls)
-        return calls
+                    try:
+                        entry = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        entry = None
+                    if isinstance(entry, dict):
+                        yield entry
+                    else:
+                        log.warning("skipped a torn request journal line")
 
     @staticmethod
-    def _replay_line(line: bytes, calls: dict[str, Recovered]) -> None:
+    def _replay(entry: dict[str, Any], calls: dict[str, Recovered]) -> None:
         try:
-            entry = orjson.loads(line)
             request_id = entry["id"]
             if "model" in entry:
                 calls[request_id] = Recovered(entry["model"])
@@ -74,7 +88,7 @@ class RequestJournal:
             call.result = entry.get("ok")
             err = entry.get("err")
             call.error = (str(err[0]), str(err[1])) if err else None
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError):
             log.warning("skipped a torn request journal line")
 
     def open(self) -> None:

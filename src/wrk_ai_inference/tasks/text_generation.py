@@ -22,7 +22,7 @@ from ..runtimes.llama import Generation, Grammar, LlamaSession, Sampling, check_
 from .base import StreamingTask
 from .chat import conversation
 from .chat.calls import CallStream, call_id
-from .chat.formats import Call, Format, family
+from .chat.formats import Call, family
 from .chat.grammars import calls_grammar, schema_grammar
 from .chat.tools import Toolset, toolset
 
@@ -269,7 +269,7 @@ class TextGeneration(StreamingTask):
         if tools is None:
             return None if request.constraint is None else Grammar(
                 schema_grammar(request.constraint))
-        answer, mode = _calls_mode(fmt, tools, request.constraint)
+        answer, mode = fmt.plan(tools, request.constraint)
         if mode is None:
             return None
         text = calls_grammar(tools.key, tuple(t.name for t in tools.offered),
@@ -373,15 +373,6 @@ def _regex(text: str) -> str:
     return "".join("\\" + c if c in "\\^$.|?*+()[]{}" else c for c in text)
 
 
-def _calls_mode(fmt: Format, tools: Toolset, constraint: str | None
-                ) -> tuple[Any, str | None]:
-    """What a text answer must be and how the calls' grammar applies (``Format.answer``,
-    ``Format.mode``): the grammar is built from both, and the shaper streams a call's
-    arguments where the grammar writes them."""
-    answer = fmt.answer(tools, constraint)
-    return answer, fmt.mode(tools, answer)
-
-
 @dataclass
 class _Choice:
     calls: CallStream
@@ -401,7 +392,7 @@ class Shaper:
         if tools is None:
             self._make = None
         else:  # a grammar writes the calls unless the format's are only parsed
-            constrained = _calls_mode(fmt, tools, request.constraint)[1] is not None
+            constrained = fmt.plan(tools, request.constraint)[1] is not None
             self._make = lambda: _Choice(CallStream(
                 fmt, tools, whole=tools.forced or fmt.whole_json, constrained=constrained))
 

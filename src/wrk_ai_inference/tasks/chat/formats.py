@@ -108,13 +108,15 @@ class Format:
             return None
         return "json" if constraint == "json" else json.loads(constraint)
 
-    def mode(self, tools: Toolset, answer: Any) -> str | None:
-        """How the calls' grammar applies: "whole" (the whole answer), "lazy" (from the
-        trigger on) or None (calls told by the answer's start are parsed, not
-        constrained)."""
+    def plan(self, tools: Toolset, constraint: str | None) -> tuple[Any, str | None]:
+        """(``answer``, how the calls' grammar applies: "whole" (the whole answer), "lazy"
+        (from the trigger on) or None (calls told by the answer's start are parsed, not
+        constrained)). The grammar is built from both; the shaper streams a call's
+        arguments where the grammar writes them."""
+        answer = self.answer(tools, constraint)
         if tools.forced or answer is not None:
-            return "whole"
-        return "lazy" if self.trigger is not None else None
+            return answer, "whole"
+        return answer, "lazy" if self.trigger is not None else None
 
     def root(self, toolset: Toolset, answer: bool) -> str:
         """The grammar's root rule over ``call`` (and ``answer`` when the answer may be
